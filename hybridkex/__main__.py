@@ -1,0 +1,3 @@
+from hybridkex.cli import main
+
+raise SystemExit(main())

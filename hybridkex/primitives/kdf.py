@@ -1,0 +1,60 @@
+"""Hashes and HKDF (RFC 5869), by name, over pyca/cryptography.
+
+Extract and Expand are exposed separately because the combiners and the key schedule
+are written as NIST SP 800-56C two-step derivations: one Extract over all secrets,
+then labelled Expands.
+"""
+
+from __future__ import annotations
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF, HKDFExpand
+
+from hybridkex.errors import UnknownAlgorithm
+from hybridkex.primitives._checks import Bytes, as_bytes, check_length
+
+__all__ = ["HASHES", "digest", "hash_algorithm", "hkdf", "hkdf_expand", "hkdf_extract"]
+
+HASHES: dict[str, type[hashes.HashAlgorithm]] = {
+    "SHA-256": hashes.SHA256,
+    "SHA-384": hashes.SHA384,
+    "SHA-512": hashes.SHA512,
+    "SHA3-256": hashes.SHA3_256,
+}
+
+
+def hash_algorithm(name: str) -> hashes.HashAlgorithm:
+    """The cryptography hash object for a standard hash name ("SHA-256", "SHA-384", ...)."""
+    try:
+        return HASHES[name]()
+    except (KeyError, TypeError):
+        raise UnknownAlgorithm(
+            f"unknown hash {name!r}; known: {', '.join(HASHES)}"
+        ) from None
+
+
+def digest(name: str, data: Bytes) -> bytes:
+    """One-shot hash of ``data``."""
+    h = hashes.Hash(hash_algorithm(name))
+    h.update(as_bytes(data, "data"))
+    return h.finalize()
+
+
+def hkdf_extract(hash_name: str, salt: Bytes, ikm: Bytes) -> bytes:
+    """HKDF-Extract(salt, IKM) = HMAC-Hash(salt, IKM); an empty salt means HashLen zeros."""
+    algorithm = hash_algorithm(hash_name)
+    salt_bytes = as_bytes(salt, "salt")
+    return HKDF.extract(algorithm, salt_bytes or None, as_bytes(ikm, "input keying material"))
+
+
+def hkdf_expand(hash_name: str, prk: Bytes, info: Bytes, length: int) -> bytes:
+    """HKDF-Expand(PRK, info, L); L is at most 255 * HashLen, as RFC 5869 allows."""
+    algorithm = hash_algorithm(hash_name)
+    length = check_length(length, "HKDF output length", 255 * algorithm.digest_size)
+    prk_bytes = as_bytes(prk, "pseudorandom key")
+    return HKDFExpand(algorithm, length, as_bytes(info, "info")).derive(prk_bytes)
+
+
+def hkdf(hash_name: str, ikm: Bytes, salt: Bytes, info: Bytes, length: int) -> bytes:
+    """Extract then Expand (RFC 5869 section 2)."""
+    return hkdf_expand(hash_name, hkdf_extract(hash_name, salt, ikm), info, length)
