@@ -140,7 +140,10 @@ def etsi_f(hash_name: str, *args: bytes) -> bytes:
 
 def etsi_catkdf(hash_name: str, secrets: Sequence[bytes], psk: bytes, label: bytes,
                 context: bytes, ma: bytes, mb: bytes, length: int) -> bytes:
-    """CatKDF (clause 8.2): HKDF(salt=label, IKM=psk || k1 || ... || kn, info=f(context, MA, MB))."""
+    """CatKDF (clause 8.2): HKDF(salt=label, IKM=psk || k1 || ... || kn, info=f(context, MA, MB))
+
+    with every input of the standard explicit.
+    """
     secret = psk + b"".join(secrets)
     prk = hkdf_extract(hash_name, label, secret)
     return hkdf_expand(hash_name, prk, etsi_f(hash_name, context, ma, mb), length)

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from hybridkex import combiner, primitives
 
-__all__ = ["CheckResult", "PUBLIC_KEY_DIGESTS", "run"]
+__all__ = ["PUBLIC_KEY_DIGESTS", "CheckResult", "run"]
 
 # SHA-256 of the public key derived from seed bytes(range(n)) (n = the scheme's seed size),
 # computed with kyber-py / dilithium-py (X-Wing: kyber-py on SHAKE256(seed, 96)[:64]
@@ -232,7 +232,7 @@ def run() -> list[CheckResult]:
     for name, check in CHECKS:
         try:
             check()
-        except Exception as exc:  # noqa: BLE001 - report every failure, keep going
+        except Exception as exc:
             results.append(CheckResult(name, False, f"{type(exc).__name__}: {exc}"))
         else:
             results.append(CheckResult(name, True))

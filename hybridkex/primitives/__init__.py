@@ -22,7 +22,7 @@ from cryptography.hazmat.backends.openssl import backend as _openssl
 
 from hybridkex.errors import BackendUnavailable, UnknownAlgorithm
 from hybridkex.primitives import oqs_backend
-from hybridkex.primitives.kdf import HASHES, digest, hkdf, hkdf_expand, hkdf_extract
+from hybridkex.primitives.kdf import digest, hash_algorithm, hkdf, hkdf_expand, hkdf_extract
 from hybridkex.primitives.kem import KEM, KEMS
 from hybridkex.primitives.signature import SIGNATURES, SignatureScheme
 from hybridkex.primitives.symmetric import AEAD, AEADS, MAC, MACS
@@ -122,5 +122,5 @@ def available() -> list[AlgorithmInfo]:
                                    "cryptography", {"key": m.key_size, "tag": m.tag_size}))
     for h in ("SHA-256", "SHA-384"):
         infos.append(AlgorithmInfo("kdf", f"HKDF-{h}", "cryptography",
-                                   {"output": HASHES[h].digest_size}))
+                                   {"output": hash_algorithm(h).digest_size}))
     return infos

@@ -20,6 +20,8 @@ HASHES: dict[str, type[hashes.HashAlgorithm]] = {
     "SHA-384": hashes.SHA384,
     "SHA-512": hashes.SHA512,
     "SHA3-256": hashes.SHA3_256,
+    "SHA3-384": hashes.SHA3_384,
+    "SHA3-512": hashes.SHA3_512,
 }
 
 

@@ -1,15 +1,13 @@
 """Key encapsulation mechanisms by name, over pyca/cryptography.
 
-All keys, ciphertexts and secrets are ``bytes`` in the standard encodings:
+All keys, ciphertexts and secrets are ``bytes`` in the standard encodings
+(docs/primitives.md has the table):
 
-=================  ==============================  ============================  =====================
-name               public key                      private key                   ciphertext
-=================  ==============================  ============================  =====================
-X25519             32-byte u-coordinate             32-byte scalar                ephemeral public key
-ML-KEM-768/1024    FIPS 203 ek                      64-byte seed d || z           FIPS 203 c
-X-Wing             pk_M || pk_X (1216 bytes)        32-byte seed (draft's sk)     ct_M || ct_X
-X25519MLKEM768     ek || x25519 (1216 bytes)        d || z || x25519 scalar (96)  c || x25519 eph (1120)
-=================  ==============================  ============================  =====================
+- X25519: 32-byte keys; the ciphertext is the ephemeral public key.
+- ML-KEM-768/1024: FIPS 203 ek and c; the private key is the 64-byte seed d || z.
+- X-Wing: pk_M || pk_X (1216 bytes), ct_M || ct_X (1120); private key = 32-byte seed.
+- X25519MLKEM768: ek || x25519 (1216), ct || x25519 (1120), secret ss_M || ss_X (64);
+  private key = d || z || x25519 scalar (96 bytes).
 
 X25519 used as a KEM returns the raw Diffie-Hellman output as its secret, exactly as
 TLS 1.3 and X25519MLKEM768 use it; hybridkex always feeds it through a combiner whose

@@ -32,8 +32,14 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from hybridkex.errors import InvalidKey, InvalidParameter
 from hybridkex.primitives._checks import Bytes, as_bytes
 
-__all__ = ["ECDSAP256", "SIGNATURES", "CompositeMLDSA65Ed25519", "Ed25519", "MLDSA",
-           "SignatureScheme"]
+__all__ = [
+    "ECDSAP256",
+    "MLDSA",
+    "SIGNATURES",
+    "CompositeMLDSA65Ed25519",
+    "Ed25519",
+    "SignatureScheme",
+]
 
 MAX_CONTEXT = 255
 
