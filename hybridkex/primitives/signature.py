@@ -15,7 +15,9 @@ ECDSA have no context input: a non-empty context raises :class:`InvalidParameter
 rather than being silently dropped.  ECDSA signatures are DER-encoded with SHA-256.
 
 ``verify`` returns ``False`` for any signature that does not verify, whatever its
-length or content; it raises only for a public key that does not decode.
+length or content.  It raises for what the caller controls, never for what the
+signer sent: :class:`InvalidKey` for a public key that does not decode, and
+:class:`InvalidParameter` for a context the scheme cannot take or non-bytes input.
 """
 
 from __future__ import annotations
