@@ -39,6 +39,7 @@ __all__ = [
 Part = tuple[str, Bytes]
 
 _MAX_NAME = 255
+_MAX_PARTS = 255
 _MAX_SECRET = 0xFFFF
 _MAX_CONTEXT = 0xFFFF
 
@@ -47,8 +48,9 @@ def _validate(parts: object, minimum: int = 2) -> list[tuple[bytes, bytes]]:
     """Check the parts and return them as (encoded name, secret) pairs, order kept."""
     if not isinstance(parts, Sequence) or isinstance(parts, str | bytes | bytearray):
         raise CombinerError("parts must be a sequence of (name, secret) pairs")
-    if len(parts) < minimum:
-        raise CombinerError(f"a combiner needs at least {minimum} parts, got {len(parts)}")
+    if not minimum <= len(parts) <= _MAX_PARTS:
+        raise CombinerError(
+            f"a combiner takes {minimum} to {_MAX_PARTS} parts, got {len(parts)}")
     checked: list[tuple[bytes, bytes]] = []
     seen: set[bytes] = set()
     for index, part in enumerate(parts):
@@ -212,7 +214,9 @@ class CasKDF(Combiner):
                 hash_name: str = "SHA-256") -> bytes:
         checked = _validate(parts)
         ctx = _context(context)
-        length = _length(hash_name, length)
+        # each round expands HashLen bytes of chain secret on top of the output
+        length = check_length(length, "combiner output length",
+                              254 * hash_algorithm(hash_name).digest_size)
         rounds = [(secret, self.LABEL + bytes([i]), ctx, name, b"", length)
                   for i, (name, secret) in enumerate(checked, start=1)]
         return etsi_caskdf(hash_name, rounds)

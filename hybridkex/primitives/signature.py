@@ -171,11 +171,10 @@ class Ed25519(SignatureScheme):
     def verify(self, public: Bytes, message: Bytes, signature: Bytes,
                context: Bytes = b"") -> bool:
         self._context(context)
-        pk = as_bytes(public, "Ed25519 public key", 32, error=InvalidKey)
-        try:
-            key = Ed25519PublicKey.from_public_bytes(pk)
-        except ValueError:
-            raise InvalidKey("Ed25519 public key does not decode") from None
+        # Any 32 bytes load; a string that is not a curve point fails inside verify,
+        # which RFC 8032 section 5.1.7 defines as an invalid signature (False).
+        key = Ed25519PublicKey.from_public_bytes(
+            as_bytes(public, "Ed25519 public key", 32, error=InvalidKey))
         try:
             key.verify(as_bytes(signature, "signature"), as_bytes(message, "message"))
         except InvalidSignature:
