@@ -9,6 +9,7 @@ from hybridkex.errors import InvalidParameter
 _E = TypeVar("_E", bound=InvalidParameter)
 
 Bytes = bytes | bytearray | memoryview
+_BYTES_LIKE = (bytes, bytearray, memoryview)
 
 
 def as_bytes(
@@ -22,9 +23,12 @@ def as_bytes(
 
     Only lengths appear in the message, never content, so a key can pass through here.
     """
-    if not isinstance(value, bytes | bytearray | memoryview):
+    if type(value) is bytes:  # the common case, without a copy
+        data = value
+    elif isinstance(value, _BYTES_LIKE):
+        data = bytes(value)
+    else:
         raise error(f"{what} must be bytes, not {type(value).__name__}")
-    data = bytes(value)
     if size is not None and len(data) != size:
         raise error(f"{what} must be {size} bytes, got {len(data)}")
     return data

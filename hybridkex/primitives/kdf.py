@@ -25,10 +25,16 @@ HASHES: dict[str, type[hashes.HashAlgorithm]] = {
 }
 
 
+_INSTANCES: dict[str, hashes.HashAlgorithm] = {name: cls() for name, cls in HASHES.items()}
+
+
 def hash_algorithm(name: str) -> hashes.HashAlgorithm:
-    """The cryptography hash object for a standard hash name ("SHA-256", "SHA-384", ...)."""
+    """The cryptography hash object for a standard hash name ("SHA-256", "SHA-384", ...).
+
+    Hash algorithm objects carry no state, so one instance per name is shared.
+    """
     try:
-        return HASHES[name]()
+        return _INSTANCES[name]
     except (KeyError, TypeError):
         raise UnknownAlgorithm(
             f"unknown hash {name!r}; known: {', '.join(HASHES)}"

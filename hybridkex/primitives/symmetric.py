@@ -8,7 +8,6 @@ nothing of the message.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hmac, poly1305
@@ -24,28 +23,29 @@ __all__ = ["AEAD", "HMAC", "MAC", "Poly1305"]
 _MAX_AEAD_INPUT = 2**31 - 1
 
 
-@dataclass(frozen=True, repr=False)
 class AEAD:
     """An AEAD with 32-byte keys, 12-byte nonces and 16-byte tags (RFC 5116 interface)."""
 
-    name: str
-    _cipher: Callable[[bytes], AESGCM | ChaCha20Poly1305]
-    key_size: int = 32
-    nonce_size: int = 12
-    tag_size: int = 16
+    key_size = 32
+    nonce_size = 12
+    tag_size = 16
+
+    def __init__(self, name: str, cipher: Callable[[bytes], AESGCM | ChaCha20Poly1305]) -> None:
+        self.name = name
+        self._cipher = cipher
+        # error labels built once, not on every call
+        self._key_label = f"{name} key"
+        self._nonce_label = f"{name} nonce"
 
     def __repr__(self) -> str:
         return f"<AEAD {self.name}>"
-
-    def _bind(self, key: Bytes, nonce: Bytes) -> tuple[AESGCM | ChaCha20Poly1305, bytes]:
-        cipher = self._cipher(as_bytes(key, f"{self.name} key", self.key_size, error=InvalidKey))
-        return cipher, as_bytes(nonce, f"{self.name} nonce", self.nonce_size)
 
     def encrypt(
         self, key: Bytes, nonce: Bytes, plaintext: Bytes, associated_data: Bytes = b""
     ) -> bytes:
         """Return ciphertext || tag.  A (key, nonce) pair must never be used twice."""
-        cipher, nonce_bytes = self._bind(key, nonce)
+        cipher = self._cipher(as_bytes(key, self._key_label, self.key_size, error=InvalidKey))
+        nonce_bytes = as_bytes(nonce, self._nonce_label, self.nonce_size)
         data = as_bytes(plaintext, "plaintext")
         if len(data) > _MAX_AEAD_INPUT:
             raise InvalidParameter(f"{self.name} plaintext is too long for one call")
@@ -55,7 +55,8 @@ class AEAD:
         self, key: Bytes, nonce: Bytes, ciphertext: Bytes, associated_data: Bytes = b""
     ) -> bytes:
         """Return the plaintext, or raise AuthenticationFailed and return nothing."""
-        cipher, nonce_bytes = self._bind(key, nonce)
+        cipher = self._cipher(as_bytes(key, self._key_label, self.key_size, error=InvalidKey))
+        nonce_bytes = as_bytes(nonce, self._nonce_label, self.nonce_size)
         data = as_bytes(ciphertext, "ciphertext")
         if len(data) < self.tag_size:
             raise AuthenticationFailed(f"{self.name} ciphertext is shorter than its tag")
@@ -90,23 +91,22 @@ class HMAC(MAC):
 
     def __init__(self, name: str, hash_name: str) -> None:
         self.name = name
-        self._hash_name = hash_name
-        self.key_size = self.tag_size = hash_algorithm(hash_name).digest_size
-
-    def _hmac(self, key: Bytes, data: Bytes) -> hmac.HMAC:
-        mac = hmac.HMAC(as_bytes(key, f"{self.name} key", error=InvalidKey),
-                        hash_algorithm(self._hash_name))
-        mac.update(as_bytes(data, "data"))
-        return mac
+        self._algorithm = hash_algorithm(hash_name)
+        self._key_label = f"{name} key"
+        self.key_size = self.tag_size = self._algorithm.digest_size
 
     def compute(self, key: Bytes, data: Bytes) -> bytes:
-        return self._hmac(key, data).finalize()
+        mac = hmac.HMAC(as_bytes(key, self._key_label, error=InvalidKey), self._algorithm)
+        mac.update(as_bytes(data, "data"))
+        return mac.finalize()
 
     def verify(self, key: Bytes, data: Bytes, tag: Bytes) -> bool:
         """Constant-time check of a full-length tag."""
         tag_bytes = as_bytes(tag, "tag")
+        mac = hmac.HMAC(as_bytes(key, self._key_label, error=InvalidKey), self._algorithm)
+        mac.update(as_bytes(data, "data"))
         try:
-            self._hmac(key, data).verify(tag_bytes)
+            mac.verify(tag_bytes)
         except InvalidSignature:
             return False
         return True
