@@ -147,6 +147,52 @@ def single_photon_error(params: LinkParameters) -> float:
     return (decoy.E0_BACKGROUND * params.y0 + params.e_detector * params.eta) / y1
 
 
+@dataclass(frozen=True)
+class Observables:
+    """What a decoy-state experiment measures: gains and error rates per intensity.
+
+    The analytic model fills these with expected values; the Monte Carlo simulation
+    (:mod:`hybridkex.qkd.montecarlo`) with observed ones.  Both then go through
+    :func:`rate_from_observables`, one implementation of each model's bound.
+    """
+
+    q_mu: float
+    e_mu: float
+    q_nu: float
+    e_nu: float
+    y0: float
+    e0: float = decoy.E0_BACKGROUND
+
+
+def rate_from_observables(params: LinkParameters, model: Model, obs: Observables,
+                          sifting: float | None = None) -> float:
+    """GLLP rate of a decoy model from gains and error rates (negative: no key proven).
+
+    "infinite-decoy" and "single-photon" need the true single-photon yield, which
+    only the analytic model knows; they are not computable from observables.
+    """
+    q = sifting_factor(params) if sifting is None else sifting
+    f, mu = params.f_ec, params.mu
+    q_mu, e_mu = obs.q_mu, obs.e_mu
+    if model == "vacuum-weak":
+        if params.vacuum != 0.0:
+            raise InvalidParameter("the vacuum-weak model needs a true vacuum decoy (vacuum = 0)")
+        y1_l = decoy.y1_lower(q_mu, obs.q_nu, obs.y0, mu, params.nu)
+        e1_u = decoy.e1_upper(obs.e_nu, obs.q_nu, obs.y0, y1_l, params.nu, e0=obs.e0)
+        return decoy.gllp_rate(q, q_mu, e_mu, decoy.q1_from_y1(y1_l, mu), e1_u, f)
+    if model == "no-decoy":
+        # GLLP with the worst case that every multi-photon pulse was detected.
+        if q_mu <= 0.0:
+            return 0.0
+        multi = (1.0 - math.exp(-mu) - mu * math.exp(-mu)) / q_mu
+        if multi >= 1.0:
+            return -q * q_mu * f * decoy.h2(e_mu)
+        untagged = q_mu * (1.0 - multi)
+        e_untagged = min(e_mu / (1.0 - multi), decoy.E0_BACKGROUND)
+        return decoy.gllp_rate(q, q_mu, e_mu, untagged, e_untagged, f)
+    raise InvalidParameter(f"model {model!r} needs the true single-photon yield")
+
+
 def _raw_rate(params: LinkParameters, model: Model) -> float:
     """The model's GLLP rate, negative where no key is proven (sign kept for searches)."""
     q = sifting_factor(params)
@@ -155,7 +201,6 @@ def _raw_rate(params: LinkParameters, model: Model) -> float:
         y1 = single_photon_yield(params)
         e1 = min(single_photon_error(params), decoy.E0_BACKGROUND)
         return decoy.gllp_rate(q, y1, e1, y1, e1, f)
-
     mu = params.mu
     q_mu = expected_gain(params, mu)
     e_mu = expected_qber(params, mu)
@@ -163,24 +208,10 @@ def _raw_rate(params: LinkParameters, model: Model) -> float:
         y1 = single_photon_yield(params)
         e1 = min(single_photon_error(params), decoy.E0_BACKGROUND)
         return decoy.gllp_rate(q, q_mu, e_mu, decoy.q1_from_y1(y1, mu), e1, f)
-    if model == "vacuum-weak":
-        if params.vacuum != 0.0:
-            raise InvalidParameter("the vacuum-weak model needs a true vacuum decoy (vacuum = 0)")
-        nu = params.nu
-        q_nu = expected_gain(params, nu)
-        e_nu = expected_qber(params, nu)
-        y1_l = decoy.y1_lower(q_mu, q_nu, params.y0, mu, nu)
-        e1_u = decoy.e1_upper(e_nu, q_nu, params.y0, y1_l, nu)
-        return decoy.gllp_rate(q, q_mu, e_mu, decoy.q1_from_y1(y1_l, mu), e1_u, f)
-    # no-decoy: GLLP with the worst case that every multi-photon pulse was detected.
-    if q_mu <= 0.0:
-        return 0.0
-    multi = (1.0 - math.exp(-mu) - mu * math.exp(-mu)) / q_mu
-    if multi >= 1.0:
-        return -q * q_mu * f * decoy.h2(e_mu)
-    untagged = q_mu * (1.0 - multi)
-    e_untagged = min(e_mu / (1.0 - multi), decoy.E0_BACKGROUND)
-    return decoy.gllp_rate(q, q_mu, e_mu, untagged, e_untagged, f)
+    nu = params.nu
+    expected = Observables(q_mu, e_mu, expected_gain(params, nu), expected_qber(params, nu),
+                           params.y0)
+    return rate_from_observables(params, model, expected)
 
 
 def _mu_range(params: LinkParameters, model: Model) -> tuple[float, float]:

@@ -65,10 +65,16 @@ class AuthKeyPool:
         self.consumed_bits += 8 * n_bytes
         return out
 
+    def take_remaining(self) -> bytes:
+        """Move the undrawn bits out (they are not spent, so not counted)."""
+        out = bytes(self._buffer[self._position:])
+        self._buffer[self._position:] = bytes(len(out))
+        self._position = len(self._buffer)
+        return out
+
     def split(self) -> tuple[AuthKeyPool, AuthKeyPool]:
         """Two disjoint pools (first half, second half); this pool is emptied."""
-        material = self.draw(len(self._buffer) - self._position)
-        self.consumed_bits = 0  # moved, not spent
+        material = self.take_remaining()
         half = len(material) // 2
         return AuthKeyPool(material[:half]), AuthKeyPool(material[half:])
 
@@ -132,6 +138,7 @@ class WegmanCarterAuthenticator(MessageAuthenticator):
         alice_to_bob, bob_to_alice = pool.split()
         self._send, self._receive = ((alice_to_bob, bob_to_alice) if role == ALICE
                                      else (bob_to_alice, alice_to_bob))
+        self._role = role
         self._send_r: bytes | None = None
         self._receive_r: bytes | None = None
         self._mac = primitives.mac("Poly1305")
@@ -156,3 +163,11 @@ class WegmanCarterAuthenticator(MessageAuthenticator):
     @property
     def remaining_bits(self) -> int:
         return self._send.remaining_bits + self._receive.remaining_bits
+
+    def leftover(self) -> bytes:
+        """The undrawn bits, in the same order on both sides (A->B half, then B->A half),
+        to carry into the next round's pool.  Only valid after a round both sides
+        completed: after an abort the two sides may have drawn different amounts."""
+        alice_to_bob, bob_to_alice = ((self._send, self._receive) if self._role == ALICE
+                                      else (self._receive, self._send))
+        return alice_to_bob.take_remaining() + bob_to_alice.take_remaining()

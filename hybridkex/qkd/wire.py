@@ -5,20 +5,23 @@ Frame (all integers big-endian)::
     magic "HKQ1" | session_id (16) | seq u32 | sender u8 | type u8 | payload_len u32
     | payload | tag_len u16 | tag
 
-The tag covers everything before ``tag_len``.  A receiver checks, in this order:
-length, magic, session, sender, sequence number (exactly the next one: a replayed,
-dropped or reordered message ends the round), type, then the tag; only then is the
-payload decoded, and every field in it is length-checked.
+The tag covers everything before ``tag_len``, followed by the hash of the sender's
+deferred frames since its last tagged frame (see :class:`AuthenticatedChannel`).
+A receiver checks, in this order: length, magic, session, sender, sequence number
+(exactly the next one: a replayed, dropped or reordered message ends the round),
+then the tag, then the type; only then is the payload decoded, and every field in
+it is length-checked.
 """
 
 from __future__ import annotations
 
 import contextlib
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
+from cryptography.hazmat.primitives import hashes
 
 from hybridkex.errors import HybridKexError
 from hybridkex.qkd.authentication import MessageAuthenticator
@@ -51,25 +54,48 @@ class MessageType:
     VERIFY_RESULT = 9
     AMPLIFY = 10
     CONFIRM = 11
+    CASCADE_DONE = 12
     ABORT = 255
+
+
+def _transcript() -> hashes.Hash:
+    return hashes.Hash(hashes.SHA256())
 
 
 @dataclass
 class AuthenticatedChannel:
-    """A classical channel whose every frame is authenticated, numbered and bound to a session."""
+    """A classical channel whose every frame is authenticated, numbered and bound to a session.
+
+    Most frames carry their own tag.  A *deferred* frame (the many small parity
+    messages of Cascade) carries none: it is hashed into the sender's running
+    transcript of deferred frames, and the next tagged frame in the same direction
+    authenticates that hash along with itself.  The receiver hashes what it received
+    the same way, so an altered, injected or dropped deferred frame makes that next
+    tag fail and ends the round.  The protocol releases nothing derived from deferred
+    frames before that tag has verified; it saves one one-time MAC per frame.
+    """
 
     channel: ClassicalChannel
     authenticator: MessageAuthenticator
     role: int
-    session_id: bytes
+    session_id: bytes | None = None  # None: adopt the first incoming message's session
     _sent: int = 0
     _received: int = 0
+    _sent_deferred: hashes.Hash = field(default_factory=_transcript)
+    _received_deferred: hashes.Hash = field(default_factory=_transcript)
 
-    def send(self, msg_type: int, payload: bytes) -> None:
+    def send(self, msg_type: int, payload: bytes, *, deferred: bool = False) -> None:
+        if self.session_id is None:
+            raise LinkAborted("no session established")
         header = _HEADER.pack(MAGIC, self.session_id, self._sent, self.role, msg_type,
                               len(payload))
         data = header + payload
-        tag = self.authenticator.tag(data)
+        if deferred:
+            self._sent_deferred.update(data)
+            tag = b""
+        else:
+            covered, self._sent_deferred = self._sent_deferred.finalize(), _transcript()
+            tag = self.authenticator.tag(data + covered)
         self._sent += 1
         self.channel.send(data + struct.pack(">H", len(tag)) + tag)
 
@@ -78,7 +104,13 @@ class AuthenticatedChannel:
         with contextlib.suppress(HybridKexError):
             self.send(MessageType.ABORT, reason.encode()[:200])
 
-    def recv(self, expected_type: int) -> bytes:
+    def recv(self, expected_type: int, *, deferred: bool = False) -> bytes:
+        """The payload of the next frame, which must be of ``expected_type``."""
+        return self.recv_any({expected_type: deferred})[1]
+
+    def recv_any(self, allowed: dict[int, bool]) -> tuple[int, bytes]:
+        """The next frame's (type, payload); ``allowed`` maps each acceptable type to
+        whether it comes deferred (untagged) or tagged."""
         frame = self.channel.recv()
         if len(frame) < _HEADER.size + 2:
             raise LinkAborted("classical message too short")
@@ -91,21 +123,30 @@ class AuthenticatedChannel:
         (tag_len,) = struct.unpack_from(">H", frame, data_end)
         if tag_len > MAX_TAG or len(frame) != data_end + 2 + tag_len:
             raise LinkAborted("classical message has a bad tag length")
+        if self.session_id is None:
+            self.session_id = session
         if session != self.session_id:
             raise LinkAborted("classical message belongs to another session (replay?)")
         if sender != 1 - self.role:
             raise LinkAborted("classical message has the wrong sender")
         if seq != self._received:
             raise LinkAborted("classical message out of sequence (replayed or dropped)")
-        if not self.authenticator.verify(frame[:data_end], frame[data_end + 2:]):
-            raise LinkAborted("classical message failed authentication (tampered)")
+        data = frame[:data_end]
+        if allowed.get(msg_type, False):
+            if tag_len:
+                raise LinkAborted("a deferred classical message carries a tag")
+            self._received_deferred.update(data)
+        else:
+            covered, self._received_deferred = self._received_deferred.finalize(), _transcript()
+            if not self.authenticator.verify(data + covered, frame[data_end + 2:]):
+                raise LinkAborted("classical message failed authentication (tampered)")
         self._received += 1
         payload = frame[_HEADER.size:data_end]
         if msg_type == MessageType.ABORT:
             raise LinkAborted("peer aborted: " + payload.decode("utf-8", "replace"))
-        if msg_type != expected_type:
+        if msg_type not in allowed:
             raise LinkAborted(f"unexpected classical message type {msg_type}")
-        return payload
+        return msg_type, payload
 
 
 class Writer:
