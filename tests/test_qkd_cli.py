@@ -30,7 +30,7 @@ def _json(*args: str) -> Any:
 
 def test_simulate_at_25_km_gives_a_positive_net_key_with_f_reported() -> None:
     report = _json("simulate", "--distance-km", "25", "--pulses", "4e8", "--seed", "1")
-    assert SIMULATE_KEYS <= report.keys()
+    assert report.keys() >= SIMULATE_KEYS
     assert not report["aborted"]
     assert report["net_secret_bits"] > 0
     assert 1.0 < report["ec_efficiency"] < 1.2
