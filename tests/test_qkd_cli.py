@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -87,3 +88,11 @@ def test_bad_arguments_fail_with_one_line() -> None:
     result = _run("sweep", "--from-km", "10", "--to-km", "0", "--step-km", "1")
     assert result.returncode == 1
     assert result.stderr.strip().count("\n") == 0 and "hybridkex:" in result.stderr
+
+
+def test_sweep_plot_writes_a_png(tmp_path: Path) -> None:
+    target = tmp_path / "rate.png"
+    result = _run("sweep", "--from-km", "0", "--to-km", "150", "--step-km", "10",
+                  "--plot", str(target))
+    assert result.returncode == 0, result.stderr
+    assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
