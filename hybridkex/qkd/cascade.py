@@ -20,8 +20,9 @@ permutation of the frame is cut into ``ceil(n_f / k)`` blocks whose lengths diff
 at most one; a *halving* pass puts every bit into one of two blocks by a pseudo-random
 label bit.  Both parties derive permutations and labels from the seed in the first
 request (SHA-256 of the seed and the pass number seeds NumPy's ``SeedSequence`` and
-``PCG64``, whose streams NumPy keeps stable; permutations are stable sorts of 16-bit
-keys from ``PCG64.random_raw``), so nothing but the seed crosses the channel.
+``PCG64``, whose streams NumPy keeps stable; a permutation is the stable sort of 16-bit
+keys from ``PCG64.random_raw``, ties in key order going by position, and labels are the
+bits of ``random_raw`` words), so nothing but the seed crosses the channel.
 
 Inside a block, sub-blocks are the nodes of a binary tree over the block (bits in
 permuted order, padded to ``2**D``): node ``h`` (heap numbering, root 1) at depth ``d``

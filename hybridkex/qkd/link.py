@@ -18,7 +18,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -41,6 +41,7 @@ from hybridkex.qkd.postprocessing import (
     BobData,
     DistillationConfig,
     DistillationResult,
+    RoundMetrics,
     run_alice,
     run_bob,
 )
@@ -69,23 +70,12 @@ class SiteIdentity:
         return f"SiteIdentity({self.scheme})"
 
 
-@dataclass
-class LinkReport:
+@dataclass(kw_only=True)
+class LinkReport(RoundMetrics):
     """One round of the link, as ``hybridkex qkd simulate --json`` prints it."""
 
     distance_km: float
     pulses: int
-    detections: int = 0
-    sifted_bits: int = 0
-    qber: float = 0.0
-    qber_x: float = 0.0
-    y1_lower: float = 0.0
-    e1_upper: float = 0.0
-    ec_leaked_bits: int = 0
-    ec_efficiency: float = 0.0
-    ec_round_trips: int = 0
-    pa_input_bits: int = 0
-    secret_bits: int = 0
     auth_mode: str = ""
     auth_bits_consumed: int = 0
     net_secret_bits: int = 0
@@ -156,8 +146,9 @@ class QKDLink:
         reproducible = seed is not None
         if seed is None:
             seed = int(np.random.SeedSequence().generate_state(2, np.uint32).view(np.uint64)[0])
-        report = LinkReport(self.params.distance_km, pulses, finite_key=self.config.finite_key,
-                            eps_sec=self.config.eps_sec, seed=seed)
+        report = LinkReport(distance_km=self.params.distance_km, pulses=pulses,
+                            finite_key=self.config.finite_key, eps_sec=self.config.eps_sec,
+                            seed=seed)
         alice, bob = self._quantum_phase(pulses, seed, progress)
         report.simulation_s = time.perf_counter() - started
 
@@ -239,10 +230,8 @@ class QKDLink:
 
     @staticmethod
     def _fill(report: LinkReport, r: DistillationResult) -> None:
-        for name in ("detections", "sifted_bits", "qber", "qber_x", "y1_lower", "e1_upper",
-                     "ec_leaked_bits", "ec_efficiency", "ec_round_trips", "pa_input_bits",
-                     "secret_bits"):
-            setattr(report, name, getattr(r, name))
+        for metric in fields(RoundMetrics):
+            setattr(report, metric.name, getattr(r, metric.name))
 
     def _deposit(self, ra: DistillationResult, rb: DistillationResult,
                  report: LinkReport) -> None:

@@ -52,6 +52,7 @@ __all__ = [
     "BobData",
     "DistillationConfig",
     "DistillationResult",
+    "RoundMetrics",
     "run_alice",
     "run_bob",
 ]
@@ -104,11 +105,10 @@ class BobData:
     bit: Bits
 
 
-@dataclass
-class DistillationResult:
-    """What one party reports for a round; ``keys`` is empty when the round aborted."""
+@dataclass(kw_only=True)
+class RoundMetrics:
+    """The figures of one distillation round, as both parties can report them."""
 
-    role: int
     detections: int = 0
     sifted_bits: int = 0
     qber: float = 0.0
@@ -120,6 +120,13 @@ class DistillationResult:
     ec_round_trips: int = 0
     pa_input_bits: int = 0
     secret_bits: int = 0
+
+
+@dataclass(kw_only=True)
+class DistillationResult(RoundMetrics):
+    """What one party reports for a round; ``keys`` is empty when the round aborted."""
+
+    role: int
     auth_reserve: bytes = field(default=b"", repr=False)
     keys: list[StoredKey] = field(default_factory=list, repr=False)
     aborted: bool = False
@@ -288,7 +295,7 @@ def run_alice(chan: AuthenticatedChannel, data: AliceData, config: DistillationC
     verification key, the Toeplitz seed); only a reproducible simulation replaces
     the operating system's CSPRNG.
     """
-    result = DistillationResult(ALICE)
+    result = DistillationResult(role=ALICE)
 
     def protocol() -> None:
         # 1. hello
@@ -397,7 +404,7 @@ def run_bob(chan: AuthenticatedChannel, data: BobData, config: DistillationConfi
             initiators: tuple[str, str],
             random_bytes: Callable[[int], bytes] = os.urandom) -> DistillationResult:
     """Bob's side of one distillation round."""
-    result = DistillationResult(BOB)
+    result = DistillationResult(role=BOB)
 
     def protocol() -> None:
         # 1. hello
