@@ -96,3 +96,24 @@ def test_sweep_plot_writes_a_png(tmp_path: Path) -> None:
                   "--plot", str(target))
     assert result.returncode == 0, result.stderr
     assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_link_fills_both_sites_stores_with_the_same_keys(tmp_path: Path) -> None:
+    from hybridkex.qkd.keystore import SQLiteKeyStore
+
+    a_db, b_db = tmp_path / "a.db", tmp_path / "b.db"
+    result = _run("link", "--site-a", "A", "--store-a", f"sqlite:///{a_db}", "--site-b", "B",
+                  "--store-b", f"sqlite:///{b_db}", "--target-keys", "100",
+                  "--pulses-per-round", "3e8", "--json")
+    assert result.returncode == 0, result.stderr
+    rounds = [json.loads(line) for line in result.stdout.splitlines()]
+    deposited = sum(r["keys_deposited"] for r in rounds)
+    assert deposited >= 100
+    with SQLiteKeyStore("A", a_db) as a, SQLiteKeyStore("B", b_db) as b:
+        assert a.status("B").available_to_take + a.status("B").available_to_fetch == deposited
+        taken = a.take("B", 10)
+        assert [k.key for k in b.fetch("A", [k.key_id for k in taken])] == [
+            k.key for k in taken]
+        taken = b.take("A", 10)
+        assert [k.key for k in a.fetch("B", [k.key_id for k in taken])] == [
+            k.key for k in taken]

@@ -16,6 +16,7 @@ from typing import Any
 
 from hybridkex.errors import InvalidParameter
 from hybridkex.qkd import analytic, montecarlo
+from hybridkex.qkd.keystore import open_store
 from hybridkex.qkd.link import SIMULATION_LABEL, QKDLink, SiteIdentity
 from hybridkex.qkd.parameters import Eavesdropper, LinkParameters, finite_key_parameters
 from hybridkex.qkd.postprocessing import DistillationConfig
@@ -43,6 +44,19 @@ def register(sub: Any) -> None:
     p.add_argument("--eps-sec", type=float, default=DistillationConfig.eps_sec)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_simulate)
+
+    k = qsub.add_parser("link", help="run the simulated link, filling both sites' key stores")
+    k.add_argument("--site-a", required=True)
+    k.add_argument("--store-a", required=True, help="memory:, sqlite:///path or postgresql://...")
+    k.add_argument("--site-b", required=True)
+    k.add_argument("--store-b", required=True)
+    k.add_argument("--distance-km", type=float, default=25.0)
+    k.add_argument("--target-keys", type=_count,
+                   help="stop once this many 256-bit keys were deposited (default: run until "
+                   "interrupted)")
+    k.add_argument("--pulses-per-round", type=_count, default=500_000_000)
+    k.add_argument("--json", action="store_true", help="one JSON object per round on stdout")
+    k.set_defaults(func=cmd_link)
 
     s = qsub.add_parser("sweep", help="key rate against distance: analytic, and simulated")
     s.add_argument("--from-km", type=float, required=True)
@@ -106,6 +120,42 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         print(json.dumps(report.to_json(), indent=2))
         return 0
     _print_report(report.to_json())
+    return 0
+
+
+def cmd_link(args: argparse.Namespace) -> int:
+    store_a = open_store(args.store_a, args.site_a)
+    store_b = open_store(args.store_b, args.site_b)
+    link = QKDLink(args.site_a, args.site_b, finite_key_parameters(distance_km=args.distance_km),
+                   store_a=store_a, store_b=store_b, identity_a=SiteIdentity.generate(),
+                   identity_b=SiteIdentity.generate())
+    deposited = rounds = aborted = 0
+    if not args.json:
+        print(f"*** {SIMULATION_LABEL} ***", file=sys.stderr)
+    try:
+        while args.target_keys is None or deposited < args.target_keys:
+            report = link.run_round(args.pulses_per_round)
+            rounds += 1
+            aborted += report.aborted
+            deposited += report.keys_deposited
+            if args.json:
+                print(json.dumps(report.to_json()), flush=True)
+            else:
+                status = report.abort_reason if report.aborted else (
+                    f"+{report.keys_deposited} keys, QBER {report.qber:.3f}, "
+                    f"auth {report.auth_bits_consumed} bits")
+                target = f"/{args.target_keys}" if args.target_keys else ""
+                print(f"\rround {rounds}: {deposited}{target} keys deposited "
+                      f"({status})", end="", file=sys.stderr, flush=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if not args.json:
+            print(file=sys.stderr)
+        store_a.close()
+        store_b.close()
+    print(f"{deposited} keys deposited in {rounds} rounds ({aborted} aborted) for link "
+          f"{args.site_a}-{args.site_b}", file=sys.stderr)
     return 0
 
 
