@@ -146,6 +146,7 @@ import numpy as np
 import numpy.typing as npt
 
 from hybridkex.errors import HybridKexError, InvalidParameter
+from hybridkex.qkd.decoy import h2
 
 __all__ = [
     "DEFAULT_CONCURRENCY",
@@ -191,11 +192,8 @@ class CascadeError(HybridKexError):
     """A Cascade message is malformed, out of order, out of range or inconsistent."""
 
 
-def binary_entropy(p: float) -> float:
-    """``h2(p)`` in bits; 0 at p = 0 and p = 1."""
-    if p <= 0.0 or p >= 1.0:
-        return 0.0
-    return -p * math.log2(p) - (1.0 - p) * math.log2(1.0 - p)
+#: ``h2(p)`` in bits for a QBER in [0, 0.5]: the one implementation, in decoy.py.
+binary_entropy = h2
 
 
 def _check_count(qber: float, passes: int) -> None:
