@@ -172,7 +172,13 @@ class QKDLink:
             randomness_a, randomness_b = gen_a.bytes, gen_b.bytes
 
         def bob_side() -> None:
-            results[BOB] = run_bob(chan_b, bob, self.config, initiators, randomness_b)
+            try:
+                results[BOB] = run_bob(chan_b, bob, self.config, initiators, randomness_b)
+            finally:
+                if BOB not in results:  # an unexpected error: Bob keeps nothing
+                    results[BOB] = DistillationResult(role=BOB, aborted=True,
+                                                      abort_reason="internal error at Bob")
+                    end_b.close()
 
         thread = threading.Thread(target=bob_side, name="qkd-bob", daemon=True)
         thread.start()

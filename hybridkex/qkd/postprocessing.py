@@ -280,9 +280,17 @@ def _guard(chan: AuthenticatedChannel, result: DistillationResult,
     """Run the protocol; on any failure tell the peer, keep no key, report why."""
     try:
         step()
-    except (LinkAborted, CascadeError, ChannelClosed, AuthKeysExhausted,
-            InvalidParameter) as exc:
-        reason = exc.reason if isinstance(exc, LinkAborted) else str(exc)
+    except (LinkAborted, CascadeError, ChannelClosed, AuthKeysExhausted, InvalidParameter,
+            ValueError, IndexError, OverflowError) as exc:
+        # The last three can only come from peer data that passed the framing checks
+        # but not the arithmetic on it; they end the round like any malformed message.
+        if isinstance(exc, LinkAborted):
+            reason = exc.reason
+        elif isinstance(exc, ValueError | IndexError | OverflowError) and not isinstance(
+                exc, InvalidParameter):
+            reason = "malformed classical message"
+        else:
+            reason = str(exc)
         if not reason.startswith("peer aborted"):
             chan.abort(reason)
         result.keys, result.auth_reserve = [], b""
