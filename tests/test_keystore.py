@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from hybridkex.errors import InvalidParameter
+from hybridkex.errors import BackendUnavailable, InvalidParameter
 from hybridkex.qkd.keystore import (
     KeyNotAvailable,
     KeysExhausted,
@@ -21,20 +24,44 @@ from hybridkex.qkd.keystore import (
     new_key_id,
     open_store,
 )
+from tests.keystore_worker import drop_schema, new_schema, postgres_dsn
+
+try:
+    import psycopg
+    from psycopg import sql
+except ImportError:  # the PostgreSQL tests skip (fail under CI) in postgres_dsn()
+    pass
 
 Factory = Callable[[str], KeyStore]
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture
+def pg_schema() -> Iterator[tuple[str, str]]:
+    """(DSN, a fresh empty schema) on the test server; skips without one (fails under CI)."""
+    dsn = postgres_dsn()
+    schema = new_schema(dsn)
+    yield dsn, schema
+    drop_schema(dsn, schema)
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgresql"])
 def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Factory]:
     opened: list[KeyStore] = []
+    dsn = schema = ""
+    if request.param == "postgresql":
+        # both sites in one schema (as they may share a database), a fresh one per test
+        dsn, schema = request.getfixturevalue("pg_schema")
 
     def factory(site: str) -> KeyStore:
         store: KeyStore
         if request.param == "memory":
             store = MemoryKeyStore(site)
-        else:
+        elif request.param == "sqlite":
             store = SQLiteKeyStore(site, tmp_path / f"{site}.db")
+        else:
+            from hybridkex.qkd.keystore_postgres import PostgresKeyStore
+
+            store = PostgresKeyStore(site, dsn, schema=schema)
         opened.append(store)
         return store
 
@@ -209,3 +236,186 @@ def test_open_store_urls(tmp_path: Path) -> None:
     store.close()
     with pytest.raises(InvalidParameter):
         open_store("redis://x", "A")
+
+
+# -- PostgreSQL: what only a shared database server adds ---------------------------------
+
+def _pg_link(dsn: str, schema: str, n: int = 20, **options: Any
+             ) -> tuple[KeyStore, KeyStore, list[StoredKey]]:
+    from hybridkex.qkd.keystore_postgres import PostgresKeyStore
+
+    a = PostgresKeyStore("A", dsn, schema=schema, **options)
+    b = PostgresKeyStore("B", dsn, schema=schema, **options)
+    keys = [StoredKey(new_key_id(), os.urandom(32), "A" if i % 2 == 0 else "B")
+            for i in range(n)]
+    a.add("B", keys)
+    b.add("A", keys)
+    return a, b, keys
+
+
+def _pg_lock(dsn: str, schema: str, site: str, key_ids: list[str]) -> psycopg.Connection[Any]:
+    """Another session, in an open transaction, holding row locks on these keys."""
+    conn = psycopg.connect(dsn)
+    conn.execute(
+        sql.SQL("SELECT key_id FROM {} WHERE site_id = %s AND key_id = ANY(%s::uuid[]) "
+                "FOR UPDATE").format(sql.Identifier(schema, "hybridkex_qkd_keys")),
+        (site, key_ids)).fetchall()
+    return conn
+
+
+def _pg_erase(conn: psycopg.Connection[Any], schema: str, site: str, key_ids: list[str]) -> None:
+    table = sql.Identifier(schema, "hybridkex_qkd_keys")
+    conn.execute(
+        sql.SQL("UPDATE {} SET material = NULL, delivered_at = now() WHERE site_id = %s "
+                "AND key_id = ANY(%s::uuid[])").format(table),
+        (site, key_ids))
+    conn.commit()
+
+
+def test_postgres_sites_share_a_database_without_mixing(pg_schema: tuple[str, str]) -> None:
+    from hybridkex.qkd.keystore_postgres import PostgresKeyStore
+
+    dsn, schema = pg_schema
+    a, b, keys = _pg_link(dsn, schema)
+    # a third site, C, also linked to B, holding the same key IDs under its own name
+    c = PostgresKeyStore("C", dsn, schema=schema)
+    c.add("B", [StoredKey(k.key_id, k.key, "C" if k.initiator == "A" else "B") for k in keys])
+    assert [k.key_id for k in a.take("B", 10)] == [k.key_id for k in keys[::2]]
+    assert c.status("B").available_to_take == 10  # A's deliveries are A's alone
+    assert [k.key_id for k in c.take("B", 10)] == [k.key_id for k in keys[::2]]
+    assert (a.peers(), b.peers(), c.peers()) == (["B"], ["A"], ["B"])
+    assert b.status("A").available_to_fetch == 10
+    for store in (a, b, c):
+        store.close()
+
+
+def test_postgres_take_skips_keys_another_taker_holds(pg_schema: tuple[str, str]) -> None:
+    dsn, schema = pg_schema
+    a, b, keys = _pg_link(dsn, schema, lock_timeout_s=2.0)
+    mine = [k.key_id for k in keys if k.initiator == "A"]
+    other = _pg_lock(dsn, schema, "A", mine[:3])  # a taker in the middle of delivering
+    started = time.monotonic()
+    assert [k.key_id for k in a.take("B", 2)] == mine[3:5]  # skipped, not waited for
+    assert time.monotonic() - started < 1.0
+    other.rollback()
+    assert [k.key_id for k in a.take("B", 3)] == mine[:3]
+    other.close()
+    a.close()
+    b.close()
+
+
+def test_postgres_take_waits_for_keys_in_flight_rather_than_fail(
+        pg_schema: tuple[str, str]) -> None:
+    dsn, schema = pg_schema
+    a, b, keys = _pg_link(dsn, schema, n=6)
+    mine = [k.key_id for k in keys if k.initiator == "A"]
+    # another taker holds two of the three keys: skipping them leaves one, but the
+    # three are committed as available, so take waits for the other to finish
+    other = _pg_lock(dsn, schema, "A", mine[:2])
+    timer = threading.Timer(0.3, other.rollback)
+    timer.start()
+    assert [k.key_id for k in a.take("B", 3)] == mine  # the other rolled back
+    timer.join()
+    # ... and when the other taker delivers them, there really are too few
+    a.add("B", more := [StoredKey(new_key_id(), os.urandom(32), "A") for _ in range(3)])
+    other = _pg_lock(dsn, schema, "A", [k.key_id for k in more[:2]])
+    timer = threading.Timer(0.3, _pg_erase, (other, schema, "A", [k.key_id for k in more[:2]]))
+    timer.start()
+    with pytest.raises(KeysExhausted):
+        a.take("B", 3)
+    timer.join()
+    assert [k.key_id for k in a.take("B")] == [more[2].key_id]
+    other.close()
+    a.close()
+    b.close()
+
+
+def test_postgres_fetch_waits_for_a_concurrent_fetch_of_the_same_key(
+        pg_schema: tuple[str, str]) -> None:
+    dsn, schema = pg_schema
+    a, b, _ = _pg_link(dsn, schema)
+    first, second = a.take("B", 2)
+    # another fetcher holds the first key: fetch waits, then finds it delivered
+    other = _pg_lock(dsn, schema, "B", [first.key_id])
+    timer = threading.Timer(0.3, _pg_erase, (other, schema, "B", [first.key_id]))
+    timer.start()
+    started = time.monotonic()
+    with pytest.raises(KeyNotAvailable):
+        b.fetch("A", [second.key_id, first.key_id])
+    assert time.monotonic() - started >= 0.25
+    timer.join()
+    # all or nothing: the second key is still there; a fetch that was rolled back
+    # leaves its key too
+    other = _pg_lock(dsn, schema, "B", [second.key_id])
+    timer = threading.Timer(0.3, other.rollback)
+    timer.start()
+    assert b.fetch("A", [second.key_id])[0].key == second.key
+    timer.join()
+    other.close()
+    a.close()
+    b.close()
+
+
+def test_postgres_store_reconnects_after_losing_its_connection(
+        pg_schema: tuple[str, str]) -> None:
+    from hybridkex.qkd.keystore import KeySourceError
+    from hybridkex.qkd.keystore_postgres import PostgresKeyStore
+
+    dsn, schema = pg_schema
+    a, b, _ = _pg_link(dsn, schema)
+    assert isinstance(a, PostgresKeyStore)
+    pid = a._connection().info.backend_pid
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    with pytest.raises(KeySourceError):
+        a.take("B")  # the outcome of this one call is unknown to it: an error
+    (key,) = a.take("B")  # a new connection
+    assert b.fetch("A", [key.key_id])[0].key == key.key
+    a.close()
+    b.close()
+
+
+def test_postgres_purge_vacuums_and_the_store_goes_on(pg_schema: tuple[str, str]) -> None:
+    from hybridkex.qkd.keystore_postgres import PostgresKeyStore
+
+    dsn, schema = pg_schema
+    a, b, _ = _pg_link(dsn, schema)
+    taken = a.take("B", 4)
+    assert isinstance(a, PostgresKeyStore)
+    a.purge()
+    a.purge(full=True)
+    assert [k.key for k in b.fetch("A", [k.key_id for k in taken])] == [k.key for k in taken]
+    assert a.status("B").delivered == 4
+    a.close()
+    b.close()
+
+
+def test_postgres_refuses_tables_of_another_schema_version(pg_schema: tuple[str, str]) -> None:
+    from hybridkex.qkd.keystore_postgres import PostgresKeyStore
+
+    dsn, schema = pg_schema
+    PostgresKeyStore("A", dsn, schema=schema).close()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("UPDATE {} SET value = '99' WHERE name = 'schema_version'").format(
+            sql.Identifier(schema, "hybridkex_qkd_meta")))
+    with pytest.raises(InvalidParameter, match="schema version"):
+        PostgresKeyStore("A", dsn, schema=schema)
+
+
+def test_open_store_postgresql_url(pg_schema: tuple[str, str]) -> None:
+    from hybridkex.qkd.keystore_postgres import PostgresKeyStore
+
+    dsn, schema = pg_schema
+    store = open_store(dsn, "A", schema=schema)
+    assert isinstance(store, PostgresKeyStore) and store.schema == schema
+    store.add("B", [StoredKey(new_key_id(), os.urandom(32), "A")])
+    assert store.status("B").available_to_take == 1
+    store.close()
+
+
+def test_open_store_postgresql_without_psycopg_says_what_to_install(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # import psycopg -> ImportError
+    monkeypatch.delitem(sys.modules, "hybridkex.qkd.keystore_postgres", raising=False)
+    with pytest.raises(BackendUnavailable, match=r"pip install 'hybridkex\[postgres\]'"):
+        open_store("postgresql://nobody@127.0.0.1:1/none", "A")

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from hybridkex import __version__
+from hybridkex.cli import kme as kme_commands
 from hybridkex.cli import qkd as qkd_commands
 from hybridkex.cli import selftest as selftest_command
 from hybridkex.errors import HybridKexError
@@ -22,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     selftest_command.register(sub)
     qkd_commands.register(sub)
+    kme_commands.register(sub)
     return parser
 
 

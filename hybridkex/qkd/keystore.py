@@ -18,8 +18,10 @@ first unit's ID is the key ID; the others travel as the key's ``extension`` IDs,
 the responder assembles the same bits.
 
 Backends: :class:`MemoryKeyStore` (tests), :class:`SQLiteKeyStore` (the embedded
-default: WAL, ``synchronous=FULL``, ``secure_delete``).  ``open_store(url)`` opens
-one from ``memory:`` or ``sqlite:///path``.
+default: WAL, ``synchronous=FULL``, ``secure_delete``), and
+:class:`~hybridkex.qkd.keystore_postgres.PostgresKeyStore` for a KME run as several
+processes or hosts (needs ``pip install 'hybridkex[postgres]'``).  ``open_store(url)``
+opens one from ``memory:``, ``sqlite:///path`` or ``postgresql://...``.
 """
 
 from __future__ import annotations
@@ -465,12 +467,19 @@ class SQLiteKeyStore(KeyStore):
 
 
 def open_store(url: str, site_id: str, **options: object) -> KeyStore:
-    """Open a key store from a URL: ``memory:`` or ``sqlite:///path/to/keys.db``."""
+    """Open a key store from a URL: ``memory:``, ``sqlite:///path/to/keys.db`` or
+    ``postgresql://user@host:port/db`` (psycopg 3 needed only for the last; without
+    it, BackendUnavailable says what to install)."""
     if url == "memory:":
         return MemoryKeyStore(site_id, **options)  # type: ignore[arg-type]
     if url.startswith("sqlite:///"):
         return SQLiteKeyStore(site_id, url[len("sqlite:///"):], **options)  # type: ignore[arg-type]
-    raise InvalidParameter("key store URL must be memory: or sqlite:///path")
+    if url.startswith(("postgresql://", "postgres://")):
+        from hybridkex.qkd.keystore_postgres import PostgresKeyStore
+
+        return PostgresKeyStore(site_id, url, **options)  # type: ignore[arg-type]
+    raise InvalidParameter(
+        "key store URL must be memory:, sqlite:///path or postgresql://...")
 
 
 def new_key_id() -> str:

@@ -1,0 +1,114 @@
+"""``hybridkex kme serve``: one site's ETSI GS QKD 014 Key Management Entity.
+
+    hybridkex kme serve --site-id A --store sqlite:///a.db --listen 0.0.0.0:8443 \\
+        --cert kme-a.pem --key kme-a.key --ca ca.pem --sae-map saes.json
+
+The server itself (aiohttp) is imported only when the command runs, so the rest of
+the command line works without the ``kme`` extra.  SIGTERM and SIGINT stop it cleanly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from hybridkex.errors import BackendUnavailable, HybridKexError, InvalidParameter
+from hybridkex.qkd.keystore import KeyStore, open_store
+
+
+def register(sub: Any) -> None:
+    kme = sub.add_parser("kme", help="ETSI GS QKD 014 key management entity (KME)")
+    ksub = kme.add_subparsers(dest="kme_command", required=True)
+    s = ksub.add_parser("serve", help="serve one site's QKD keys to its SAEs over HTTPS "
+                        "with mutual TLS (ETSI GS QKD 014)")
+    s.add_argument("--site-id", required=True, help="the site this KME serves (its KME ID)")
+    s.add_argument("--store", required=True, metavar="URL",
+                   help="key store: memory:, sqlite:///path or postgresql://...")
+    s.add_argument("--listen", required=True, metavar="HOST:PORT",
+                   help="address to listen on ([::1]:PORT for IPv6; port 0 picks a free one)")
+    s.add_argument("--cert", required=True, metavar="PEM", help="the KME's TLS certificate")
+    s.add_argument("--key", required=True, metavar="PEM", help="its private key")
+    s.add_argument("--ca", required=True, metavar="PEM",
+                   help="CA that issues the SAE client certificates")
+    s.add_argument("--sae-map", required=True, metavar="FILE",
+                   help='JSON object mapping SAE IDs to site IDs: {"sae-a": "A", ...}')
+    s.set_defaults(func=cmd_serve)
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[IPv6]:PORT`` -> (host, port)."""
+    host, sep, port_text = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise InvalidParameter(f"--listen must be HOST:PORT with a port from 0 to 65535, "
+                               f"got {text!r}")
+    return host, int(port_text)
+
+
+def _redacted(url: str) -> str:
+    """A store URL fit for a message: any password replaced."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        netloc = f"{parts.username or ''}:***@{parts.hostname or ''}"
+        if parts.port is not None:
+            netloc += f":{parts.port}"
+        return urlunsplit(parts._replace(netloc=netloc))
+    except ValueError:
+        return "the --store URL"
+
+
+def _open_store(url: str, site_id: str) -> KeyStore:
+    try:
+        return open_store(url, site_id)
+    except HybridKexError as exc:
+        raise InvalidParameter(f"--store {_redacted(url)}: {exc}") from None
+    except Exception as exc:  # sqlite3, OSError, a database driver: one line, no traceback
+        raise InvalidParameter(f"cannot open key store {_redacted(url)}: "
+                               f"{type(exc).__name__}: {exc}") from None
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from hybridkex.qkd.kme.server import (
+            KMEServer,
+            load_sae_map,
+            run_until_signalled,
+            server_ssl_context,
+        )
+    except ImportError:
+        raise BackendUnavailable(
+            "hybridkex kme serve needs aiohttp: pip install 'hybridkex[kme]'") from None
+
+    host, port = parse_listen(args.listen)
+    sae_map = load_sae_map(args.sae_map)
+    ssl_context = server_ssl_context(args.cert, args.key, args.ca)
+    if args.site_id not in sae_map.values():
+        print(f"kme: warning: no SAE in {args.sae_map} is attached to site {args.site_id!r}",
+              file=sys.stderr)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    store = _open_store(args.store, args.site_id)
+    try:
+        server = KMEServer(store, args.site_id, sae_map, ssl_context)
+
+        def ready(bound_host: str, bound_port: int) -> None:
+            shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+            print(f"kme: site {args.site_id} listening on https://{shown}:{bound_port}",
+                  file=sys.stderr, flush=True)
+
+        try:
+            asyncio.run(run_until_signalled(server, host, port, ready))
+        except OSError as exc:
+            raise InvalidParameter(f"cannot listen on {args.listen}: "
+                                   f"{exc.strerror or exc}") from None
+    finally:
+        store.close()
+    print(f"kme: site {args.site_id} stopped", file=sys.stderr)
+    return 0
