@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import queue
+import random
 import signal
 import socket
 import ssl
@@ -684,3 +685,84 @@ def test_cli_errors_are_one_line(pki: PKI, tmp_path: Path,
             assert main(argv) == 1
             err = capsys.readouterr().err.strip().splitlines()
             assert len(err) == 1 and err[0].startswith("hybridkex: ") and expected in err[0], err
+
+
+# -- the whole chain: qkd link fills two KMEs, which survive SIGKILL -----------------------
+
+
+def test_kmes_filled_by_the_qkd_link_survive_sigkill_without_delivering_twice(
+        pki: PKI, tmp_path: Path) -> None:
+    """The issue's end-to-end check: `hybridkex qkd link` fills the stores of sites A and
+    B; two `hybridkex kme serve` processes hand the same keys to SAE A (enc_keys) and
+    SAE B (dec_keys), refuse a second dec_keys of an ID, and are killed with SIGKILL
+    mid-traffic and restarted several times without ever delivering a key twice."""
+    a_db, b_db = tmp_path / "a.db", tmp_path / "b.db"
+    filled = subprocess.run(
+        [sys.executable, "-m", "hybridkex", "qkd", "link", "--site-a", "A", "--store-a",
+         f"sqlite:///{a_db}", "--site-b", "B", "--store-b", f"sqlite:///{b_db}",
+         "--target-keys", "60", "--pulses-per-round", "3e8"],
+        capture_output=True, text=True, timeout=300, check=False,
+        env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert filled.returncode == 0, filled.stderr
+    sae_map = tmp_path / "saes.json"
+    sae_map.write_text(json.dumps(SAE_MAP))
+
+    taken: dict[str, bytes] = {}      # key ID -> key, from successful enc_keys
+    fetched: dict[str, bytes] = {}    # key ID -> key, from successful dec_keys
+    duplicates: list[str] = []
+    pending: list[str] = []           # taken, not yet fetched
+    rng = random.Random(7)
+
+    for cycle in range(5):
+        procs = [_serve(pki, "A", a_db, sae_map), _serve(pki, "B", b_db, sae_map)]
+        try:
+            urls = [_wait_for(_stderr_lines(p), "listening on https://").rsplit(" ", 1)[1]
+                    .strip() for p in procs]
+            master = pki.client(urls[0], "sae-a", timeout=5)
+            slave = pki.client(urls[1], "sae-b", timeout=5)
+            if cycle == 0:
+                (first,) = master.get_keys("sae-b", 1)
+                assert slave.get_keys_with_ids("sae-a", [first.key_id])[0].key == first.key
+                with pytest.raises(KeyNotAvailable):
+                    slave.get_keys_with_ids("sae-a", [first.key_id])
+                taken[first.key_id] = fetched[first.key_id] = first.key
+            stop = threading.Event()
+
+            def traffic(master: KMEClient, slave: KMEClient, stop: threading.Event) -> None:
+                while not stop.is_set():
+                    try:
+                        for key in master.get_keys("sae-b", 1):
+                            if key.key_id in taken:
+                                duplicates.append(key.key_id)
+                            taken[key.key_id] = key.key
+                            pending.append(key.key_id)
+                        while pending:
+                            key_id = pending.pop(0)
+                            for key in slave.get_keys_with_ids("sae-a", [key_id]):
+                                if key.key_id in fetched:
+                                    duplicates.append(key.key_id)
+                                fetched[key.key_id] = key.key
+                    except (KeySourceError, OSError):
+                        continue  # a killed KME; the key stays pending or was lost
+
+            worker = threading.Thread(target=traffic, args=(master, slave, stop), daemon=True)
+            worker.start()
+            time.sleep(rng.uniform(0.3, 1.0))
+            for p in procs:
+                p.kill()  # SIGKILL, mid-request
+            stop.set()
+            worker.join(timeout=30)
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                p.wait()
+
+    assert not duplicates
+    assert len(taken) > 5
+    assert all(fetched[k] == taken[k] for k in fetched)
+    with SQLiteKeyStore("A", a_db) as a, SQLiteKeyStore("B", b_db) as b:
+        # B never delivered a key A did not hand out, and the stores agree on the rest
+        assert a.status("B").delivered >= b.status("A").delivered >= len(fetched)
+        assert a.status("B").available_to_take == b.status("A").available_to_fetch - (
+            a.status("B").delivered - b.status("A").delivered)
