@@ -32,7 +32,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from hybridkex.errors import HybridKexError, InvalidParameter
-from hybridkex.qkd.keystore import MAX_KEY_BITS, MAX_KEYS_PER_REQUEST, UNIT_BITS, DeliveredKey
+from hybridkex.qkd.keystore import (
+    MAX_KEY_BITS,
+    MAX_KEYS_PER_REQUEST,
+    UNIT_BITS,
+    DeliveredKey,
+    units_for,
+)
 
 __all__ = [
     "DEFAULT_KEY_SIZE",
@@ -122,10 +128,6 @@ def _key_id_error(message: str, code: str) -> BadRequest:
     return BadRequest(message, [{KEY_ID_ERROR: code}])
 
 
-def units_of(size: int) -> int:
-    return -(-size // UNIT_BITS)
-
-
 @dataclass(frozen=True)
 class KMELimits:
     """What this KME delivers; reported in the Status and enforced on every request."""
@@ -145,7 +147,7 @@ class KMELimits:
         if not self.min_key_size <= DEFAULT_KEY_SIZE <= self.max_key_size <= MAX_KEY_BITS:
             raise InvalidParameter(f"need min_key_size <= {DEFAULT_KEY_SIZE} <= max_key_size <= "
                              f"{MAX_KEY_BITS}")
-        if self.max_key_per_request * units_of(self.max_key_size) > MAX_UNITS_PER_REQUEST:
+        if self.max_key_per_request * units_for(self.max_key_size) > MAX_UNITS_PER_REQUEST:
             raise InvalidParameter(f"max_key_per_request x max_key_size may span at most "
                              f"{MAX_UNITS_PER_REQUEST} units of {UNIT_BITS} bits")
 
@@ -309,8 +311,8 @@ def _parse_ref(item: Any, limits: KMELimits) -> KeyIDRef:
     units = ext[EXT_UNITS]
     if not isinstance(units, list):
         raise _key_id_error(f"key_ID_extension {EXT_UNITS} must be an array", "extension")
-    if len(units) != units_of(size) - 1:
-        raise _key_id_error(f"a {size}-bit key has {units_of(size) - 1} further unit IDs, "
+    if len(units) != units_for(size) - 1:
+        raise _key_id_error(f"a {size}-bit key has {units_for(size) - 1} further unit IDs, "
                             f"the request names {len(units)}", "extension")
     return KeyIDRef((key_id, *(_uuid(u) for u in units)), size)
 
