@@ -3,7 +3,10 @@
 The worker (``python -m tests.keystore_worker ...``, run from the repository root)
 opens both sites of one link, A and B, and loops: pick a direction X -> Y, take
 keys at X, fetch the same IDs at Y, check the bits agree, and go on.  Around each
-step it appends a record to a log (one ``write`` per record, then ``fsync``):
+step it appends a record to a log (one ``write`` per record, then ``fsync``).  A
+SIGKILL can cut a ``write`` short where it crosses a page of the file, so every
+record ends in `` $`` and every run starts on a fresh line: a record without its
+end mark is torn, was the run's last, and is read as never written:
 
     S <pid>                      a run starts
     TB <X> <units>               about to take <units> 256-bit units at X
@@ -50,6 +53,7 @@ from hybridkex.qkd.keystore import (
 
 REPO = Path(__file__).resolve().parent.parent
 SITES = ("A", "B")
+RECORD_END = "$"  # the last field of every complete log record
 POSTGRES_ENV = "HYBRIDKEX_TEST_POSTGRES"
 POSTGRES_HELP = (
     f"{POSTGRES_ENV} is not set: the PostgreSQL key store tests need a server; "
@@ -197,13 +201,19 @@ def digest(key: bytes) -> str:
 # -- the worker ---------------------------------------------------------------------------
 
 class Log:
-    """Append-only, one write per record, fsync'd."""
+    """Append-only, one write per record, fsync'd; each record ends in ``RECORD_END``."""
 
     def __init__(self, path: Path) -> None:
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._started = False
 
     def write(self, *fields: object) -> None:
-        os.write(self._fd, (" ".join(str(f) for f in fields) + "\n").encode())
+        # The first record of a run starts with a newline, ending a line the previous
+        # run's SIGKILL may have torn.
+        lead = "" if self._started else "\n"
+        self._started = True
+        line = lead + " ".join(str(f) for f in (*fields, RECORD_END)) + "\n"
+        os.write(self._fd, line.encode())
         os.fsync(self._fd)
 
 
@@ -352,18 +362,29 @@ class _Take:
         return [i for k in self.keys for i in k]
 
 
-def _parse(log_path: Path) -> list[list[list[str]]]:
-    """The log as runs of records; a torn last line (killed mid-write) is dropped."""
-    text = log_path.read_text()
-    lines = text.split("\n")
-    complete = lines[:-1]  # the text after the last newline is torn or empty
+def parse_log(log_path: Path) -> list[list[list[str]]]:
+    """The log as runs of records.
+
+    A torn record (killed mid-write: no end mark) must be the last of its run and is
+    dropped, so the run reads as killed just before it, which is what happened as far
+    as the log can tell.
+    """
     runs: list[list[list[str]]] = []
-    for line in complete:
+    torn = False
+    for line in log_path.read_text().split("\n"):
+        if not line:
+            continue
         record = line.split(" ")
+        if record[-1] != RECORD_END:
+            torn = True
+            continue
+        record.pop()
         if record[0] == "S":
             runs.append([])
+            torn = False
         else:
             assert runs, "a record before the first S"
+            assert not torn, "a record after a torn one in the same run"
             runs[-1].append(record)
     return runs
 
@@ -402,7 +423,7 @@ def check_campaign(target: Target, deposit: Deposit, log_path: Path, report: Rep
        did not (lost to a kill) is fetched there, with the deposited bits.  Then
        both sites hold every unit as delivered and nothing else.
     """
-    runs = _parse(log_path)
+    runs = parse_log(log_path)
     taken_ids: set[str] = set()
     fetched_ids: set[str] = set()
     # per direction: replay pointer into the deposit order, pending in-flight takes

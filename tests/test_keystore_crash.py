@@ -21,6 +21,7 @@ from tests.keystore_worker import (
     Target,
     drop_schema,
     new_schema,
+    parse_log,
     postgres_dsn,
     run_campaign,
 )
@@ -56,3 +57,25 @@ def test_sqlite_store_survives_sigkill(tmp_path: Path) -> None:
 
 def test_postgres_store_survives_sigkill(pg_target: Target) -> None:
     _check(run_campaign(pg_target, KILLS, seed=_seed()))
+
+
+def test_log_reader_drops_a_torn_record(tmp_path: Path) -> None:
+    """A SIGKILL that cuts a record short leaves a line without its end mark, which
+    the next run's first record follows on a fresh line."""
+    log = tmp_path / "crash.log"
+    log.write_text(
+        "\nS 1 $\nTB A 2 $\nT A 512 u1+u2:0011"  # run 1 killed writing its T record
+        "\nS 2 $\nTB B 1 $\nT B 256 u3:2233 $\nF B u3 $\n"
+    )
+    runs = parse_log(log)
+    assert runs == [
+        [["TB", "A", "2"]],
+        [["TB", "B", "1"], ["T", "B", "256", "u3:2233"], ["F", "B", "u3"]],
+    ]
+
+
+def test_log_reader_rejects_records_after_a_torn_one(tmp_path: Path) -> None:
+    log = tmp_path / "crash.log"
+    log.write_text("\nS 1 $\nTB A 2 $\nT A 512 u1+u2\nF A u1+u2 $\n")
+    with pytest.raises(AssertionError, match="after a torn"):
+        parse_log(log)
