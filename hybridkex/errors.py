@@ -8,13 +8,24 @@ what was wrong (an algorithm, a length, a field) and never carry key material.
 from __future__ import annotations
 
 __all__ = [
+    "AlertReceived",
     "AuthenticationFailed",
     "BackendUnavailable",
     "CombinerError",
+    "ConnectionTruncated",
+    "DecodeError",
     "HybridKexError",
     "InvalidCiphertext",
     "InvalidKey",
     "InvalidParameter",
+    "LocalProtocolError",
+    "PeerAuthenticationFailed",
+    "PolicyViolation",
+    "ProtocolError",
+    "QKDKeyRefused",
+    "RecordAuthenticationFailed",
+    "ReplayDetected",
+    "UnexpectedMessage",
     "UnknownAlgorithm",
 ]
 
@@ -56,3 +67,79 @@ class AuthenticationFailed(HybridKexError):
 
 class CombinerError(InvalidParameter):
     """The inputs to a KDF combiner are missing, empty, duplicated or malformed."""
+
+
+class LocalProtocolError(HybridKexError):
+    """This side used a connection wrongly (sent data before the handshake finished, asked
+    for a re-key while one is in flight, ...).  Nothing was sent."""
+
+
+class ProtocolError(HybridKexError):
+    """The handshake or the session failed because of what the peer sent, or did not.
+
+    ``alert`` is the HKX/1 alert code that ends the connection (the one sent to the
+    peer, or the one received from it).  A connection that raised this is in its
+    ERROR state and never leaves it.
+    """
+
+    alert: int = 80  # internal_error, overridden by every subclass
+
+    def __init__(self, message: str, alert: int | None = None) -> None:
+        super().__init__(message)
+        if alert is not None:
+            self.alert = alert
+
+
+class DecodeError(ProtocolError):
+    """A message or record is malformed: a length, a field or a value out of range."""
+
+    alert = 50  # decode_error
+
+
+class UnexpectedMessage(ProtocolError):
+    """A message arrived in a state that does not allow it."""
+
+    alert = 10  # unexpected_message
+
+
+class PeerAuthenticationFailed(ProtocolError):
+    """The peer did not prove who it is: an untrusted or wrong identity, or a signature,
+    one-time MAC, binder or Finished that does not verify."""
+
+    alert = 51  # decrypt_error
+
+
+class RecordAuthenticationFailed(ProtocolError):
+    """A protected record's tag did not verify: tampered, reordered, replayed or cut."""
+
+    alert = 20  # bad_record_mac
+
+
+class PolicyViolation(ProtocolError):
+    """The session would be weaker than this side's policy allows (no QKD key, no
+    post-quantum KEM, no common suite, an unaccepted authentication mode)."""
+
+    alert = 71  # insufficient_security
+
+
+class QKDKeyRefused(ProtocolError):
+    """The QKD keys named by the peer could not be fetched: unknown, already delivered
+    (a replay) or not shared with that peer.  They are consumed all the same."""
+
+    alert = 200  # qkd_key_unavailable
+
+
+class ReplayDetected(ProtocolError):
+    """A ClientHello was seen before."""
+
+    alert = 202  # replay_detected
+
+
+class AlertReceived(ProtocolError):
+    """The peer ended the connection with a fatal alert."""
+
+
+class ConnectionTruncated(ProtocolError):
+    """The transport ended without a close_notify: data may have been cut off."""
+
+    alert = 0

@@ -1,0 +1,72 @@
+"""What a connection reports to its application, one event at a time (as h11 does)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from hybridkex.protocol.session import SessionInfo
+
+__all__ = [
+    "NEED_DATA",
+    "ConnectionClosed",
+    "DataReceived",
+    "Event",
+    "HandshakeComplete",
+    "KeyUpdated",
+    "NeedData",
+]
+
+
+class NeedData:
+    """Nothing more can happen until more bytes arrive from the peer."""
+
+    _instance: NeedData | None = None
+
+    def __new__(cls) -> NeedData:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "NEED_DATA"
+
+
+NEED_DATA: Final = NeedData()
+
+
+@dataclass(frozen=True)
+class HandshakeComplete:
+    """Both sides are authenticated and application data may flow."""
+
+    session: SessionInfo
+
+
+@dataclass(frozen=True)
+class DataReceived:
+    """Application data, authenticated and in order."""
+
+    data: bytes = field(repr=False)
+
+    def __repr__(self) -> str:
+        return f"DataReceived(<{len(self.data)} bytes>)"
+
+
+@dataclass(frozen=True)
+class KeyUpdated:
+    """A traffic key changed.  ``kind`` is "key-update" or "qkd-rekey"; ``direction`` is
+    "send" or "receive"; ``by_peer`` says whether the peer started it."""
+
+    kind: str
+    direction: str
+    by_peer: bool
+    qkd_key_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ConnectionClosed:
+    """The peer sent close_notify: everything it sent has arrived."""
+
+
+Event = HandshakeComplete | DataReceived | KeyUpdated | ConnectionClosed
