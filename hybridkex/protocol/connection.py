@@ -195,6 +195,7 @@ class Connection:
         self._key_updates = 0
         self._qkd_rekeys = 0
         self._no_qkd_reason = ""
+        self._generations = {"client": 0, "server": 0}  # traffic secret updates, per direction
 
     def __repr__(self) -> str:
         suite = self._suite.name if self._suite else None
@@ -278,8 +279,7 @@ class Connection:
         qkd_key = b"".join(k.key for k in keys)
         ids = tuple(_key_id_bytes(k.key_id) for k in keys)
         self._send_handshake_message(QkdRekey(ids))
-        self._send_secret = self._mix_qkd(self._send_secret, qkd_key, self.role, ids)
-        self._send = RecordProtection(self.suite, self._send_secret)
+        self._update_send(self._mix_qkd(self._send_secret, qkd_key, self.role, ids))
         self._pending_rekey = (qkd_key, ids)
         self._qkd_rekeys += 1
         return tuple(_key_id_text(i) for i in ids)
@@ -479,6 +479,20 @@ class Connection:
         secrets = {"client": c_ap, "server": s_ap}
         self._send_secret, self._receive_secret = secrets[self.role], secrets[self.peer_role]
 
+    def _update_send(self, secret: bytes) -> None:
+        self._send_secret = secret
+        self._send = RecordProtection(self.suite, secret)
+        self._log_generation(self.role, secret)
+
+    def _update_receive(self, secret: bytes) -> None:
+        self._receive_secret = secret
+        self._receive = RecordProtection(self.suite, secret)
+        self._log_generation(self.peer_role, secret)
+
+    def _log_generation(self, role: str, secret: bytes) -> None:
+        self._generations[role] += 1
+        self._log(f"{role}_application_traffic_secret_{self._generations[role]}", secret)
+
     def _finished(self, role: str) -> bytes:
         return ks.finished_verify_data(self.suite, self._hs_secrets[role], self._transcript_hash())
 
@@ -553,13 +567,11 @@ class Connection:
 
     def _send_key_update(self, request_peer: bool) -> None:
         self._send_handshake_message(KeyUpdate(request_peer))
-        self._send_secret = ks.next_traffic_secret(self.suite, self._send_secret)
-        self._send = RecordProtection(self.suite, self._send_secret)
+        self._update_send(ks.next_traffic_secret(self.suite, self._send_secret))
         self._key_updates += 1
 
     def _on_key_update(self, message: KeyUpdate) -> State:
-        self._receive_secret = ks.next_traffic_secret(self.suite, self._receive_secret)
-        self._receive = RecordProtection(self.suite, self._receive_secret)
+        self._update_receive(ks.next_traffic_secret(self.suite, self._receive_secret))
         self._events.append(KeyUpdated("key-update", "receive", by_peer=True))
         if message.update_requested and not self._sent_close:
             self._send_key_update(request_peer=False)
@@ -580,14 +592,12 @@ class Connection:
             raise QKDKeyRefused(f"the re-key's QKD keys cannot be fetched: {exc}") from exc
         self._spent += len(keys)
         qkd_key = b"".join(k.key for k in keys)
-        self._receive_secret = self._mix_qkd(self._receive_secret, qkd_key, self.peer_role,
-                                             message.key_ids)
-        self._receive = RecordProtection(self.suite, self._receive_secret)
+        self._update_receive(self._mix_qkd(self._receive_secret, qkd_key, self.peer_role,
+                                           message.key_ids))
         if not self._sent_close:
             self._send_handshake_message(QkdRekeyAck())
-            self._send_secret = self._mix_qkd(self._send_secret, qkd_key, self.role,
-                                              message.key_ids)
-            self._send = RecordProtection(self.suite, self._send_secret)
+            self._update_send(self._mix_qkd(self._send_secret, qkd_key, self.role,
+                                            message.key_ids))
         self._qkd_rekeys += 1
         ids = tuple(_key_id_text(i) for i in message.key_ids)
         self._events.append(KeyUpdated("qkd-rekey", "both", by_peer=True, qkd_key_ids=ids))
@@ -598,8 +608,7 @@ class Connection:
             raise UnexpectedMessage("QkdRekeyAck without a QKD re-key in flight")
         qkd_key, ids = self._pending_rekey
         self._pending_rekey = None
-        self._receive_secret = self._mix_qkd(self._receive_secret, qkd_key, self.peer_role, ids)
-        self._receive = RecordProtection(self.suite, self._receive_secret)
+        self._update_receive(self._mix_qkd(self._receive_secret, qkd_key, self.peer_role, ids))
         self._events.append(KeyUpdated("qkd-rekey", "both", by_peer=False,
                                        qkd_key_ids=tuple(_key_id_text(i) for i in ids)))
         return State.CONNECTED
