@@ -14,6 +14,7 @@ __all__ = [
     "CombinerError",
     "ConnectionTruncated",
     "DecodeError",
+    "HandshakeTimeout",
     "HybridKexError",
     "InvalidCiphertext",
     "InvalidKey",
@@ -143,3 +144,7 @@ class ConnectionTruncated(ProtocolError):
     """The transport ended without a close_notify: data may have been cut off."""
 
     alert = 0
+
+
+class HandshakeTimeout(HybridKexError, TimeoutError):
+    """The handshake did not complete within its time limit; the connection is closed."""
