@@ -67,6 +67,7 @@ from hybridkex.protocol.suites import (
     Suite,
 )
 from hybridkex.protocol.wire import (
+    MAX_HANDSHAKE_MESSAGE,
     PSK_AUTH_UNITS,
     RANDOM_SIZE,
     AuthMac,
@@ -271,10 +272,9 @@ class Connection:
         if source is None:
             raise LocalProtocolError("QKD re-key needs a key_source")
         assert self.peer_site is not None
-        try:
-            keys = source.take(self.peer_site, 1, UNIT_BITS)
-        except KeySourceError as exc:
-            raise QKDKeyRefused(f"no QKD key for the re-key: {exc}") from exc
+        # A shortage here is local (KeysExhausted or another KeySourceError, raised as
+        # is): nothing has been sent and the session goes on under its current keys.
+        keys = source.take(self.peer_site, 1, UNIT_BITS)
         self._spent += len(keys)
         qkd_key = b"".join(k.key for k in keys)
         ids = tuple(_key_id_bytes(k.key_id) for k in keys)
@@ -363,12 +363,24 @@ class Connection:
                 self._send_alert(exc.alert)
 
     def _process_record(self, content_type: int, payload: bytes) -> None:
-        if self._receive is not None:
-            plaintext = self._receive.open(Record(content_type, payload))
-        elif content_type == ContentType.APPLICATION_DATA:
-            raise UnexpectedMessage("application data before the handshake keys")
-        else:
+        if self._handshake_buffer and content_type != ContentType.HANDSHAKE:
+            raise UnexpectedMessage("a record of another type interrupts a handshake message")
+        if self._receive is None:
+            if content_type == ContentType.APPLICATION_DATA:
+                raise UnexpectedMessage("application data before the handshake keys")
+            if len(payload) > MAX_PLAINTEXT:
+                raise DecodeError("plaintext record exceeds 2^14 bytes",
+                                  AlertDescription.RECORD_OVERFLOW)
             plaintext = payload
+        elif (content_type == ContentType.ALERT and len(payload) == 2
+              and self._receive.seq == 0 and self.state is not State.CONNECTED):
+            # A peer that failed on our hello before it could derive the handshake keys
+            # alerts in clear (TLS 1.3 allows the same).  Two bytes cannot be a sealed
+            # record, and all an unauthenticated alert can do is end the handshake,
+            # which anyone on the path can do anyway.
+            plaintext = payload
+        else:
+            plaintext = self._receive.open(Record(content_type, payload))
         if content_type == ContentType.ALERT:
             self._on_alert(plaintext)
         elif content_type == ContentType.HANDSHAKE:
@@ -398,7 +410,7 @@ class Connection:
         buffer = self._handshake_buffer
         while len(buffer) >= 4:
             length = int.from_bytes(buffer[1:4], "big")
-            if length > (1 << 17):
+            if length > MAX_HANDSHAKE_MESSAGE:
                 raise DecodeError(f"handshake message of {length} bytes is too long")
             if len(buffer) < 4 + length:
                 return
@@ -555,6 +567,9 @@ class Connection:
         return State.WAIT_FINISHED
 
     def _on_finished(self, message: Finished, raw: bytes) -> State:
+        if len(message.verify_data) != self.suite.hash_len:
+            raise DecodeError(f"Finished carries {len(message.verify_data)} bytes, the suite's "
+                              f"hash {self.suite.hash_len}")
         if not hmac.compare_digest(message.verify_data, self._finished(self.peer_role)):
             raise PeerAuthenticationFailed("the peer's Finished does not verify")
         self._transcript += raw
@@ -622,8 +637,11 @@ class Connection:
                 ("a QKD key", qkd, policy.requires_qkd),
                 ("a post-quantum KEM", suite.post_quantum, policy.requires_pq))
                 if needed and not have]
+            alert = (AlertDescription.QKD_REQUIRED if missing == ["a QKD key"]
+                     else AlertDescription.INSUFFICIENT_SECURITY)
             raise PolicyViolation(f"security policy {policy.value!r} requires "
-                                  f"{' and '.join(missing) or 'a QKD key or a post-quantum KEM'}")
+                                  f"{' and '.join(missing) or 'a QKD key or a post-quantum KEM'}",
+                                  alert)
         if not (qkd and suite.post_quantum):
             self._fallback = (f"{'no QKD key' if not qkd else 'no post-quantum KEM'}; "
                               f"allowed by security policy {policy.value!r}")
@@ -752,9 +770,6 @@ class ClientConnection(Connection):
             self._no_qkd_reason = "the server did not accept the QKD keys"
         self._qkd_keys = []
         self._suite = suite
-        self._policy_check(qkd_key is not None, suite)
-        if self._fallback is not None and self._no_qkd_reason:
-            self._fallback = f"{self._fallback} ({self._no_qkd_reason})"
         self._transcript += raw
         shared = []
         for share in message.key_shares:
@@ -767,6 +782,10 @@ class ClientConnection(Connection):
             shared.append((KemId(share.kem).algorithm, secret))
         self._kem_private = {}
         self._install_handshake_keys(shared, qkd_key)
+        # Checked with the handshake keys in place, so the alert reaches the server sealed.
+        self._policy_check(qkd_key is not None, suite)
+        if self._fallback is not None and self._no_qkd_reason:
+            self._fallback = f"{self._fallback} ({self._no_qkd_reason})"
         self._client_auth_requested = message.client_auth_requested
         return State.WAIT_AUTH_MAC if self._auth_mode is AuthMode.PSK else State.WAIT_IDENTITY
 

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, mldsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import NameOID
@@ -36,6 +36,9 @@ from hybridkex.protocol.suites import AlertDescription, SignatureSchemeId
 from hybridkex.protocol.wire import MAX_CHAIN, Identity, IdentityKind
 
 __all__ = ["PeerIdentity", "SigningIdentity", "TrustStore"]
+
+_MALFORMED_CERTIFICATE = (ValueError, TypeError, UnsupportedAlgorithm, x509.DuplicateExtension,
+                          x509.UnsupportedGeneralNameType)
 
 
 @dataclass(frozen=True)
@@ -172,11 +175,17 @@ class TrustStore:
             public = self._check_pinned(message, scheme, expected_site)
             return scheme, public, PeerIdentity(
                 expected_site, scheme, "raw-public-key", hashlib.sha256(public).hexdigest())
-        leaf = self._check_chain(message.certificates, expected_site, now)
-        public = public_key_bytes(leaf, scheme)
+        try:
+            leaf = self._check_chain(message.certificates, expected_site, now)
+            public = public_key_bytes(leaf, scheme)
+            subject = leaf.subject.rfc4514_string()
+        except _MALFORMED_CERTIFICATE:
+            # A certificate that parsed at the top level can still hold an extension,
+            # name or key that cryptography refuses when it is read.
+            raise PeerAuthenticationFailed("a certificate holds a malformed field",
+                                           AlertDescription.BAD_CERTIFICATE) from None
         return scheme, public, PeerIdentity(
-            expected_site, scheme, "x509", hashlib.sha256(public).hexdigest(),
-            leaf.subject.rfc4514_string())
+            expected_site, scheme, "x509", hashlib.sha256(public).hexdigest(), subject)
 
     def _check_pinned(self, message: Identity, scheme: str, site: str) -> bytes:
         pinned = self.pinned.get(site)
@@ -232,6 +241,6 @@ class TrustStore:
                                            AlertDescription.BAD_CERTIFICATE)
         try:
             child.verify_directly_issued_by(issuer)
-        except (ValueError, TypeError, InvalidSignature):
+        except (*_MALFORMED_CERTIFICATE, InvalidSignature):
             raise PeerAuthenticationFailed("a certificate is not signed by its issuer",
                                            AlertDescription.BAD_CERTIFICATE) from None

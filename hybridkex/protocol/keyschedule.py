@@ -25,6 +25,7 @@ import struct
 from collections.abc import Sequence
 
 from hybridkex.combiner import combine
+from hybridkex.errors import InvalidParameter
 from hybridkex.primitives import MAC, digest, hkdf_expand, hkdf_extract, mac
 from hybridkex.protocol.suites import Suite
 
@@ -130,5 +131,7 @@ def qkd_rekey_secret(suite: Suite, secret: bytes, qkd_key: bytes, direction: str
 def exporter(suite: Suite, exporter_master: bytes, label: str, context: bytes,
              length: int) -> bytes:
     """Keying material for an application (RFC 8446 section 7.5, with "hkx1 " labels)."""
+    if not label.isascii() or len(label) > 250:
+        raise InvalidParameter("exporter label must be ASCII, at most 250 characters")
     secret = derive_secret(suite, exporter_master, label, digest(suite.hash, b""))
     return hkdf_expand_label(suite.hash, secret, "exporter", digest(suite.hash, context), length)

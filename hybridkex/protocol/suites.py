@@ -1,10 +1,13 @@
 """HKX/1 codepoints: record and message types, alerts, KEMs, signature schemes, suites.
 
-Every number that goes on the wire is defined here and nowhere else; docs/protocol.md
-lists the same tables.  Where TLS 1.3 has a codepoint for the same thing (content
-types, alert descriptions, named groups, signature schemes) HKX/1 reuses it, so a
-reader who knows TLS reads a trace without a table; HKX/1's own additions sit in
-ranges TLS leaves unassigned or private.
+The protocol's codepoints live here (the Identity kinds, in wire.py, and the alert
+levels, in connection.py, are the exceptions); docs/protocol.md lists the same tables.
+Where TLS 1.3 has a codepoint for the same thing (content types, alert descriptions,
+named groups, signature schemes) HKX/1 reuses it, so a reader who knows TLS reads a
+trace without a table.  HKX/1 is not TLS and never shares a connection with it, so
+its own handshake types (16, 25, 26) may coincide with numbers TLS uses elsewhere;
+its own alerts (200-202) and signature scheme (0xFE01) sit in unassigned or private
+ranges.
 """
 
 from __future__ import annotations
