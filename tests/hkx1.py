@@ -182,14 +182,15 @@ def pump(client: Connection, server: Connection,
     """Move bytes both ways until neither side has anything to send."""
     events: dict[str, list[Event]] = {"client": [], "server": []}
     for _ in range(rounds):
+        # Drain first: events (and answers) may already be waiting from bytes fed earlier.
+        for conn in (client, server):
+            events[conn.role] += drain(conn)
         moved = False
         for sender, receiver in ((client, server), (server, client)):
             data = sender.data_to_send()
             if data:
                 receiver.receive_data(data)
                 moved = True
-        for conn in (client, server):
-            events[conn.role] += drain(conn)
         if not moved:
             return events
     raise AssertionError("the connections kept talking for too many rounds")

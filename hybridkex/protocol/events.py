@@ -55,8 +55,11 @@ class DataReceived:
 
 @dataclass(frozen=True)
 class KeyUpdated:
-    """A traffic key changed.  ``kind`` is "key-update" or "qkd-rekey"; ``direction`` is
-    "send" or "receive"; ``by_peer`` says whether the peer started it."""
+    """Traffic keys changed.  ``kind`` "key-update": the peer's KeyUpdate moved the
+    receiving key on (``direction`` "receive"; if it asked, this side's sending key moved
+    too).  ``kind`` "qkd-rekey": a fresh QKD key was mixed into both directions
+    (``direction`` "both"), started by the peer (``by_peer``) or by this side, in which
+    case the event marks the peer's acknowledgement."""
 
     kind: str
     direction: str

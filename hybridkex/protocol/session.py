@@ -30,8 +30,8 @@ class SessionInfo:
     transcript_hash: str  # hex, over ClientHello..client Finished
     pool_keys_spent: int  # 256-bit pool units this side consumed, handshake and re-keys
     fallback: str | None
-    key_updates: int = 0
-    qkd_rekeys: int = 0
+    key_updates: int = 0  # KeyUpdates this side sent (asked for, answering, or forced)
+    qkd_rekeys: int = 0  # QKD re-keys this side started or answered
 
     @property
     def qkd(self) -> bool:
