@@ -38,7 +38,7 @@ from hybridkex.protocol.wire import MAX_CHAIN, Identity, IdentityKind
 __all__ = ["PeerIdentity", "SigningIdentity", "TrustStore"]
 
 _MALFORMED_CERTIFICATE = (ValueError, TypeError, UnsupportedAlgorithm, x509.DuplicateExtension,
-                          x509.UnsupportedGeneralNameType)
+                          x509.UnsupportedGeneralNameType, x509.InvalidVersion)
 
 
 @dataclass(frozen=True)
@@ -205,7 +205,7 @@ class TrustStore:
                                            AlertDescription.UNKNOWN_CA)
         try:
             chain = [x509.load_der_x509_certificate(der) for der in chain_der]
-        except ValueError:
+        except _MALFORMED_CERTIFICATE:
             raise PeerAuthenticationFailed("a certificate does not parse",
                                            AlertDescription.BAD_CERTIFICATE) from None
         for cert in chain:

@@ -107,6 +107,9 @@ class Reader:
             raise self.fail(f"{what}: a key ID appears twice", _ILLEGAL)
         return ids
 
+    def at_end(self) -> bool:
+        return self._pos == len(self._data)
+
     def end(self) -> None:
         if self._pos != len(self._data):
             raise self.fail("trailing bytes")
@@ -171,13 +174,9 @@ def _write_shares(w: Writer, shares: tuple[KeyShare, ...]) -> None:
 def _read_shares(r: Reader, what: str) -> tuple[KeyShare, ...]:
     inner = Reader(r.vector(2, 1, 0xFFFF, f"{what} key shares"), what)
     shares: list[KeyShare] = []
-    while True:
-        try:
-            kem = inner.u16()
-        except DecodeError:
-            break
+    while not inner.at_end():
+        kem = inner.u16()
         shares.append(KeyShare(kem, inner.vector(2, 1, 0xFFFF, "key share")))
-    inner.end()
     if len({s.kem for s in shares}) != len(shares):
         raise r.fail("a KEM appears twice in the key shares", _ILLEGAL)
     return tuple(shares)
@@ -327,12 +326,8 @@ class Identity:
         chain = Reader(r.vector(3, 1, MAX_HANDSHAKE_MESSAGE, "certificate chain"), "Identity")
         r.end()
         certificates: list[bytes] = []
-        while True:
-            try:
-                certificates.append(chain.vector(3, 1, MAX_HANDSHAKE_MESSAGE, "certificate"))
-            except DecodeError:
-                break
-        chain.end()
+        while not chain.at_end():
+            certificates.append(chain.vector(3, 1, MAX_HANDSHAKE_MESSAGE, "certificate"))
         if not 1 <= len(certificates) <= MAX_CHAIN:
             raise r.fail(f"certificate chain of {len(certificates)}, allowed 1..{MAX_CHAIN}")
         return cls(kind, scheme, certificates=tuple(certificates))
@@ -452,6 +447,8 @@ def decode_handshake(msg_type: int, body: bytes) -> Message:
     except KeyError:
         raise DecodeError(f"unknown handshake message type {msg_type}",
                           AlertDescription.UNEXPECTED_MESSAGE) from None
+    if len(body) > MAX_HANDSHAKE_MESSAGE:
+        raise DecodeError(f"handshake message of {len(body)} bytes is too long")
     return decoder.decode(body)
 
 
