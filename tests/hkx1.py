@@ -162,6 +162,22 @@ def make_sites(*, scheme: str = "ML-DSA-65", x509_chain: bool = False, qkd: bool
     return Sites(configs[CLIENT], configs[SERVER], stores[0], stores[1])
 
 
+class SecretLog:
+    """Every secret each side's key schedule derived, by role and name."""
+
+    def __init__(self) -> None:
+        self.secrets: dict[str, dict[str, bytes]] = {"client": {}, "server": {}}
+
+    def hook(self, role: str) -> Callable[[str, bytes], None]:
+        def log(name: str, secret: bytes) -> None:
+            self.secrets[role][name] = secret
+        return log
+
+    def handshake_secret(self, role: str) -> bytes:
+        """The handshake traffic secret ``role`` seals its flight with (from its own log)."""
+        return self.secrets[role][f"{role}_handshake_traffic_secret"]
+
+
 # -- the wire -------------------------------------------------------------------------
 
 

@@ -8,31 +8,12 @@ documentation does not share fails here.
 from __future__ import annotations
 
 import hashlib
-import hmac
-import struct
 
 import pytest
 
 from hybridkex import combiner
 from hybridkex.errors import CombinerError, InvalidParameter, UnknownAlgorithm
-
-
-def _reference_hkdf_concat(parts: list[tuple[str, bytes]], context: bytes, length: int,
-                           hash_name: str) -> bytes:
-    h = {"SHA-256": hashlib.sha256, "SHA-384": hashlib.sha384}[hash_name]
-    ikm = bytes([len(parts)])
-    for name, secret in parts:
-        encoded = name.encode()
-        ikm += bytes([len(encoded)]) + encoded + struct.pack(">H", len(secret)) + secret
-    prk = hmac.new(context or bytes(h().digest_size), ikm, h).digest()
-    info = (b"hybridkex hkdf-concat v1" + struct.pack(">H", len(context)) + context
-            + struct.pack(">H", length))
-    okm, block, counter = b"", b"", 1
-    while len(okm) < length:
-        block = hmac.new(prk, block + info + bytes([counter]), h).digest()
-        okm += block
-        counter += 1
-    return okm[:length]
+from tests import reference_kdf
 
 
 @pytest.mark.parametrize("hash_name", ["SHA-256", "SHA-384"])
@@ -41,7 +22,7 @@ def test_hkdf_concat_matches_documented_definition(hash_name: str, length: int) 
     parts = [("X25519", bytes(range(32))), ("ML-KEM-768", bytes(range(32, 64))),
              ("QKD", bytes(range(64, 96)))]
     context = hashlib.sha256(b"transcript").digest()
-    expected = _reference_hkdf_concat(parts, context, length, hash_name)
+    expected = reference_kdf.hkdf_concat(parts, context, length, hash_name)
     assert combiner.combine(parts, context, length, hash_name=hash_name) == expected
 
 

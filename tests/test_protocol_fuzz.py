@@ -23,7 +23,7 @@ import functools
 import itertools
 import signal
 import types
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import pytest
@@ -82,7 +82,7 @@ from hybridkex.protocol.wire import (
     decode_handshake,
     frame_handshake,
 )
-from tests.hkx1 import CLIENT, SERVER, make_sites
+from tests.hkx1 import CLIENT, SERVER, SecretLog, make_sites
 
 SETTINGS = settings(max_examples=200, deadline=None, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -580,16 +580,6 @@ def test_random_bytes(target: str, data: bytes, prefix: bytes) -> None:
 
 
 # -- 3b. the state machine behind the handshake keys ---------------------------------------
-
-
-class SecretLog:
-    def __init__(self) -> None:
-        self.secrets: dict[str, dict[str, bytes]] = {"client": {}, "server": {}}
-
-    def hook(self, role: str) -> Callable[[str, bytes], None]:
-        def log(name: str, secret: bytes) -> None:
-            self.secrets[role][name] = secret
-        return log
 
 
 def _split(data: bytes) -> list[Record]:

@@ -84,7 +84,17 @@ from hybridkex.protocol.wire import (
     decode_handshake,
 )
 from hybridkex.qkd.keysource import StoreKeySource
-from tests.hkx1 import CLIENT, PKI, SERVER, Sites, drain, handshake, linked_pools, make_sites
+from tests.hkx1 import (
+    CLIENT,
+    PKI,
+    SERVER,
+    SecretLog,
+    Sites,
+    drain,
+    handshake,
+    linked_pools,
+    make_sites,
+)
 
 _H = HandshakeType
 ROLES = ("client", "server")
@@ -117,22 +127,6 @@ def join_records(records: Sequence[Record]) -> bytes:
 
 
 # -- the sites, with the attacker's view of their secrets ----------------------------------
-
-
-class SecretLog:
-    """Every secret each side's key schedule derived, by role and name."""
-
-    def __init__(self) -> None:
-        self.secrets: dict[str, dict[str, bytes]] = {"client": {}, "server": {}}
-
-    def hook(self, role: str) -> Callable[[str, bytes], None]:
-        def log(name: str, secret: bytes) -> None:
-            self.secrets[role][name] = secret
-        return log
-
-    def handshake_secret(self, role: str) -> bytes:
-        """The handshake traffic secret ``role`` seals its flight with (from its own log)."""
-        return self.secrets[role][f"{role}_handshake_traffic_secret"]
 
 
 @functools.cache

@@ -24,6 +24,7 @@ from dilithium_py.ml_dsa import ML_DSA_65
 from kyber_py.ml_kem import ML_KEM_768, ML_KEM_1024
 
 from hybridkex.protocol.wire import ClientHello, ServerHello
+from tests import reference_kdf
 from tests.hkx1_vectors import CASES, Case, generate, path_of, render
 
 HASH = hashlib.sha384
@@ -42,32 +43,13 @@ def test_vector_regenerates_byte_for_byte(case: Case) -> None:
 
 
 def _extract(salt: bytes, ikm: bytes) -> bytes:
-    return hmac.new(salt or bytes(HASH_LEN), ikm, HASH).digest()
-
-
-def _expand(prk: bytes, info: bytes, length: int) -> bytes:
-    out, block, counter = b"", b"", 1
-    while len(out) < length:
-        block = hmac.new(prk, block + info + bytes([counter]), HASH).digest()
-        out += block
-        counter += 1
-    return out[:length]
+    return reference_kdf.extract("SHA-384", salt, ikm)
 
 
 def _expand_label(secret: bytes, label: str, context: bytes, length: int) -> bytes:
     full = b"hkx1 " + label.encode()
     info = struct.pack(">HB", length, len(full)) + full + bytes([len(context)]) + context
-    return _expand(secret, info, length)
-
-
-def _hkdf_concat(parts: list[tuple[str, bytes]], context: bytes, length: int) -> bytes:
-    ikm = bytes([len(parts)])
-    for name, secret in parts:
-        ikm += bytes([len(name)]) + name.encode() + struct.pack(">H", len(secret)) + secret
-    prk = _extract(context, ikm)
-    info = (b"hybridkex hkdf-concat v1" + struct.pack(">H", len(context)) + context
-            + struct.pack(">H", length))
-    return _expand(prk, info, length)
+    return reference_kdf.expand("SHA-384", secret, info, length)
 
 
 def _draw(seed: bytes, label: str, counter: int, n: int) -> bytes:
@@ -109,7 +91,7 @@ def test_vector_secrets_match_an_independent_schedule(case: Case) -> None:
     parts.append(("QKD", pool[qkd_ids[0]]))
 
     hello_hash = HASH(hello + server_hello).digest()
-    hs = _hkdf_concat(parts, hello_hash, HASH_LEN)
+    hs = reference_kdf.hkdf_concat(parts, hello_hash, HASH_LEN, "SHA-384")
     assert hs == secrets["handshake_secret"]
     c_hs = _expand_label(hs, "c hs traffic", hello_hash, HASH_LEN)
     s_hs = _expand_label(hs, "s hs traffic", hello_hash, HASH_LEN)

@@ -596,16 +596,9 @@ class Connection:
         return ks.qkd_rekey_secret(self.suite, secret, qkd_key, _DIRECTION[role], ids)
 
     def _on_qkd_rekey(self, message: QkdRekey) -> State:
-        source = self.config.key_source
-        if source is None:
+        if self.config.key_source is None:
             raise QKDKeyRefused("the peer asked for a QKD re-key and this site has no key source")
-        assert self.peer_site is not None
-        try:
-            keys = source.fetch(self.peer_site, [_key_id_text(i) for i in message.key_ids],
-                                UNIT_BITS)
-        except KeySourceError as exc:
-            raise QKDKeyRefused(f"the re-key's QKD keys cannot be fetched: {exc}") from exc
-        self._spent += len(keys)
+        keys = self._fetch(message.key_ids, "the re-key's QKD keys")
         qkd_key = b"".join(k.key for k in keys)
         self._update_receive(self._mix_qkd(self._receive_secret, qkd_key, self.peer_role,
                                            message.key_ids))
@@ -629,6 +622,17 @@ class Connection:
         return State.CONNECTED
 
     # -- QKD keys -------------------------------------------------------------------------
+
+    def _fetch(self, key_ids: Sequence[bytes], what: str) -> list[DeliveredKey]:
+        """The keys the peer took, by ID, counted as spent; all or nothing."""
+        source = self.config.key_source
+        assert source is not None and self.peer_site is not None
+        try:
+            keys = source.fetch(self.peer_site, [_key_id_text(i) for i in key_ids], UNIT_BITS)
+        except KeySourceError as exc:
+            raise QKDKeyRefused(f"{what} cannot be fetched: {exc}") from exc
+        self._spent += len(keys)
+        return keys
 
     def _policy_check(self, qkd: bool, suite: Suite) -> None:
         policy = self.config.policy
@@ -865,36 +869,22 @@ class ServerConnection(Connection):
         return State.WAIT_FINISHED
 
     def _check_binder(self, hello: ClientHello) -> None:
-        source = self.config.key_source
-        if source is None or self.config.auth == "signature":
+        if self.config.key_source is None or self.config.auth == "signature":
             raise PolicyViolation("this site does not accept psk authentication")
-        assert self.peer_site is not None
-        try:
-            units = source.fetch(self.peer_site, [_key_id_text(i) for i in hello.auth_key_ids],
-                                 UNIT_BITS)
-        except KeySourceError as exc:
-            raise QKDKeyRefused(f"the psk authentication keys cannot be fetched: {exc}") from exc
-        self._spent += len(units)
+        units = self._fetch(hello.auth_key_ids, "the psk authentication keys")
         self._auth_units = units
         if not _POLY1305.verify(units[_BINDER_UNIT].key, hello.binder_input(), hello.binder):
             raise PeerAuthenticationFailed("the ClientHello binder does not verify")
 
     def _fetch_qkd(self, hello: ClientHello) -> bytes | None:
-        source = self.config.key_source
         if not hello.qkd_key_ids:
             self._no_qkd_reason = "the client offered no QKD key"
             return None
-        if source is None:
+        if self.config.key_source is None:
             self._no_qkd_reason = "this site has no key source"
             return None
-        assert self.peer_site is not None
-        ids = [_key_id_text(i) for i in hello.qkd_key_ids]
-        try:
-            keys = source.fetch(self.peer_site, ids, UNIT_BITS)
-        except KeySourceError as exc:
-            raise QKDKeyRefused(f"the offered QKD keys cannot be fetched: {exc}") from exc
-        self._spent += len(keys)
-        self._qkd_ids = tuple(ids)
+        keys = self._fetch(hello.qkd_key_ids, "the offered QKD keys")
+        self._qkd_ids = tuple(k.key_id for k in keys)
         return b"".join(k.key for k in keys)
 
     def _choose_suite(self, hello: ClientHello, qkd: bool) -> Suite:
