@@ -38,7 +38,7 @@ from hybridkex.protocol import (
 )
 from hybridkex.protocol.wire import ClientHello, ServerHello
 from hybridkex.qkd.keystore import KeyNotAvailable
-from tests.hkx1 import CLIENT, SERVER, drain, handshake
+from tests.hkx1 import CLIENT, SERVER, drain, handshake, make_sites
 from tests.hkx1_harness import (
     ALERT,
     HANDSHAKE,
@@ -456,3 +456,26 @@ def test_mitm_changing_the_chosen_suite_is_detected(mode: str, code: int) -> Non
         # one kind of clear record (docs/protocol.md 2.1)
         told = outcome.errors.get("server")
         assert isinstance(told, AlertReceived) and told.alert == ILLEGAL_PARAMETER
+
+
+def test_allow_classical_is_explicit_and_reported() -> None:
+    """X25519 alone only under allow-classical, on both sides, and never silently."""
+    classical = {"security": "allow-classical", "suites": (SUITES[0x0001],)}
+    client, server, _ = handshake(make_sites(scheme="Ed25519", qkd=False,
+                                             client=classical, server=classical))
+    for side in (client, server):
+        info = side.session_info()
+        assert info.kems == ("X25519",) and not info.qkd
+        assert info.fallback is not None and "X25519 only" in info.fallback
+    # The same client against a server with the default policy (at-least-pq), which
+    # offers only post-quantum suites, is refused; and so it is by a server that has the
+    # classical suite but not the policy.
+    world = build(qkd=False, scheme="Ed25519", client=classical)
+    client, server, outcome = start(world)
+    assert_refused(world, client, server, outcome, detector="server", error=PolicyViolation,
+                   alert=HANDSHAKE_FAILURE)
+    world = build(qkd=False, scheme="Ed25519", client=classical,
+                  server={"security": "either", "suites": (SUITES[0x0001],)})
+    client, server, outcome = start(world)
+    assert_refused(world, client, server, outcome, detector="server", error=PolicyViolation,
+                   alert=INSUFFICIENT_SECURITY)

@@ -26,13 +26,20 @@ class SecurityPolicy(enum.Enum):
 
     The four modes of Arnika: both (the default with a key source), at least the QKD
     key, at least a post-quantum KEM (the default without a key source), either one.
-    A session with neither is never allowed: it would rest on X25519 alone.
+    None of them allows a session with neither, which would rest on X25519 alone.
+
+    ``ALLOW_CLASSICAL`` ("allow-classical") is the one exception, for demonstrations
+    and baselines only (``hybridkex rndl-demo`` records such a session to show it
+    falling): it accepts an X25519-only session, whose recorded traffic a future
+    quantum computer decrypts.  It is never a default, and a session it lets through
+    says so in ``session_info().fallback``.
     """
 
     QKD_AND_PQ = "qkd-and-pq"
     AT_LEAST_QKD = "at-least-qkd"
     AT_LEAST_PQ = "at-least-pq"
     EITHER = "either"
+    ALLOW_CLASSICAL = "allow-classical"
 
     @property
     def requires_qkd(self) -> bool:
@@ -47,7 +54,7 @@ class SecurityPolicy(enum.Enum):
             return False
         if self.requires_pq and not post_quantum:
             return False
-        return qkd or post_quantum
+        return qkd or post_quantum or self is SecurityPolicy.ALLOW_CLASSICAL
 
 
 class ReplayCache:

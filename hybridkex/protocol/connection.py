@@ -646,7 +646,10 @@ class Connection:
             raise PolicyViolation(f"security policy {policy.value!r} requires "
                                   f"{' and '.join(missing) or 'a QKD key or a post-quantum KEM'}",
                                   alert)
-        if not (qkd and suite.post_quantum):
+        if not (qkd or suite.post_quantum):
+            self._fallback = ("X25519 only: recorded traffic falls to a quantum computer; "
+                              f"allowed by security policy {policy.value!r}")
+        elif not (qkd and suite.post_quantum):
             self._fallback = (f"{'no QKD key' if not qkd else 'no post-quantum KEM'}; "
                               f"allowed by security policy {policy.value!r}")
 

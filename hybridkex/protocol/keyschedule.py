@@ -21,6 +21,7 @@ as there.
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Sequence
 
@@ -45,17 +46,30 @@ __all__ = [
 ]
 
 LABEL_PREFIX = b"hkx1 "
+CLASSICAL_ONLY_PART = ("classical-only", b"\x00")
 COMBINER = "hkdf-concat"
 KEY_SIZE = 32  # both record AEADs take 256-bit keys
 IV_SIZE = 12
 
 
+@functools.lru_cache(maxsize=256)
+def _label_head(label: str, length: int) -> bytes:
+    """u16(length) || <"hkx1 " + label>: the part of the info that is fixed per call site."""
+    full = LABEL_PREFIX + label.encode("ascii")
+    return struct.pack(">HB", length, len(full)) + full
+
+
 def hkdf_expand_label(hash_name: str, secret: bytes, label: str, context: bytes,
                       length: int) -> bytes:
     """HKDF-Expand-Label with the "hkx1 " prefix: info = u16(length) || <label> || <context>."""
-    full = LABEL_PREFIX + label.encode("ascii")
-    info = struct.pack(">HB", length, len(full)) + full + bytes([len(context)]) + context
+    info = _label_head(label, length) + bytes((len(context),)) + context
     return hkdf_expand(hash_name, secret, info, length)
+
+
+@functools.lru_cache(maxsize=8)
+def _empty_hash(hash_name: str) -> bytes:
+    """Hash(""), which Derive-Secret(., "derived", "") and the exporter take."""
+    return digest(hash_name, b"")
 
 
 def derive_secret(suite: Suite, secret: bytes, label: str, transcript_hash: bytes) -> bytes:
@@ -74,6 +88,10 @@ def handshake_secrets(suite: Suite, shared_secrets: Sequence[tuple[str, bytes]],
     parts = [*shared_secrets]
     if qkd_key is not None:
         parts.append(("QKD", qkd_key))
+    if len(parts) == 1:
+        # X25519 alone (security policy allow-classical).  A combiner needs two parts;
+        # this public one adds no secrecy and marks the secrets as classical-only.
+        parts.append(CLASSICAL_ONLY_PART)
     hs = combine(parts, hello_hash, suite.hash_len, COMBINER, suite.hash)
     return (hs,
             derive_secret(suite, hs, "c hs traffic", hello_hash),
@@ -81,7 +99,7 @@ def handshake_secrets(suite: Suite, shared_secrets: Sequence[tuple[str, bytes]],
 
 
 def master_secret(suite: Suite, handshake_secret: bytes) -> bytes:
-    salt = derive_secret(suite, handshake_secret, "derived", digest(suite.hash, b""))
+    salt = derive_secret(suite, handshake_secret, "derived", _empty_hash(suite.hash))
     return hkdf_extract(suite.hash, salt, bytes(suite.hash_len))
 
 
@@ -133,5 +151,5 @@ def exporter(suite: Suite, exporter_master: bytes, label: str, context: bytes,
     """Keying material for an application (RFC 8446 section 7.5, with "hkx1 " labels)."""
     if not label.isascii() or len(label) > 250:
         raise InvalidParameter("exporter label must be ASCII, at most 250 characters")
-    secret = derive_secret(suite, exporter_master, label, digest(suite.hash, b""))
+    secret = derive_secret(suite, exporter_master, label, _empty_hash(suite.hash))
     return hkdf_expand_label(suite.hash, secret, "exporter", digest(suite.hash, context), length)
