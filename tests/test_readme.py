@@ -20,6 +20,8 @@ def test_readme_has_exactly_two_setup_commands() -> None:
     setup = text.split("## Set up", 1)[1].split("\n## ", 1)[0]
     commands = re.findall(r"```sh\n(.*?)```", setup, re.S)
     assert [c.strip().count("\n") for c in commands] == [0, 0]
+    assert commands[0].strip() == (
+        "python3 -m venv .venv && .venv/bin/pip install . && .venv/bin/hybridkex demo")
     assert commands[1].strip() == "bash tests/run.sh"
     ci = (REPO / ".ci" / "run").read_text()
     assert "tests/run.sh" in ci

@@ -8,9 +8,12 @@ import sys
 from collections.abc import Sequence
 
 from hybridkex import __version__
+from hybridkex.cli import channel as channel_commands
+from hybridkex.cli import demo as demo_command
 from hybridkex.cli import kme as kme_commands
 from hybridkex.cli import qkd as qkd_commands
 from hybridkex.cli import selftest as selftest_command
+from hybridkex.cli import site as site_commands
 from hybridkex.errors import HybridKexError
 
 
@@ -21,7 +24,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"hybridkex {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    demo_command.register(sub)
     selftest_command.register(sub)
+    site_commands.register(sub)
+    channel_commands.register(sub)
     qkd_commands.register(sub)
     kme_commands.register(sub)
     return parser

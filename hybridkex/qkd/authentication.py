@@ -102,27 +102,35 @@ class MessageAuthenticator(abc.ABC):
 
 
 class SignatureAuthenticator(MessageAuthenticator):
-    """Every message signed by its sender; no key bits spent."""
+    """Every message signed by its sender; no key bits spent.
+
+    ``peer_scheme`` is the scheme of the peer's key when it differs from this side's
+    (two sites need not sign with the same scheme); by default the same as ``scheme``.
+    """
 
     kind = "signature"
 
-    def __init__(self, scheme: str, own_private: bytes, peer_public: bytes) -> None:
+    def __init__(self, scheme: str, own_private: bytes, peer_public: bytes,
+                 peer_scheme: str | None = None) -> None:
         self._scheme = primitives.signature(scheme)
+        self._peer_scheme = primitives.signature(peer_scheme or scheme)
         self._private = own_private
         self._peer_public = peer_public
 
     def tag(self, data: bytes) -> bytes:
-        return self._scheme.sign(self._private, data, self._context())
+        return self._scheme.sign(self._private, data, _context(self._scheme))
 
     def verify(self, data: bytes, tag: bytes) -> bool:
-        return self._scheme.verify(self._peer_public, data, tag, self._context())
-
-    def _context(self) -> bytes:
-        return SIGNATURE_CONTEXT if self._scheme.max_context else b""
+        return self._peer_scheme.verify(self._peer_public, data, tag,
+                                        _context(self._peer_scheme))
 
     @property
     def bits_consumed(self) -> int:
         return 0
+
+
+def _context(scheme: primitives.SignatureScheme) -> bytes:
+    return SIGNATURE_CONTEXT if scheme.max_context else b""
 
 
 class WegmanCarterAuthenticator(MessageAuthenticator):

@@ -129,9 +129,10 @@ class QKDLink:
         ia, ib = self._identity_a, self._identity_b
         if ia is None or ib is None:
             raise InvalidParameter("authentication pool empty and no identities to re-bootstrap")
-        return (SignatureAuthenticator(ia.scheme, ia.private, ib.public),
-                SignatureAuthenticator(ib.scheme, ib.private, ia.public),
-                f"signature ({ia.scheme})")
+        schemes = ia.scheme if ia.scheme == ib.scheme else f"{ia.scheme} / {ib.scheme}"
+        return (SignatureAuthenticator(ia.scheme, ia.private, ib.public, ib.scheme),
+                SignatureAuthenticator(ib.scheme, ib.private, ia.public, ia.scheme),
+                f"signature ({schemes})")
 
     def run_round(self, pulses: int, seed: int | None = None,
                   progress: Callable[[int, int], None] | None = None,

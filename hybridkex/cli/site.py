@@ -1,0 +1,211 @@
+"""``hybridkex site init | pair | trust | show``: site directories (docs/sites.md).
+
+    hybridkex site init site-a --name site-a
+    hybridkex site init site-b --name site-b --sig ML-DSA-65+Ed25519
+    hybridkex site pair site-a site-b --distance-km 25 --keys 500
+
+``pair`` runs the **simulated** QKD link; everything it prints says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from hybridkex.cli.qkd import _count
+from hybridkex.qkd.link import SIMULATION_LABEL, LinkReport
+from hybridkex.site import DEFAULT_PULSES_PER_ROUND, SIGNATURE_SCHEMES, Site, pair
+
+
+def register(sub: Any) -> None:
+    site = sub.add_parser("site", help="site directories: identity, trust, QKD key store")
+    ssub = site.add_subparsers(dest="site_command", required=True)
+
+    i = ssub.add_parser("init", help="create a site directory with a fresh signing identity")
+    i.add_argument("dir", metavar="DIR")
+    i.add_argument("--name", required=True,
+                   help="the site's name (1-63 of A-Z a-z 0-9 . _ -), as its peers know it")
+    i.add_argument("--sig", choices=SIGNATURE_SCHEMES, default="ML-DSA-65",
+                   help="signature scheme of the identity key (default ML-DSA-65; "
+                   "ML-DSA-65+Ed25519 is presented as a pinned raw key, not X.509)")
+    i.add_argument("--ca-cert", metavar="PEM",
+                   help="issue identity.crt from this CA certificate (with --ca-key) "
+                   "instead of self-signing it")
+    i.add_argument("--ca-key", metavar="PEM", help="the CA's private key (unencrypted PEM)")
+    i.add_argument("--days", type=int, default=3650,
+                   help="certificate validity in days (default 3650)")
+    i.add_argument("--security", choices=["qkd-and-pq", "at-least-qkd", "at-least-pq",
+                                          "either"],
+                   help="security policy written to site.toml (default qkd-and-pq)")
+    i.add_argument("--auth", choices=["auto", "signature", "psk"],
+                   help="authentication mode written to site.toml (default auto)")
+    i.set_defaults(func=cmd_init)
+
+    p = ssub.add_parser("pair", help="make two sites trust each other and fill both key "
+                        "stores over a SIMULATED QKD link")
+    p.add_argument("dir_a", metavar="DIR_A")
+    p.add_argument("dir_b", metavar="DIR_B")
+    p.add_argument("--distance-km", type=float, default=25.0,
+                   help="fibre length of the simulated link (default 25)")
+    p.add_argument("--keys", type=_count, default=500,
+                   help="run rounds until at least this many 256-bit keys were deposited, "
+                   "both directions together (default 500)")
+    p.add_argument("--pulses-per-round", type=_count, default=DEFAULT_PULSES_PER_ROUND,
+                   help="simulated pulses per round (default 5e8: about 370 keys per round "
+                   "at 25 km)")
+    p.add_argument("--seed", type=int, help="make the simulated rounds reproducible")
+    p.add_argument("--replace-trust", action="store_true",
+                   help="replace a different identity already trusted under a peer's name")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    p.set_defaults(func=cmd_pair)
+
+    t = ssub.add_parser("trust", help="trust a peer: add its identity.crt or identity.pin "
+                        "(or a CA certificate) to DIR/trust/")
+    t.add_argument("dir", metavar="DIR")
+    t.add_argument("file", metavar="FILE")
+    t.add_argument("--replace", action="store_true",
+                   help="replace a different identity already trusted under that name")
+    t.set_defaults(func=cmd_trust)
+
+    s = ssub.add_parser("show", help="a site's identity, trusted peers and QKD pools")
+    s.add_argument("dir", metavar="DIR")
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+    s.set_defaults(func=cmd_show)
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    with Site.init(args.dir, args.name, args.sig, ca_certificate=args.ca_cert,
+                   ca_key=args.ca_key, days=args.days, security=args.security,
+                   auth=args.auth) as site:
+        print(f"site {site.name} created in {site.path}")
+        print(f"  identity    {site.scheme}, {site.settings.identity}")
+        print(f"  public key  sha256 {site.fingerprint}")
+        print(f"  give peers  {site.public_identity_file} (compare the sha256 out of band)")
+    return 0
+
+
+class _PairProgress:
+    """One line on stderr, redrawn: the round, the optical simulation, keys so far."""
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.round = 1
+        self.deposited = 0
+        self.last = 0.0
+        print(f"*** QKD link: {SIMULATION_LABEL} ***", file=sys.stderr)
+
+    def pulses(self, done: int, total: int) -> None:
+        now = time.perf_counter()
+        if now - self.last < 0.2 and done < total:
+            return
+        self.last = now
+        width = 20
+        filled = int(width * done / total) if total else width
+        stage = ("simulating" if done < total else
+                 "distilling (sifting, Cascade, privacy amplification)")
+        sys.stderr.write(f"\rround {self.round}: [{'#' * filled}{'.' * (width - filled)}] "
+                         f"{_pulses(done)}/{_pulses(total)} pulses, {stage}; "
+                         f"{self.deposited}/{self.target} keys   ")
+        sys.stderr.flush()
+
+    def round_done(self, report: LinkReport, deposited: int) -> None:
+        self.deposited = deposited
+        outcome = (f"aborted: {report.abort_reason}" if report.aborted else
+                   f"+{report.keys_deposited} keys, QBER {report.qber:.3f}, "
+                   f"auth {report.auth_mode}")
+        sys.stderr.write(f"\rround {self.round}: {outcome}; {deposited}/{self.target} keys"
+                         + " " * 10 + "\n")
+        sys.stderr.flush()
+        self.round += 1
+
+
+def _pulses(n: float) -> str:
+    return f"{n:.2g}".replace("e+0", "e").replace("e+", "e")
+
+
+def cmd_pair(args: argparse.Namespace) -> int:
+    with Site.load(args.dir_a) as site_a, Site.load(args.dir_b) as site_b:
+        progress = None if args.json else _PairProgress(args.keys)
+        report = pair(site_a, site_b, args.distance_km, args.keys,
+                      pulses_per_round=args.pulses_per_round, seed=args.seed,
+                      replace_trust=args.replace_trust,
+                      on_pulses=progress.pulses if progress else None,
+                      on_round=progress.round_done if progress else None)
+        if args.json:
+            print(json.dumps(report.to_json(), indent=2))
+            return 0
+        print(f"paired {report.site_a} and {report.site_b}")
+        print("  trust (the out-of-band exchange):")
+        for line in report.trust:
+            print(f"    {line}")
+        print("    (compare the key sha256 with each site's `hybridkex site show` output)")
+        print(f"  QKD link: {SIMULATION_LABEL}")
+        print(f"    {report.distance_km:g} km, {len(report.rounds)} rounds of "
+              f"{_pulses(report.pulses_per_round)} pulses ({report.aborted_rounds} aborted), "
+              f"{report.elapsed_s:.1f} s")
+        print(f"    {report.keys_deposited} keys x 256 bits deposited in both key stores "
+              "under the same IDs")
+        for name, count in report.available.items():
+            print(f"    {name} can now initiate sessions with {count} keys")
+        first = report.rounds[0].auth_mode if report.rounds else "none"
+        print(f"    classical channel: round 1 authenticated by {first};")
+        print(f"    later rounds by Wegman-Carter MACs from QKD key "
+              f"({report.auth_bits_consumed} key bits spent)")
+    return 0
+
+
+def cmd_trust(args: argparse.Namespace) -> int:
+    with Site.load(args.dir) as site:
+        entry = site.trust(args.file, replace=args.replace)
+        print(f"site {site.name} trusts {entry.name}: {entry.describe()}")
+        print(f"  stored as {entry.path}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    with Site.load(args.dir) as site:
+        pools = {}
+        for peer in sorted(set(site.peers()) | set(site.store.peers())):
+            status = site.pool_status(peer)
+            pools[peer] = {"available_to_take": status.available_to_take,
+                           "available_to_fetch": status.available_to_fetch,
+                           "delivered": status.delivered,
+                           "link": site.link_info(peer),
+                           "source": site.qkd_source_label(peer)}
+        result: dict[str, Any] = {
+            "name": site.name,
+            "path": str(site.path),
+            "signature": site.scheme,
+            "identity": site.settings.identity,
+            "public_key_sha256": site.fingerprint,
+            "security": site.settings.security,
+            "auth": site.settings.auth,
+            "suites": list(site.settings.suites),
+            "trusted": [{"name": t.name, "kind": t.kind, "scheme": t.scheme,
+                         "public_key_sha256": t.public_key_sha256, "file": str(t.path)}
+                        for t in site.trusted()],
+            "pools": pools,
+        }
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"site {result['name']} ({result['path']})")
+    print(f"  identity  {result['signature']}, {result['identity']}, "
+          f"sha256 {result['public_key_sha256']}")
+    print(f"  policy    {result['security']}, auth {result['auth']}")
+    print(f"  suites    {', '.join(result['suites'])}")
+    print("  trusts")
+    for t in site.trusted():
+        print(f"    {t.name}: {t.describe()}")
+    if not result["trusted"]:
+        print("    nobody yet (hybridkex site pair / site trust)")
+    print("  QKD key pools (256-bit keys)")
+    for peer, pool in pools.items():
+        print(f"    {peer}: {pool['available_to_take']} to take, {pool['available_to_fetch']} "
+              f"to fetch, {pool['delivered']} used; from {pool['source']}")
+    if not pools:
+        print("    empty")
+    return 0
