@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 __all__ = ["SecureSocket"]
 
 _READ_SIZE = 1 << 16
+_LINGER = 0.25  # seconds a failed connection waits for the peer to read its alert
 
 
 class SecureSocket:
@@ -106,9 +107,20 @@ class SecureSocket:
                 self._sock.settimeout(previous)
 
     def _abort(self) -> None:
-        """After a failure: give the peer our alert if we can, then close."""
+        """After a failure: give the peer our alert, then close without destroying it.
+
+        Closing a TCP socket with unread data makes the kernel send a reset, which can
+        overtake the alert just written; so the write side is shut first and what the
+        peer still sends is read and dropped, for at most ``_LINGER`` seconds.
+        """
         with contextlib.suppress(OSError):
             self._flush()
+            self._sock.shutdown(socket.SHUT_WR)
+            deadline = time.monotonic() + _LINGER
+            while (remaining := deadline - time.monotonic()) > 0:
+                self._sock.settimeout(remaining)
+                if not self._sock.recv(_READ_SIZE):
+                    break
         self._close_socket()
 
     # -- plumbing -----------------------------------------------------------------------
@@ -249,6 +261,9 @@ class SecureSocket:
     def close(self) -> None:
         """Send close_notify (if the session is up) and close the socket."""
         if self._closed:
+            return
+        if self._conn.state is State.ERROR:
+            self._abort()
             return
         if self._conn.handshake_complete:
             try:
