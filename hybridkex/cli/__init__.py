@@ -12,6 +12,7 @@ from hybridkex.cli import channel as channel_commands
 from hybridkex.cli import demo as demo_command
 from hybridkex.cli import kme as kme_commands
 from hybridkex.cli import qkd as qkd_commands
+from hybridkex.cli import rndl as rndl_command
 from hybridkex.cli import selftest as selftest_command
 from hybridkex.cli import site as site_commands
 from hybridkex.errors import HybridKexError
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     channel_commands.register(sub)
     qkd_commands.register(sub)
     kme_commands.register(sub)
+    rndl_command.register(sub)
     return parser
 
 
