@@ -65,6 +65,14 @@ class SecureTransport(asyncio.Transport):
     def abort(self) -> None:
         self._protocol.raw.abort()
 
+    def key_update(self, request_peer: bool = True) -> None:
+        """KeyUpdate (see Connection.key_update): ``writer.transport.key_update()``."""
+        self._protocol.key_update(request_peer)
+
+    def rekey_qkd(self) -> tuple[str, ...]:
+        """QKD re-key (see Connection.rekey_qkd): ``writer.transport.rekey_qkd()``."""
+        return self._protocol.rekey_qkd()
+
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         """Adds ``session_info`` and ``peer_identity`` to the raw transport's extras."""
         if name == "session_info":
@@ -107,6 +115,7 @@ class SecureProtocol(asyncio.Protocol):
         self.transport = SecureTransport(self)
         self._app_connected = False
         self._closing = False
+        self._peer_closed = False
 
     @property
     def raw(self) -> asyncio.Transport:
@@ -129,7 +138,9 @@ class SecureProtocol(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self._run(lambda: self.connection.receive_data(b""))
-        return False
+        # After the peer's close_notify its FIN is a clean half-close: keep the transport
+        # open so this side can still answer and send its own close_notify.
+        return self._peer_closed
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._timer is not None:
@@ -161,7 +172,9 @@ class SecureProtocol(asyncio.Protocol):
                 elif isinstance(event, DataReceived):
                     self.app.data_received(event.data)
                 elif isinstance(event, ConnectionClosed):
-                    self.app.eof_received()
+                    if not self._peer_closed:
+                        self._peer_closed = True
+                        self.app.eof_received()
                     break
         except HybridKexError as exc:
             self._flush()
@@ -209,6 +222,15 @@ class SecureProtocol(asyncio.Protocol):
     def send(self, data: bytes) -> None:
         self.connection.send(data)
         self._flush()
+
+    def key_update(self, request_peer: bool = True) -> None:
+        self.connection.key_update(request_peer)
+        self._flush()
+
+    def rekey_qkd(self) -> tuple[str, ...]:
+        ids = self.connection.rekey_qkd()
+        self._flush()
+        return ids
 
     def close_notify(self) -> None:
         if not self._closing and self.connection.handshake_complete:

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 __all__ = ["SecureSocket"]
 
 _READ_SIZE = 1 << 16
+_WRITE_SLICE = 1 << 16
 _LINGER = 0.25  # seconds a failed connection waits for the peer to read its alert
 
 
@@ -141,16 +142,34 @@ class SecureSocket:
                         self._peer_closed = True
                         break
         finally:
-            # Answers, and after a failure the alert, go out before the error surfaces.
+            # Answers, and after a failure the alert, go out before the error surfaces;
+            # but a reader never waits for the wire: if a writer holds it (perhaps blocked
+            # until the peer reads), that writer sends these bytes too.  Waiting here
+            # could deadlock two peers that both write and read at once.
             with contextlib.suppress(OSError):
-                self._flush()
+                self._flush(wait=False)
 
-    def _flush(self) -> None:
-        with self._wire:
-            with self._state:
-                data = self._conn.data_to_send()
-            if data:
+    def _flush(self, wait: bool = True) -> None:
+        """Send everything the connection has sealed, in order.
+
+        Bytes are taken from the connection and written only by the holder of
+        ``_wire``.  The holder lets go of it only after finding, under ``_state``, that
+        nothing is left, so bytes sealed by a thread that could not get the wire are
+        never stranded.
+        """
+        if not self._wire.acquire(blocking=wait):
+            return
+        try:
+            while True:
+                with self._state:
+                    data = self._conn.data_to_send()
+                    if not data:
+                        self._wire.release()
+                        return
                 self._sock.sendall(data)
+        except BaseException:
+            self._wire.release()
+            raise
 
     def _check_usable(self) -> None:
         if self._closed:
@@ -173,7 +192,11 @@ class SecureSocket:
         self._check_usable()
         with self._reading:
             while not self._plaintext and not self._peer_closed and bufsize:
-                self._feed(self._sock.recv(_READ_SIZE))
+                try:
+                    data = self._sock.recv(_READ_SIZE)
+                except ConnectionResetError as exc:
+                    raise ConnectionTruncated("the peer reset the connection") from exc
+                self._feed(data)
             chunk = bytes(self._plaintext[:bufsize])
             del self._plaintext[:bufsize]
             return chunk
@@ -189,17 +212,18 @@ class SecureSocket:
         if flags:
             raise ValueError("flags are not supported on a secure socket")
         self._check_usable()
-        payload = bytes(data)
-        with self._wire:
+        view = memoryview(data).cast("B")
+        # Sealed and written a slice at a time, so a large write never builds one large
+        # buffer of ciphertext (and the peer starts decrypting sooner).
+        for start in range(0, len(view), _WRITE_SLICE):
             with self._state:
-                self._conn.send(payload)
-                out = self._conn.data_to_send()
-            self._sock.sendall(out)
+                self._conn.send(bytes(view[start:start + _WRITE_SLICE]))
+            self._flush()
 
     def send(self, data: Buffer, flags: int = 0) -> int:
         """Sends all of ``data`` (records are sealed whole) and returns its length."""
         self.sendall(data, flags)
-        return len(memoryview(data))
+        return memoryview(data).nbytes
 
     def pending(self) -> int:
         """Plaintext bytes already decrypted and waiting to be read."""
