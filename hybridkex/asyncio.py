@@ -118,6 +118,10 @@ class SecureProtocol(asyncio.Protocol):
         self._peer_closed = False
 
     @property
+    def has_raw(self) -> bool:
+        return self._raw is not None
+
+    @property
     def raw(self) -> asyncio.Transport:
         assert self._raw is not None
         return self._raw
@@ -271,10 +275,14 @@ async def open_connection(host: str, port: int, *,
 async def start_server(client_connected_cb: ClientConnectedCallback,
                        host: str | None = None, port: int | None = None, *,
                        context: Context, handshake_timeout: float | None = None,
-                       limit: int = 2**16, **kwargs: Any) -> asyncio.Server:
+                       limit: int = 2**16,
+                       handshake_failed_cb: Callable[[Exception, Any], None] | None = None,
+                       **kwargs: Any) -> asyncio.Server:
     """Serve HKX/1 on ``host:port``.  ``client_connected_cb(reader, writer)`` runs for each
     client whose handshake completed; a failed handshake closes that connection and is
-    never seen by the callback."""
+    never seen by that callback, but ``handshake_failed_cb(error, peername)``, if given,
+    is told of it (the typed error: a ProtocolError, HandshakeTimeout,
+    ConnectionTruncated), so a server can log refused clients."""
     loop = asyncio.get_running_loop()
     timeout = context.handshake_timeout if handshake_timeout is None else handshake_timeout
     tasks: set[asyncio.Task[None]] = set()
@@ -290,6 +298,18 @@ async def start_server(client_connected_cb: ClientConnectedCallback,
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
 
-        return SecureProtocol(context.new_connection(True, None), app, timeout, on_handshake)
+        protocol = SecureProtocol(context.new_connection(True, None), app, timeout,
+                                  on_handshake)
+        if handshake_failed_cb is not None:
+            callback = handshake_failed_cb
+
+            def report(future: asyncio.Future[None]) -> None:
+                exc = None if future.cancelled() else future.exception()
+                if isinstance(exc, Exception):
+                    peer = protocol.raw.get_extra_info("peername") if protocol.has_raw else None
+                    callback(exc, peer)
+
+            protocol.handshake.add_done_callback(report)
+        return protocol
 
     return await loop.create_server(factory, host, port, **kwargs)

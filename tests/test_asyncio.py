@@ -720,3 +720,39 @@ def test_no_descriptors_or_tasks_leak_after_failures() -> None:
         assert other_tasks() == set()
 
     run(main)
+
+
+def test_start_server_reports_failed_handshakes() -> None:
+    """A refused client never reaches client_connected_cb, but handshake_failed_cb hears
+    of it with the typed error."""
+
+    async def main() -> None:
+        sites = make_sites(client={"auth": "signature"})
+        failures: list[tuple[Exception, object]] = []
+        connected: list[object] = []
+
+        async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            connected.append(writer)
+            writer.close()
+
+        server = await hkx.start_server(
+            on_client, "127.0.0.1", 0, context=Context.from_config(sites.server),
+            handshake_failed_cb=lambda exc, peer: failures.append((exc, peer)))
+        port = server.sockets[0].getsockname()[1]
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"\x16\x00\x05garbage-that-is-not-a-hello")
+        await writer.drain()
+        for _ in range(100):
+            if failures:
+                break
+            await asyncio.sleep(0.02)
+        writer.close()
+        server.close()
+        await server.wait_closed()
+        assert not connected
+        assert len(failures) == 1
+        exc, peer = failures[0]
+        assert isinstance(exc, ProtocolError)
+        assert isinstance(peer, tuple) and peer[0] == "127.0.0.1"
+
+    run(main)
