@@ -27,6 +27,7 @@ opens one from ``memory:``, ``sqlite:///path`` or ``postgresql://...``.
 from __future__ import annotations
 
 import abc
+import collections
 import sqlite3
 import threading
 import time
@@ -277,22 +278,30 @@ class MemoryKeyStore(KeyStore):
         self._lock = threading.Lock()
         # peer -> key_id -> [initiator_is_local, material or None]; dicts keep deposit order
         self._pools: dict[str, dict[str, tuple[bool, bytearray | None]]] = {}
+        # peer -> IDs this site may still take, in deposit order (take is O(count))
+        self._takeable: dict[str, collections.deque[str]] = {}
 
     def _add(self, peer: str, keys: list[StoredKey]) -> None:
         with self._lock:
             pool = self._pools.setdefault(peer, {})
             if any(k.key_id in pool for k in keys):
                 raise InvalidParameter("a key ID is already in the store")
+            takeable = self._takeable.setdefault(peer, collections.deque())
             for k in keys:
-                pool[str(uuid.UUID(k.key_id))] = (k.initiator == self.site_id, bytearray(k.key))
+                key_id = str(uuid.UUID(k.key_id))
+                mine = k.initiator == self.site_id
+                pool[key_id] = (mine, bytearray(k.key))
+                if mine:
+                    takeable.append(key_id)
 
     def _take(self, peer: str, units: int) -> list[tuple[str, bytes]]:
         with self._lock:
             pool = self._pools.get(peer, {})
-            chosen = [key_id for key_id, (mine, material) in pool.items()
-                      if mine and material is not None][:units]
-            if len(chosen) < units:
-                raise KeysExhausted(f"{len(chosen)} keys available for {peer!r}, {units} needed")
+            takeable = self._takeable.get(peer, collections.deque())
+            if len(takeable) < units:
+                raise KeysExhausted(f"{len(takeable)} keys available for {peer!r}, "
+                                    f"{units} needed")
+            chosen = [takeable.popleft() for _ in range(units)]
             return [(key_id, self._deliver(pool, key_id)) for key_id in chosen]
 
     def _fetch(self, peer: str, key_ids: list[str]) -> dict[str, bytes]:
