@@ -340,6 +340,7 @@ def _kem_ops() -> list[Operation]:
         kem = primitives.kem(name)
         family = "ML-KEM" if name in classes else name
         pk, sk = kem.generate_keypair()
+        sk = bytes(sk)  # plain bytes, decoded on every call as the direct side does (no HeldKey)
         _, ct = kem.encapsulate(pk)
         inputs: dict[str, Any] = {"kem": kem, "pk": pk, "sk": sk, "ct": ct}
         if name in classes:
@@ -418,6 +419,7 @@ def _signature_ops() -> list[Operation]:
         family = "ML-DSA" if name in mldsa_classes else name
         context = ML_DSA_CONTEXT if scheme.max_context else b""
         pk, sk = scheme.generate_keypair()
+        sk = bytes(sk)  # plain bytes, decoded on every call as the direct side does (no HeldKey)
         sig = scheme.sign(sk, MESSAGE, context)
         inputs: dict[str, Any] = {"scheme": scheme, "pk": pk, "sk": sk, "sig": sig,
                                   "msg": MESSAGE, "ctx": context}

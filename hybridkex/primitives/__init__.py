@@ -25,13 +25,14 @@ from hybridkex.primitives import oqs_backend
 from hybridkex.primitives.kdf import digest, hash_algorithm, hkdf, hkdf_expand, hkdf_extract
 from hybridkex.primitives.kem import KEM, KEMS
 from hybridkex.primitives.signature import SIGNATURES, SignatureScheme
-from hybridkex.primitives.symmetric import AEAD, AEADS, MAC, MACS
+from hybridkex.primitives.symmetric import AEAD, AEADS, MAC, MACS, KeyedAEAD
 
 __all__ = [
     "AEAD",
     "KEM",
     "MAC",
     "AlgorithmInfo",
+    "KeyedAEAD",
     "SignatureScheme",
     "aead",
     "available",

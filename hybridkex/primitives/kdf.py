@@ -44,7 +44,7 @@ def hash_algorithm(name: str) -> hashes.HashAlgorithm:
 def digest(name: str, data: Bytes) -> bytes:
     """One-shot hash of ``data``."""
     h = hashes.Hash(hash_algorithm(name))
-    h.update(as_bytes(data, "data"))
+    h.update(data if type(data) is bytes else as_bytes(data, "data"))
     return h.finalize()
 
 
@@ -58,9 +58,15 @@ def hkdf_extract(hash_name: str, salt: Bytes, ikm: Bytes) -> bytes:
 def hkdf_expand(hash_name: str, prk: Bytes, info: Bytes, length: int) -> bytes:
     """HKDF-Expand(PRK, info, L); L is at most 255 * HashLen, as RFC 5869 allows."""
     algorithm = hash_algorithm(hash_name)
-    length = check_length(length, "HKDF output length", 255 * algorithm.digest_size)
-    prk_bytes = as_bytes(prk, "pseudorandom key")
-    return HKDFExpand(algorithm, length, as_bytes(info, "info")).derive(prk_bytes)
+    # the checks of check_length and as_bytes, written out for the common case (a key
+    # schedule makes dozens of these calls per handshake); anything else takes the calls
+    if type(length) is not int or not 0 < length <= 255 * algorithm.digest_size:
+        length = check_length(length, "HKDF output length", 255 * algorithm.digest_size)
+    if type(prk) is not bytes:
+        prk = as_bytes(prk, "pseudorandom key")
+    if type(info) is not bytes:
+        info = as_bytes(info, "info")
+    return HKDFExpand(algorithm, length, info).derive(prk)
 
 
 def hkdf(hash_name: str, ikm: Bytes, salt: Bytes, info: Bytes, length: int) -> bytes:

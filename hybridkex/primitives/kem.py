@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 
 from hybridkex.errors import InvalidCiphertext, InvalidKey, InvalidParameter
 from hybridkex.primitives._checks import Bytes, as_bytes
+from hybridkex.primitives._held import HeldKey, held_key
 
 __all__ = [
     "KEM",
@@ -57,7 +58,11 @@ class KEM(abc.ABC):
 
     @abc.abstractmethod
     def derive_keypair(self, seed: Bytes) -> tuple[bytes, bytes]:
-        """The ``(public, private)`` pair determined by ``seed`` (``seed_size`` bytes)."""
+        """The ``(public, private)`` pair determined by ``seed`` (``seed_size`` bytes).
+
+        The private key may come back as a :class:`~hybridkex.primitives._held.HeldKey`:
+        bytes that also hold the decoded key, so ``decapsulate`` need not decode it again.
+        """
 
     @abc.abstractmethod
     def encapsulate(self, public: Bytes) -> tuple[bytes, bytes]:
@@ -84,6 +89,9 @@ class KEM(abc.ABC):
 
 
 def _x25519_private(scalar: Bytes, what: str) -> X25519PrivateKey:
+    key = held_key(scalar)
+    if isinstance(key, X25519PrivateKey):
+        return key
     return X25519PrivateKey.from_private_bytes(as_bytes(scalar, what, 32, error=InvalidKey))
 
 
@@ -113,7 +121,7 @@ class X25519KEM(KEM):
 
     def derive_keypair(self, seed: Bytes) -> tuple[bytes, bytes]:
         private = _x25519_private(seed, "X25519 seed")
-        return _x25519_public_bytes(private), private.private_bytes_raw()
+        return _x25519_public_bytes(private), HeldKey(private.private_bytes_raw(), private)
 
     def encapsulate(self, public: Bytes) -> tuple[bytes, bytes]:
         peer = as_bytes(public, "X25519 public key", 32, error=InvalidKey)
@@ -154,12 +162,15 @@ class MLKEM(KEM):
         self._private_cls, self._public_cls = _MLKEM_CLASSES[name]
 
     def _private(self, private: Bytes) -> mlkem.MLKEM768PrivateKey | mlkem.MLKEM1024PrivateKey:
+        key = held_key(private)
+        if isinstance(key, self._private_cls):
+            return key
         seed = as_bytes(private, f"{self.name} private seed", 64, error=InvalidKey)
         return self._private_cls.from_seed_bytes(seed)
 
     def derive_keypair(self, seed: Bytes) -> tuple[bytes, bytes]:
         key = self._private(seed)
-        return key.public_key().public_bytes_raw(), key.private_bytes_raw()
+        return key.public_key().public_bytes_raw(), HeldKey(key.private_bytes_raw(), key)
 
     def public_key_from_private(self, private: Bytes) -> bytes:
         return self._private(private).public_key().public_bytes_raw()

@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from hybridkex.errors import InvalidKey, InvalidParameter
 from hybridkex.primitives._checks import Bytes, as_bytes
+from hybridkex.primitives._held import HeldKey, held_key
 
 __all__ = [
     "ECDSAP256",
@@ -63,7 +64,23 @@ class SignatureScheme(abc.ABC):
 
     @abc.abstractmethod
     def derive_keypair(self, seed: Bytes) -> tuple[bytes, bytes]:
-        """The ``(public, private)`` pair determined by ``seed``."""
+        """The ``(public, private)`` pair determined by ``seed``.
+
+        The private key may come back as a :class:`~hybridkex.primitives._held.HeldKey`:
+        bytes that also hold the decoded key, so ``sign`` need not decode it again.
+        """
+
+    def prepare_private_key(self, private: Bytes) -> bytes:
+        """``private``, checked and decoded once, for a key that will sign many times.
+
+        The result equals ``private`` and is used exactly like it.  Where the backend
+        needs a decoded key object (ML-DSA, Ed25519, ECDSA-P256) the result holds it, so
+        that ``sign`` does not decode the key again (for ML-DSA that re-runs key
+        generation from the seed).  It lives as long as the caller keeps it, like the
+        bytes it replaces.
+        """
+        return as_bytes(private, f"{self.name} private key", self.private_key_size,
+                        error=InvalidKey)
 
     @abc.abstractmethod
     def sign(self, private: Bytes, message: Bytes, context: Bytes = b"") -> bytes:
@@ -121,11 +138,18 @@ class MLDSA(SignatureScheme):
 
     def derive_keypair(self, seed: Bytes) -> tuple[bytes, bytes]:
         key = self._private(seed)
-        return key.public_key().public_bytes_raw(), key.private_bytes_raw()
+        return key.public_key().public_bytes_raw(), HeldKey(key.private_bytes_raw(), key)
+
+    def prepare_private_key(self, private: Bytes) -> bytes:
+        key = self._private(private)
+        return HeldKey(key.private_bytes_raw(), key)
 
     def _private(
         self, private: Bytes
     ) -> mldsa.MLDSA44PrivateKey | mldsa.MLDSA65PrivateKey | mldsa.MLDSA87PrivateKey:
+        key = held_key(private)
+        if isinstance(key, self._private_cls):
+            return key
         seed = as_bytes(private, f"{self.name} private seed", 32, error=InvalidKey)
         return self._private_cls.from_seed_bytes(seed)
 
@@ -158,14 +182,23 @@ class Ed25519(SignatureScheme):
     signature_size = 64
 
     def derive_keypair(self, seed: Bytes) -> tuple[bytes, bytes]:
-        key = Ed25519PrivateKey.from_private_bytes(
-            as_bytes(seed, "Ed25519 seed", 32, error=InvalidKey))
-        return key.public_key().public_bytes_raw(), key.private_bytes_raw()
+        key = self._private(seed, "Ed25519 seed")
+        return key.public_key().public_bytes_raw(), HeldKey(key.private_bytes_raw(), key)
+
+    def prepare_private_key(self, private: Bytes) -> bytes:
+        key = self._private(private, "Ed25519 private key")
+        return HeldKey(key.private_bytes_raw(), key)
+
+    @staticmethod
+    def _private(private: Bytes, what: str) -> Ed25519PrivateKey:
+        key = held_key(private)
+        if isinstance(key, Ed25519PrivateKey):
+            return key
+        return Ed25519PrivateKey.from_private_bytes(as_bytes(private, what, 32, error=InvalidKey))
 
     def sign(self, private: Bytes, message: Bytes, context: Bytes = b"") -> bytes:
         self._context(context)
-        key = Ed25519PrivateKey.from_private_bytes(
-            as_bytes(private, "Ed25519 private key", 32, error=InvalidKey))
+        key = self._private(private, "Ed25519 private key")
         return key.sign(as_bytes(message, "message"))
 
     def verify(self, public: Bytes, message: Bytes, signature: Bytes,
@@ -197,13 +230,21 @@ class ECDSAP256(SignatureScheme):
 
     def generate_keypair(self) -> tuple[bytes, bytes]:
         key = ec.generate_private_key(ec.SECP256R1())
-        return self._public_bytes(key), key.private_numbers().private_value.to_bytes(32, "big")
+        return self._public_bytes(key), HeldKey(
+            key.private_numbers().private_value.to_bytes(32, "big"), key)
 
     @staticmethod
     def _public_bytes(key: ec.EllipticCurvePrivateKey) -> bytes:
         return key.public_key().public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
 
+    def prepare_private_key(self, private: Bytes) -> bytes:
+        key = self._private(private, "ECDSA-P256 private key")
+        return HeldKey(key.private_numbers().private_value.to_bytes(32, "big"), key)
+
     def _private(self, private: Bytes, what: str) -> ec.EllipticCurvePrivateKey:
+        key = held_key(private)
+        if isinstance(key, ec.EllipticCurvePrivateKey):
+            return key
         scalar = int.from_bytes(as_bytes(private, what, 32, error=InvalidKey), "big")
         if not 1 <= scalar < self._order:
             raise InvalidKey(f"{what} is not a scalar in [1, n-1]")
@@ -211,7 +252,7 @@ class ECDSAP256(SignatureScheme):
 
     def derive_keypair(self, seed: Bytes) -> tuple[bytes, bytes]:
         key = self._private(seed, "ECDSA-P256 seed")
-        return self._public_bytes(key), bytes(seed)
+        return self._public_bytes(key), HeldKey(bytes(seed), key)
 
     def sign(self, private: Bytes, message: Bytes, context: Bytes = b"") -> bytes:
         self._context(context)

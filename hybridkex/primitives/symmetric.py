@@ -1,7 +1,9 @@
 """AEADs and MACs by name.
 
 Each object is stateless: the key is passed to every call and lives only for that
-call.  Failures of authentication raise :class:`AuthenticationFailed` and release
+call.  Where one key protects many messages (a record layer), ``AEAD.keyed(key)``
+returns a :class:`KeyedAEAD` that builds the backend cipher, and its key schedule,
+once.  Failures of authentication raise :class:`AuthenticationFailed` and release
 nothing of the message.
 """
 
@@ -17,18 +19,20 @@ from hybridkex.errors import AuthenticationFailed, InvalidKey, InvalidParameter
 from hybridkex.primitives._checks import Bytes, as_bytes
 from hybridkex.primitives.kdf import hash_algorithm
 
-__all__ = ["AEAD", "HMAC", "MAC", "Poly1305"]
+__all__ = ["AEAD", "HMAC", "MAC", "KeyedAEAD", "Poly1305"]
 
 # A single AEAD call takes at most this much plaintext (cryptography's own limit is 2**31-1).
 _MAX_AEAD_INPUT = 2**31 - 1
+_NONCE_SIZE = 12
+_TAG_SIZE = 16
 
 
 class AEAD:
     """An AEAD with 32-byte keys, 12-byte nonces and 16-byte tags (RFC 5116 interface)."""
 
     key_size = 32
-    nonce_size = 12
-    tag_size = 16
+    nonce_size = _NONCE_SIZE
+    tag_size = _TAG_SIZE
 
     def __init__(self, name: str, cipher: Callable[[bytes], AESGCM | ChaCha20Poly1305]) -> None:
         self.name = name
@@ -39,6 +43,10 @@ class AEAD:
 
     def __repr__(self) -> str:
         return f"<AEAD {self.name}>"
+
+    def keyed(self, key: Bytes) -> KeyedAEAD:
+        """This AEAD bound to ``key``, for protecting many messages under one key."""
+        return KeyedAEAD(self, key)
 
     def encrypt(
         self, key: Bytes, nonce: Bytes, plaintext: Bytes, associated_data: Bytes = b""
@@ -62,6 +70,58 @@ class AEAD:
             raise AuthenticationFailed(f"{self.name} ciphertext is shorter than its tag")
         try:
             return cipher.decrypt(nonce_bytes, data, as_bytes(associated_data, "associated data"))
+        except InvalidTag:
+            raise AuthenticationFailed(f"{self.name} tag does not verify") from None
+
+
+class KeyedAEAD:
+    """An AEAD bound to one key (from :meth:`AEAD.keyed`).
+
+    The backend cipher object is built once, so its key schedule is not recomputed
+    for every message; the key lives exactly as long as this object.  Each call checks
+    its arguments as :class:`AEAD` does.  As ever, a nonce must never repeat under
+    the key: the caller (the record layer's sequence numbers) guarantees that.
+    """
+
+    __slots__ = ("_cipher", "_nonce_label", "name", "tag_size")
+
+    def __init__(self, aead: AEAD, key: Bytes) -> None:
+        self.name = aead.name
+        self.tag_size = aead.tag_size
+        self._nonce_label = aead._nonce_label
+        self._cipher = aead._cipher(as_bytes(key, aead._key_label, aead.key_size,
+                                             error=InvalidKey))
+
+    def __repr__(self) -> str:  # never the key
+        return f"<KeyedAEAD {self.name}>"
+
+    # The checks are those of AEAD.encrypt/decrypt; ``bytes`` arguments of the right
+    # size (the record layer's) pass on two comparisons each, without a call.
+
+    def encrypt(self, nonce: Bytes, plaintext: Bytes, associated_data: Bytes = b"") -> bytes:
+        """Return ciphertext || tag.  A nonce must never be used twice with this key."""
+        if type(nonce) is not bytes or len(nonce) != _NONCE_SIZE:
+            nonce = as_bytes(nonce, self._nonce_label, _NONCE_SIZE)
+        if type(plaintext) is not bytes:
+            plaintext = as_bytes(plaintext, "plaintext")
+        if type(associated_data) is not bytes:
+            associated_data = as_bytes(associated_data, "associated data")
+        if len(plaintext) > _MAX_AEAD_INPUT:
+            raise InvalidParameter(f"{self.name} plaintext is too long for one call")
+        return self._cipher.encrypt(nonce, plaintext, associated_data)
+
+    def decrypt(self, nonce: Bytes, ciphertext: Bytes, associated_data: Bytes = b"") -> bytes:
+        """Return the plaintext, or raise AuthenticationFailed and return nothing."""
+        if type(nonce) is not bytes or len(nonce) != _NONCE_SIZE:
+            nonce = as_bytes(nonce, self._nonce_label, _NONCE_SIZE)
+        if type(ciphertext) is not bytes:
+            ciphertext = as_bytes(ciphertext, "ciphertext")
+        if type(associated_data) is not bytes:
+            associated_data = as_bytes(associated_data, "associated data")
+        if len(ciphertext) < _TAG_SIZE:
+            raise AuthenticationFailed(f"{self.name} ciphertext is shorter than its tag")
+        try:
+            return self._cipher.decrypt(nonce, ciphertext, associated_data)
         except InvalidTag:
             raise AuthenticationFailed(f"{self.name} tag does not verify") from None
 
