@@ -13,7 +13,8 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF, HKDFExpand
 from hybridkex.errors import UnknownAlgorithm
 from hybridkex.primitives._checks import Bytes, as_bytes, check_length
 
-__all__ = ["HASHES", "digest", "hash_algorithm", "hkdf", "hkdf_expand", "hkdf_extract"]
+__all__ = ["HASHES", "digest", "hash_algorithm", "hkdf", "hkdf_expand", "hkdf_extract",
+           "running_hash"]
 
 HASHES: dict[str, type[hashes.HashAlgorithm]] = {
     "SHA-256": hashes.SHA256,
@@ -39,6 +40,12 @@ def hash_algorithm(name: str) -> hashes.HashAlgorithm:
         raise UnknownAlgorithm(
             f"unknown hash {name!r}; known: {', '.join(HASHES)}"
         ) from None
+
+
+def running_hash(name: str) -> hashes.Hash:
+    """An incremental hash (``update``, ``copy``, ``finalize``), for a transcript hashed
+    at several points as it grows."""
+    return hashes.Hash(hash_algorithm(name))
 
 
 def digest(name: str, data: Bytes) -> bytes:

@@ -23,6 +23,8 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Final
 
+from cryptography.hazmat.primitives import hashes
+
 from hybridkex.errors import (
     AlertReceived,
     ConnectionTruncated,
@@ -36,7 +38,8 @@ from hybridkex.errors import (
     ReplayDetected,
     UnexpectedMessage,
 )
-from hybridkex.primitives import digest, kem, mac, signature
+from hybridkex.primitives import kem, mac, signature
+from hybridkex.primitives.kdf import running_hash
 from hybridkex.protocol import keyschedule as ks
 from hybridkex.protocol.config import Config
 from hybridkex.protocol.events import (
@@ -170,7 +173,7 @@ class Connection:
         self.peer_site: str | None = None
         self._records = RecordBuffer()
         self._handshake_buffer = bytearray()
-        self._outgoing = bytearray()
+        self._outgoing: list[bytes] = []
         self._events: deque[Event] = deque()
         self._eof = False
         self._sent_close = False
@@ -178,6 +181,9 @@ class Connection:
         self._send: RecordProtection | None = None
         self._receive: RecordProtection | None = None
         self._transcript = bytearray()
+        # created once the suite, and so its hash, is known
+        self._transcript_hasher: hashes.Hash | None = None
+        self._hashed = 0  # transcript bytes fed to it so far
         self._suite: Suite | None = None
         self._auth_mode: AuthMode | None = None
         self._auth_units: list[DeliveredKey] = []
@@ -229,7 +235,7 @@ class Connection:
                             "the transport closed without close_notify"
                             + (" in the middle of a record" if self._records.pending() else ""))
                     return NEED_DATA
-                self._process_record(record.content_type, record.payload)
+                self._process_record(record)
         except ProtocolError as exc:
             self._fail(exc)
             raise
@@ -242,7 +248,7 @@ class Connection:
 
     def data_to_send(self) -> bytes:
         """Bytes for the transport, in order; empty when there is nothing to send."""
-        out = bytes(self._outgoing)
+        out = b"".join(self._outgoing)
         self._outgoing.clear()
         return out
 
@@ -333,13 +339,13 @@ class Connection:
 
     def _seal(self, content_type: int, plaintext: bytes) -> None:
         if self._send is None:
-            self._outgoing += frame_record(content_type, plaintext)
+            self._outgoing.append(frame_record(content_type, plaintext))
             return
         interval = self.config.key_update_interval or self._send.limit
         if (self.state is State.CONNECTED and content_type == ContentType.APPLICATION_DATA
                 and self._send.seq + 1 >= interval):
             self._send_key_update(request_peer=False)
-        self._outgoing += self._send.seal(content_type, plaintext)
+        self._outgoing.append(self._send.seal(content_type, plaintext))
 
     def _send_handshake_message(self, message: Message, transcript: bool = False) -> bytes:
         raw = message.encode()
@@ -362,7 +368,8 @@ class Connection:
             with contextlib.suppress(HybridKexError):
                 self._send_alert(exc.alert)
 
-    def _process_record(self, content_type: int, payload: bytes) -> None:
+    def _process_record(self, record: Record) -> None:
+        content_type, payload = record.content_type, record.payload
         if self._handshake_buffer and content_type != ContentType.HANDSHAKE:
             raise UnexpectedMessage("a record of another type interrupts a handshake message")
         if self._receive is None:
@@ -380,7 +387,7 @@ class Connection:
             # which anyone on the path can do anyway.
             plaintext = payload
         else:
-            plaintext = self._receive.open(Record(content_type, payload))
+            plaintext = self._receive.open(record)
         if content_type == ContentType.ALERT:
             self._on_alert(plaintext)
         elif content_type == ContentType.HANDSHAKE:
@@ -467,7 +474,11 @@ class Connection:
             self.config.secret_log(name, secret)
 
     def _transcript_hash(self) -> bytes:
-        return digest(self.suite.hash, bytes(self._transcript))
+        if self._transcript_hasher is None:
+            self._transcript_hasher = running_hash(self.suite.hash)
+        self._transcript_hasher.update(bytes(self._transcript[self._hashed:]))
+        self._hashed = len(self._transcript)
+        return bytes(self._transcript_hasher.copy().finalize())
 
     def _install_handshake_keys(self, shared: Sequence[tuple[str, bytes]],
                                 qkd_key: bytes | None) -> None:

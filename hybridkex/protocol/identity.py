@@ -52,6 +52,10 @@ class SigningIdentity:
 
     def __post_init__(self) -> None:
         SignatureSchemeId.for_algorithm(self.scheme)  # an HKX/1 scheme, or UnknownAlgorithm
+        # Checked and decoded once here, not on every signature (an ML-DSA key would
+        # otherwise be re-derived from its seed each time); still equal to the bytes given.
+        object.__setattr__(self, "private_key",
+                           signature(self.scheme).prepare_private_key(self.private_key))
         if len(self.certificates) > MAX_CHAIN:
             raise InvalidParameter(f"a certificate chain holds at most {MAX_CHAIN} certificates")
         if self.certificates:
