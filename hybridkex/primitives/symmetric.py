@@ -99,10 +99,13 @@ class KeyedAEAD:
     # size (the record layer's) pass on two comparisons each, without a call.
 
     def encrypt(self, nonce: Bytes, plaintext: Bytes, associated_data: Bytes = b"") -> bytes:
-        """Return ciphertext || tag.  A nonce must never be used twice with this key."""
+        """Return ciphertext || tag.  A nonce must never be used twice with this key.
+
+        ``plaintext`` may be a memoryview, read in place (the record layer seals slices
+        of the caller's data that way, without copying them first)."""
         if type(nonce) is not bytes or len(nonce) != _NONCE_SIZE:
             nonce = as_bytes(nonce, self._nonce_label, _NONCE_SIZE)
-        if type(plaintext) is not bytes:
+        if type(plaintext) is not bytes and type(plaintext) is not memoryview:
             plaintext = as_bytes(plaintext, "plaintext")
         if type(associated_data) is not bytes:
             associated_data = as_bytes(associated_data, "associated data")

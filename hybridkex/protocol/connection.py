@@ -255,9 +255,14 @@ class Connection:
     def send(self, data: bytes) -> None:
         """Queue application data; records are at most 16 KiB of plaintext each."""
         self._require_open_for_sending()
-        view = memoryview(bytes(data))
-        for start in range(0, len(view), MAX_PLAINTEXT):
-            self._seal(ContentType.APPLICATION_DATA, bytes(view[start:start + MAX_PLAINTEXT]))
+        if type(data) is bytes and 0 < len(data) <= MAX_PLAINTEXT:
+            self._seal(ContentType.APPLICATION_DATA, data)  # the common case, no copy
+            return
+        # Sealed straight from a read-only view of the caller's bytes: the AEAD reads
+        # each slice in place, and the whole call runs before the caller regains control.
+        with memoryview(data).cast("B") as view:
+            for start in range(0, len(view), MAX_PLAINTEXT):
+                self._seal(ContentType.APPLICATION_DATA, view[start:start + MAX_PLAINTEXT])
 
     def key_update(self, request_peer: bool = True) -> None:
         """Move this side's sending key to its next generation (and ask the peer to do so)."""
@@ -337,9 +342,9 @@ class Connection:
         if self._sent_close:
             raise LocalProtocolError("close() was called; nothing more can be sent")
 
-    def _seal(self, content_type: int, plaintext: bytes) -> None:
+    def _seal(self, content_type: int, plaintext: bytes | memoryview) -> None:
         if self._send is None:
-            self._outgoing.append(frame_record(content_type, plaintext))
+            self._outgoing.append(frame_record(content_type, bytes(plaintext)))
             return
         interval = self.config.key_update_interval or self._send.limit
         if (self.state is State.CONNECTED and content_type == ContentType.APPLICATION_DATA

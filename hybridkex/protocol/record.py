@@ -149,7 +149,7 @@ class RecordProtection:
         self.seq = seq + 1
         return (self._iv ^ seq).to_bytes(IV_SIZE, "big")
 
-    def seal(self, content_type: int, plaintext: bytes) -> bytes:
+    def seal(self, content_type: int, plaintext: bytes | memoryview) -> bytes:
         if len(plaintext) > MAX_PLAINTEXT:
             raise ValueError("record plaintext too long")
         header = _pack_header(content_type, len(plaintext) + self._tag_size)
