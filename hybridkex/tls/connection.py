@@ -1,0 +1,521 @@
+"""A sans-IO TLS 1.3 connection: pyOpenSSL over memory BIOs, bytes in and bytes out.
+
+:class:`TLSConnection` holds one ``SSL.Connection`` whose network side is a pair of
+memory BIOs.  The blocking :class:`~hybridkex.tls.socket.TLSSocket` and the asyncio
+protocol in :mod:`hybridkex.tls.asyncio` move its bytes; it turns OpenSSL's outcomes
+into typed errors and makes the checks OpenSSL does not make itself:
+
+* the negotiated group is one of the configured ones (OpenSSL would never pick
+  another, but a session that did would be refused rather than used);
+* qkd-psk mode: ``SSL_session_reused`` is 1, so the QKD key really was the PSK
+  (OpenSSL silently drops a PSK that does not fit the chosen suite); certificate mode:
+  it is 0, so nothing was resumed;
+* the peer's certificate names the expected site and holds a key hybridkex accepts
+  (in the verify callback, so a refusal is a TLS alert during the handshake).
+
+Not thread-safe: callers serialise access (the socket wrapper holds a lock).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import hashlib
+from typing import TYPE_CHECKING
+
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.serialization import Encoding
+from OpenSSL import SSL
+
+from hybridkex.errors import (
+    HybridKexError,
+    InvalidParameter,
+    LocalProtocolError,
+    PeerAuthenticationFailed,
+)
+from hybridkex.protocol.identity import PeerIdentity, public_key_bytes
+from hybridkex.qkd.keystore import DeliveredKey, KeySourceError
+from hybridkex.tls import _openssl
+from hybridkex.tls.context import PSK_BITS, SIGNATURE_ALGORITHMS, certificate_names
+from hybridkex.tls.errors import (
+    PSKNotUsed,
+    QKDKeyUnavailable,
+    TLSAlertReceived,
+    TLSConnectionTruncated,
+    TLSNegotiationFailed,
+    TLSPeerAuthenticationFailed,
+    TLSProtocolError,
+    TLSQKDKeyRefused,
+    TLSRecordAuthenticationFailed,
+)
+from hybridkex.tls.session import PSK_AUTHENTICATION, TLSSessionInfo, signature_scheme_name
+
+if TYPE_CHECKING:
+    from hybridkex.tls.context import TLSContext, _Role
+
+__all__ = ["ALERT_NAMES", "TLSConnection", "TLSState"]
+
+_READ_SIZE = 1 << 16
+_MALFORMED_CERTIFICATE = (ValueError, TypeError, UnsupportedAlgorithm, x509.DuplicateExtension,
+                          x509.UnsupportedGeneralNameType)
+_CERTIFICATE_VERIFY = 15
+_MAX_KEY_ID = 255
+
+ALERT_NAMES = {
+    0: "close_notify", 10: "unexpected_message", 20: "bad_record_mac", 22: "record_overflow",
+    40: "handshake_failure", 42: "bad_certificate", 43: "unsupported_certificate",
+    44: "certificate_revoked", 45: "certificate_expired", 46: "certificate_unknown",
+    47: "illegal_parameter", 48: "unknown_ca", 49: "access_denied", 50: "decode_error",
+    51: "decrypt_error", 70: "protocol_version", 71: "insufficient_security",
+    80: "internal_error", 86: "inappropriate_fallback", 90: "user_canceled",
+    109: "missing_extension", 110: "unsupported_extension", 112: "unrecognized_name",
+    115: "unknown_psk_identity", 116: "certificate_required",
+    120: "no_application_protocol",
+}
+_AUTH_ALERTS = {42, 43, 44, 45, 46, 48, 49, 51, 116}
+_NEGOTIATION_ALERTS = {40, 70, 71}
+
+
+def alert_name(code: int) -> str:
+    return ALERT_NAMES.get(code, f"alert {code}")
+
+
+def _scheme_of(certificate: x509.Certificate) -> str | None:
+    for scheme in SIGNATURE_ALGORITHMS:
+        try:
+            public_key_bytes(certificate, scheme)
+        except PeerAuthenticationFailed:
+            continue
+        return scheme
+    return None
+
+
+class TLSState(enum.Enum):
+    HANDSHAKING = "handshaking"
+    OPEN = "open"
+    CLOSED = "closed"  # close_notify sent
+    ERROR = "error"
+
+
+class _Hooks:
+    """Per-connection answers to OpenSSL's callbacks, and what they observed.  Holds no
+    reference to the SSL.Connection (the context's callback table holds this weakly)."""
+
+    def __init__(self, connection: TLSConnection) -> None:
+        ctx = connection.context
+        self.server_side = connection.server_side
+        self.psk_mode = ctx.mode == "qkd-psk"
+        self.key_source = ctx.key_source
+        self.candidates = connection.candidates
+        self.psk: DeliveredKey | None = None
+        self.psk_peer: str | None = None
+        self.psk_key_id: str | None = None
+        self.failure: BaseException | None = None
+        self.auth_failure: str | None = None
+        self.peer: PeerIdentity | None = None
+        self.peer_certificate: x509.Certificate | None = None
+        self.peer_signature: int | None = None
+        self.local_signature: int | None = None
+        self.alert_sent: int | None = None
+        self.alert_received: int | None = None
+        self.kept: list[object] = []
+
+    # -- PSK --------------------------------------------------------------------------
+
+    def client_psk(self) -> tuple[bytes, bytes]:
+        if self.psk is None:
+            raise LocalProtocolError("no QKD key was taken for this handshake")
+        return self.psk.key_id.encode("ascii"), self.psk.key
+
+    def server_psk(self, identity: bytes) -> bytes:
+        if self.psk is not None:
+            # The second ClientHello after a HelloRetryRequest: same identity, same key
+            # (fetching again would fail: a key is delivered once).
+            if identity != self.psk.key_id.encode("ascii"):
+                raise TLSQKDKeyRefused("the client changed its PSK identity after a "
+                                       "HelloRetryRequest", 47)
+            return self.psk.key
+        key_id = _key_id(identity)
+        if key_id is None:
+            raise TLSQKDKeyRefused("the PSK identity is not a QKD key ID "
+                                   f"(1 to {_MAX_KEY_ID} printable ASCII characters)", 47)
+        assert self.key_source is not None
+        problems = []
+        for peer in self.candidates:
+            try:
+                keys = self.key_source.fetch(peer, [key_id], PSK_BITS)
+            except KeySourceError as exc:
+                problems.append(f"{peer}: {exc}")
+                continue
+            # Fetched means consumed: whatever happens next, the key is spent.
+            self.psk_key_id, self.psk_peer = key_id, peer
+            if len(keys) != 1 or len(keys[0].key) * 8 != PSK_BITS:
+                raise TLSQKDKeyRefused(f"the key source returned no single {PSK_BITS}-bit "
+                                       f"key for QKD key ID {key_id}")
+            self.psk = keys[0]
+            return self.psk.key
+        raise TLSQKDKeyRefused(f"QKD key {key_id} cannot be fetched: {'; '.join(problems)}")
+
+    def callback_failed(self, exc: BaseException) -> None:
+        if self.failure is None:
+            self.failure = exc
+
+    def keep(self, obj: object) -> None:
+        self.kept.append(obj)
+
+    # -- observation ------------------------------------------------------------------
+
+    def handshake_message(self, sent: bool, message: bytes) -> None:
+        if len(message) >= 6 and message[0] == _CERTIFICATE_VERIFY:
+            scheme = int.from_bytes(message[4:6], "big")
+            if sent:
+                self.local_signature = scheme
+            else:
+                self.peer_signature = scheme
+
+    def alert(self, sent: bool, level: int, description: int) -> None:
+        if description == 0:  # close_notify is not a failure
+            return
+        if sent and self.alert_sent is None:
+            self.alert_sent = description
+        elif not sent and self.alert_received is None:
+            self.alert_received = description
+
+    # -- certificate verification ----------------------------------------------------
+
+    def verify_certificate(self, der: bytes, depth: int, ok: bool, error: int,
+                           error_text: str) -> int | None:
+        if self.psk_mode:
+            self.auth_failure = ("the peer presented a certificate, but qkd-psk mode "
+                                 "authenticates by the QKD key only")
+            return error if not ok else _openssl.VERIFY_REFUSED
+        if not ok:
+            self.auth_failure = (f"the peer's certificate chain does not verify against "
+                                 f"the trust anchors: {error_text} (depth {depth})")
+            return error
+        if depth > 0:
+            return None
+        try:
+            leaf = x509.load_der_x509_certificate(der)
+            scheme = _scheme_of(leaf)
+            names = certificate_names(leaf)
+        except _MALFORMED_CERTIFICATE:
+            self.auth_failure = "the peer's certificate holds a malformed field"
+            return _openssl.VERIFY_UNSUPPORTED
+        if scheme is None:
+            self.auth_failure = ("the peer's certificate holds a key hybridkex.tls does not "
+                                 f"accept (only {', '.join(SIGNATURE_ALGORITHMS)})")
+            return _openssl.VERIFY_UNSUPPORTED
+        if self.candidates:
+            site = next((c for c in self.candidates if c in names), None)
+            if site is None:
+                wanted = " or ".join(repr(c) for c in self.candidates)
+                self.auth_failure = f"the peer's certificate does not name site {wanted}"
+                return _openssl.VERIFY_NAME_MISMATCH
+        elif names:
+            site = names[0]
+        else:
+            self.auth_failure = "the peer's certificate names no site (no CN, no DNS name)"
+            return _openssl.VERIFY_NAME_MISMATCH
+        self.peer_certificate = leaf
+        self.peer = PeerIdentity(site, scheme, "x509",
+                                 hashlib.sha256(public_key_bytes(leaf, scheme)).hexdigest(),
+                                 leaf.subject.rfc4514_string())
+        return None
+
+
+def _key_id(identity: bytes) -> str | None:
+    if not 0 < len(identity) <= _MAX_KEY_ID:
+        return None
+    try:
+        text = identity.decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    return text if text.isprintable() else None
+
+
+def _openssl_reasons(exc: SSL.Error) -> str:
+    try:
+        return "; ".join(str(entry[2]) for entry in exc.args[0] if entry[2]) or str(exc)
+    except (IndexError, TypeError):
+        return str(exc) or type(exc).__name__
+
+
+class TLSConnection:
+    """One TLS 1.3 connection over memory BIOs; see the module docstring.
+
+    Feed it what the network delivered (:meth:`receive_data`, ``b""`` at end of file),
+    drive the handshake (:meth:`do_handshake` until True), exchange plaintext
+    (:meth:`send`, :meth:`read`), and send what :meth:`data_to_send` returns.
+    """
+
+    def __init__(self, context: TLSContext, role: _Role, *, server_side: bool,
+                 peer: str | None, candidates: tuple[str, ...]) -> None:
+        self.context = context
+        self.server_side = server_side
+        self.peer = peer
+        self.candidates = candidates
+        self.state = TLSState.HANDSHAKING
+        self._info: TLSSessionInfo | None = None
+        self._hooks = _Hooks(self)
+        self._ssl = SSL.Connection(role.ssl_context, None)
+        _openssl.register(self._ssl, self._hooks)
+        if server_side:
+            self._ssl.set_accept_state()
+        else:
+            self._ssl.set_connect_state()
+            if context.mode == "certificate" and peer is not None and peer.isascii():
+                self._ssl.set_tlsext_host_name(peer.encode("ascii"))
+        self._started = False
+
+    def __repr__(self) -> str:
+        role = "server" if self.server_side else "client"
+        return (f"<hybridkex.tls.TLSConnection {role} {self.context.mode} "
+                f"state={self.state.value}>")
+
+    @property
+    def handshake_complete(self) -> bool:
+        return self.state in (TLSState.OPEN, TLSState.CLOSED)
+
+    @property
+    def pool_keys_spent(self) -> int:
+        """QKD pool keys this side consumed (0 or 1: the PSK)."""
+        return 1 if self._hooks.psk_key_id is not None else 0
+
+    # -- bytes in and out --------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        """Bytes from the network; ``b""`` marks the end of the stream."""
+        if data:
+            self._ssl.bio_write(data)
+        else:
+            self._ssl.bio_shutdown()
+
+    def data_to_send(self) -> bytes:
+        chunks = []
+        while True:
+            try:
+                chunks.append(self._ssl.bio_read(_READ_SIZE))
+            except SSL.WantReadError:
+                return b"".join(chunks)
+
+    # -- the handshake ----------------------------------------------------------------
+
+    def do_handshake(self) -> bool:
+        """Advance the handshake with what has been received; True once it is complete
+        and checked.  Raises a typed error (the connection is then failed)."""
+        if self.state is not TLSState.HANDSHAKING:
+            if self.state is TLSState.ERROR:
+                raise LocalProtocolError("the TLS connection has failed")
+            return True
+        if not self._started:
+            self._started = True
+            if self.context.mode == "qkd-psk" and not self.server_side:
+                self._take_psk()
+        try:
+            self._ssl.do_handshake()
+        except SSL.WantReadError:
+            return False
+        except SSL.Error as exc:
+            raise self._fail(self._classify(exc, handshake=True)) from None
+        try:
+            self._info = self._check_session()
+        except TLSProtocolError as exc:
+            self.data_to_send()  # what OpenSSL queued (a Finished) is dropped, not sent
+            raise self._fail(exc) from None
+        self._hooks.psk = None  # the key is in OpenSSL's key schedule; drop this copy
+        self.state = TLSState.OPEN
+        return True
+
+    def _take_psk(self) -> None:
+        source = self.context.key_source
+        assert source is not None and self.peer is not None
+        try:
+            keys = source.take(self.peer, 1, PSK_BITS)
+        except KeySourceError as exc:
+            raise self._fail(QKDKeyUnavailable(
+                f"qkd-psk mode needs a QKD key shared with {self.peer}: {exc}")) from exc
+        key_id = keys[0].key_id if len(keys) == 1 else ""
+        if (len(keys) != 1 or len(keys[0].key) * 8 != PSK_BITS or not key_id.isascii()
+                or _key_id(key_id.encode("ascii")) != key_id):
+            raise self._fail(QKDKeyUnavailable(
+                f"the key source did not return one {PSK_BITS}-bit key with an ASCII key ID"))
+        self._hooks.psk = keys[0]
+        self._hooks.psk_key_id, self._hooks.psk_peer = keys[0].key_id, self.peer
+
+    def _fail(self, exc: HybridKexError) -> HybridKexError:
+        self.state = TLSState.ERROR
+        self._hooks.psk = None
+        return exc
+
+    def _classify(self, exc: SSL.Error, *, handshake: bool) -> TLSProtocolError:
+        """The typed error for an OpenSSL failure, from what the callbacks saw."""
+        hooks = self._hooks
+        when = "during the handshake" if handshake else ""
+        if hooks.failure is not None:
+            failure = hooks.failure
+            if isinstance(failure, TLSProtocolError):
+                if hooks.alert_sent is not None:
+                    failure.alert = hooks.alert_sent
+                return failure
+            error = TLSProtocolError(f"a TLS callback failed: {failure}")
+            error.__cause__ = failure
+            return error
+        if hooks.auth_failure is not None:
+            return TLSPeerAuthenticationFailed(hooks.auth_failure, hooks.alert_sent or 42)
+        if hooks.alert_received is not None:
+            received = hooks.alert_received
+            text = f"the peer ended the connection {when} with alert {alert_name(received)}"
+            if self.context.mode == "qkd-psk" and handshake and not self.server_side:
+                text += (f" (qkd-psk: does the server hold QKD key {hooks.psk_key_id}, "
+                         "and accept this site's pool?)")
+            return TLSAlertReceived(" ".join(text.split()), received)
+        if isinstance(exc, SSL.SysCallError):
+            return TLSConnectionTruncated(
+                " ".join(f"the transport ended {when} without a TLS close_notify".split()))
+        reasons = _openssl_reasons(exc)
+        code = hooks.alert_sent
+        if code is None:
+            return TLSProtocolError(f"TLS failed: {reasons}")
+        text = f"TLS failed ({reasons}); sent alert {alert_name(code)}"
+        if code == 20:
+            return TLSRecordAuthenticationFailed(text, code)
+        if code in _AUTH_ALERTS:
+            if self.context.mode == "qkd-psk" and code == 51:
+                text += " (the PSK binder does not verify: the two sites hold different keys "
+                text += "under this key ID)"
+            return TLSPeerAuthenticationFailed(text, code)
+        if code in _NEGOTIATION_ALERTS:
+            return TLSNegotiationFailed(text, code)
+        return TLSProtocolError(text, code)
+
+    def _check_session(self) -> TLSSessionInfo:
+        """What the handshake really negotiated, refused unless it is what was configured."""
+        conn, ctx, hooks = self._ssl, self.context, self._hooks
+        version = conn.get_protocol_version_name()
+        if version != "TLSv1.3":
+            raise TLSNegotiationFailed(f"negotiated {version}, not TLS 1.3", 70)
+        group = conn.get_group_name()
+        if group not in ctx.groups:
+            raise TLSNegotiationFailed(
+                f"negotiated key-exchange group {group} is not one of the configured "
+                f"{', '.join(ctx.groups)}", 71)
+        cipher = conn.get_cipher_name() or "?"
+        reused = _openssl.session_reused(conn)
+        peer_cert = conn.get_peer_certificate(as_cryptography=True)
+        if ctx.mode == "qkd-psk":
+            if not reused:
+                raise PSKNotUsed("the handshake did not use the QKD key as its PSK "
+                                 "(SSL_session_reused != 1); refused", 71)
+            if cipher != ctx.psk_cipher:
+                raise PSKNotUsed(f"negotiated {cipher}, not the PSK's {ctx.psk_cipher}", 71)
+            if peer_cert is not None or hooks.peer_signature is not None:
+                raise TLSPeerAuthenticationFailed("a certificate was used in qkd-psk mode", 42)
+            assert hooks.psk_peer is not None and hooks.psk_key_id is not None
+            peer = PeerIdentity(hooks.psk_peer, None, "psk")
+            authentication = PSK_AUTHENTICATION
+            subject = fingerprint = None
+        else:
+            if reused:
+                raise TLSNegotiationFailed("a session was resumed; certificate mode makes "
+                                           "full handshakes only", 40)
+            required = not self.server_side or ctx.mutual_auth
+            if peer_cert is None:
+                if required:
+                    raise TLSPeerAuthenticationFailed("the peer presented no certificate", 116)
+                peer = PeerIdentity(self.peer or "", None, "unauthenticated")
+                authentication = "certificate: this site only (the client is unauthenticated)"
+                subject = fingerprint = None
+            else:
+                if hooks.peer is None or hooks.peer_certificate != peer_cert:
+                    raise TLSPeerAuthenticationFailed(
+                        "the peer's certificate was not checked", 42)
+                if hooks.peer_signature is None:
+                    raise TLSPeerAuthenticationFailed("no CertificateVerify from the peer", 42)
+                peer = hooks.peer
+                subject = peer_cert.subject.rfc4514_string()
+                fingerprint = hashlib.sha256(
+                    peer_cert.public_bytes(Encoding.DER)).hexdigest()
+                authentication = (f"certificate: peer {peer.site} ({peer.scheme}, "
+                                  f"{signature_scheme_name(hooks.peer_signature)}) "
+                                  "verified against this site's X.509 anchors")
+                if self.server_side and not ctx.mutual_auth:
+                    authentication += "; mutual_auth off"
+        return TLSSessionInfo(
+            role="server" if self.server_side else "client",
+            local_site=ctx.site,
+            mode=ctx.mode,
+            version=version,
+            cipher=cipher,
+            group=group,
+            peer=peer,
+            peer_signature_scheme=(None if hooks.peer_signature is None
+                                   else signature_scheme_name(hooks.peer_signature)),
+            local_signature_scheme=(None if hooks.local_signature is None
+                                    else signature_scheme_name(hooks.local_signature)),
+            psk_used=reused,
+            psk_key_id=hooks.psk_key_id if ctx.mode == "qkd-psk" else None,
+            peer_certificate_subject=subject,
+            peer_certificate_sha256=fingerprint,
+            authentication=authentication,
+        )
+
+    # -- the session ------------------------------------------------------------------
+
+    def read(self) -> tuple[bytes, bool]:
+        """The plaintext that has arrived, and whether the peer's close_notify came.
+        Raises a typed error when the session fails (an alert, a bad record, the
+        transport ending without close_notify)."""
+        self._require_open()
+        chunks = []
+        closed = False
+        while True:
+            try:
+                chunks.append(self._ssl.recv(_READ_SIZE))
+            except SSL.WantReadError:
+                break
+            except SSL.ZeroReturnError:
+                closed = True
+                break
+            except SSL.Error as exc:
+                raise self._fail(self._classify(exc, handshake=False)) from None
+        return b"".join(chunks), closed
+
+    def send(self, data: bytes) -> None:
+        self._require_open()
+        if self.state is TLSState.CLOSED:
+            raise LocalProtocolError("this side has sent close_notify; it sends nothing more")
+        if not data:
+            return
+        try:
+            self._ssl.sendall(data)
+        except SSL.Error as exc:
+            raise self._fail(self._classify(exc, handshake=False)) from None
+
+    def close(self) -> None:
+        """Queue close_notify (once); this side can still read."""
+        if self.state is TLSState.OPEN:
+            self.state = TLSState.CLOSED
+            with contextlib.suppress(SSL.Error):
+                self._ssl.shutdown()
+
+    def _require_open(self) -> None:
+        if self.state is TLSState.ERROR:
+            raise LocalProtocolError("the TLS connection has failed")
+        if self.state is TLSState.HANDSHAKING:
+            raise LocalProtocolError("the TLS handshake has not completed")
+
+    def session_info(self) -> TLSSessionInfo:
+        if self._info is None:
+            raise LocalProtocolError("the TLS handshake has not completed")
+        return self._info
+
+    def export_keying_material(self, label: str | bytes, context: bytes, length: int) -> bytes:
+        """The RFC 8446 exporter (``TLS-Exporter(label, context, length)``)."""
+        self._require_open()
+        if isinstance(label, str):
+            label = label.encode("ascii")
+        if not 0 < length <= 255 * 48:
+            raise InvalidParameter("exporter length must be 1..12240 bytes")
+        return self._ssl.export_keying_material(label, length, bytes(context))
