@@ -1,21 +1,16 @@
 """A blocking secure socket over HKX/1, shaped like ``ssl.SSLSocket``.
 
-It drives a sans-IO :mod:`hybridkex.protocol` connection with a real socket.  Two
-locks keep it usable from one reading and one writing thread at once (as sockets
-commonly are): ``_state`` guards the connection object, and ``_wire`` makes taking
-bytes from the connection and writing them to the socket one step, so records
-reach the wire in the order they were sealed even when the reader answers a
-KeyUpdate while the writer is sending.
+It drives a sans-IO :mod:`hybridkex.protocol` connection with a real socket; the
+socket surface and the locking that keeps it usable from one reading and one writing
+thread at once are :class:`~hybridkex.transport.stream.StreamSocket`'s.
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
 import socket
-import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from hybridkex.errors import (
     ConnectionTruncated,
@@ -29,10 +24,10 @@ from hybridkex.protocol import (
     ConnectionClosed,
     DataReceived,
     NeedData,
-    PeerIdentity,
     SessionInfo,
     State,
 )
+from hybridkex.transport.stream import READ_SIZE, WRITE_SLICE, StreamSocket
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
@@ -41,29 +36,18 @@ if TYPE_CHECKING:
 
 __all__ = ["SecureSocket"]
 
-_READ_SIZE = 1 << 16
-_WRITE_SLICE = 1 << 16
-_LINGER = 0.25  # seconds a failed connection waits for the peer to read its alert
 
 
-class SecureSocket:
+class SecureSocket(StreamSocket):
     """An HKX/1 channel over a connected stream socket; it owns the socket."""
 
     def __init__(self, context: Context, sock: socket.socket, *, server_side: bool,
                  peer: str | None, handshake_timeout: float | None) -> None:
-        if sock.type != socket.SOCK_STREAM:
-            raise ValueError("HKX/1 runs over stream sockets only")
+        super().__init__(sock)
         self.context = context
         self.server_side = server_side
-        self._sock = sock
         self._conn: Connection = context.new_connection(server_side, peer)
         self._handshake_timeout = handshake_timeout
-        self._plaintext = bytearray()
-        self._peer_closed = False
-        self._closed = False
-        self._state = threading.RLock()
-        self._wire = threading.Lock()
-        self._reading = threading.Lock()
 
     def __repr__(self) -> str:
         return f"<hybridkex.SecureSocket {self._conn!r} fd={self._sock.fileno()}>"
@@ -90,7 +74,7 @@ class SecureSocket:
                         if remaining <= 0:
                             raise TimeoutError
                         self._sock.settimeout(remaining)
-                    self._feed(self._sock.recv(_READ_SIZE))
+                    self._feed(self._sock.recv(READ_SIZE))
                 self._flush()
         except TimeoutError:
             self._abort()
@@ -106,25 +90,6 @@ class SecureSocket:
         finally:
             if not self._closed:
                 self._sock.settimeout(previous)
-
-    def _abort(self) -> None:
-        """After a failure: give the peer our alert, then close without destroying it.
-
-        Closing a TCP socket with unread data makes the kernel send a reset, which can
-        overtake the alert just written; so the write side is shut first and what the
-        peer still sends is read and dropped, for at most ``_LINGER`` seconds.
-        """
-        with contextlib.suppress(OSError):
-            self._flush()
-            self._sock.shutdown(socket.SHUT_WR)
-            deadline = time.monotonic() + _LINGER
-            while (remaining := deadline - time.monotonic()) > 0:
-                self._sock.settimeout(remaining)
-                if not self._sock.recv(_READ_SIZE):
-                    break
-        self._close_socket()
-
-    # -- plumbing -----------------------------------------------------------------------
 
     def _feed(self, data: bytes) -> None:
         """Give the connection bytes from the socket (``b""`` at end of file); collect
@@ -149,28 +114,6 @@ class SecureSocket:
             with contextlib.suppress(OSError):
                 self._flush(wait=False)
 
-    def _flush(self, wait: bool = True) -> None:
-        """Send everything the connection has sealed, in order.
-
-        Bytes are taken from the connection and written only by the holder of
-        ``_wire``.  The holder lets go of it only after finding, under ``_state``, that
-        nothing is left, so bytes sealed by a thread that could not get the wire are
-        never stranded.
-        """
-        if not self._wire.acquire(blocking=wait):
-            return
-        try:
-            while True:
-                with self._state:
-                    data = self._conn.data_to_send()
-                    if not data:
-                        self._wire.release()
-                        return
-                self._sock.sendall(data)
-        except BaseException:
-            self._wire.release()
-            raise
-
     def _check_usable(self) -> None:
         if self._closed:
             raise OSError("the secure socket is closed")
@@ -193,20 +136,13 @@ class SecureSocket:
         with self._reading:
             while not self._plaintext and not self._peer_closed and bufsize:
                 try:
-                    data = self._sock.recv(_READ_SIZE)
+                    data = self._sock.recv(READ_SIZE)
                 except ConnectionResetError as exc:
                     raise ConnectionTruncated("the peer reset the connection") from exc
                 self._feed(data)
             chunk = bytes(self._plaintext[:bufsize])
             del self._plaintext[:bufsize]
             return chunk
-
-    def recv_into(self, buffer: Buffer, nbytes: int = 0, flags: int = 0) -> int:
-        view = memoryview(buffer).cast("B")
-        size = nbytes or len(view)
-        data = self.recv(min(size, len(view)), flags)
-        view[:len(data)] = data
-        return len(data)
 
     def sendall(self, data: Buffer, flags: int = 0) -> None:
         if flags:
@@ -215,19 +151,10 @@ class SecureSocket:
         view = memoryview(data).cast("B")
         # Sealed and written a slice at a time, so a large write never builds one large
         # buffer of ciphertext (and the peer starts decrypting sooner).
-        for start in range(0, len(view), _WRITE_SLICE):
+        for start in range(0, len(view), WRITE_SLICE):
             with self._state:
-                self._conn.send(bytes(view[start:start + _WRITE_SLICE]))
+                self._conn.send(bytes(view[start:start + WRITE_SLICE]))
             self._flush()
-
-    def send(self, data: Buffer, flags: int = 0) -> int:
-        """Sends all of ``data`` (records are sealed whole) and returns its length."""
-        self.sendall(data, flags)
-        return memoryview(data).nbytes
-
-    def pending(self) -> int:
-        """Plaintext bytes already decrypted and waiting to be read."""
-        return len(self._plaintext)
 
     def key_update(self, request_peer: bool = True) -> None:
         self._check_usable()
@@ -246,33 +173,8 @@ class SecureSocket:
     def session_info(self) -> SessionInfo:
         return self._conn.session_info()
 
-    @property
-    def peer_identity(self) -> PeerIdentity:
-        return self._conn.session_info().peer
-
     def export_keying_material(self, label: str, context: bytes, length: int) -> bytes:
         return self._conn.export_keying_material(label, context, length)
-
-    def settimeout(self, timeout: float | None) -> None:
-        self._sock.settimeout(timeout)
-
-    def gettimeout(self) -> float | None:
-        return self._sock.gettimeout()
-
-    def setblocking(self, flag: bool) -> None:
-        if not flag:
-            raise ValueError("the blocking secure socket needs blocking mode; "
-                             "use hybridkex.asyncio for non-blocking I/O")
-        self._sock.setblocking(True)
-
-    def fileno(self) -> int:
-        return self._sock.fileno()
-
-    def getpeername(self) -> Any:
-        return self._sock.getpeername()
-
-    def getsockname(self) -> Any:
-        return self._sock.getsockname()
 
     def shutdown(self, how: int) -> None:
         """SHUT_WR / SHUT_RDWR send close_notify first, so the peer sees a clean end."""
@@ -298,70 +200,7 @@ class SecureSocket:
                 pass
         self._close_socket()
 
-    def _close_socket(self) -> None:
-        self._closed = True
-        self._sock.close()
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
     def __enter__(self) -> SecureSocket:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def makefile(self, mode: str = "r", buffering: int | None = None, *,
-                 encoding: str | None = None, errors: str | None = None,
-                 newline: str | None = None) -> Any:
-        """A file object over the channel, as ``socket.makefile`` builds one."""
-        if not set(mode) <= {"r", "w", "b"}:
-            raise ValueError(f"invalid mode {mode!r} (only r, w, b)")
-        reading, writing = "r" in mode, "w" in mode
-        raw = _SecureSocketIO(self, reading, writing)
-        if buffering is None:
-            buffering = -1
-        if buffering < 0:
-            buffering = io.DEFAULT_BUFFER_SIZE
-        if buffering == 0:
-            if "b" not in mode:
-                raise ValueError("unbuffered streams must be binary")
-            return raw
-        buffered: Any
-        if reading and writing:
-            buffered = io.BufferedRWPair(raw, raw, buffering)
-        elif reading:
-            buffered = io.BufferedReader(raw, buffering)
-        else:
-            buffered = io.BufferedWriter(raw, buffering)
-        if "b" in mode:
-            return buffered
-        text = io.TextIOWrapper(buffered, encoding, errors, newline)
-        text.mode = mode  # type: ignore[misc]
-        return text
-
-
-class _SecureSocketIO(io.RawIOBase):
-    """The raw stream under ``makefile``: reads and writes go through the secure socket."""
-
-    def __init__(self, sock: SecureSocket, reading: bool, writing: bool) -> None:
-        super().__init__()
-        self._sock = sock
-        self._reading = reading
-        self._writing = writing
-
-    def readable(self) -> bool:
-        return self._reading
-
-    def writable(self) -> bool:
-        return self._writing
-
-    def readinto(self, buffer: Buffer) -> int:
-        return self._sock.recv_into(buffer)
-
-    def write(self, data: Buffer) -> int:
-        return self._sock.send(data)
-
-    def fileno(self) -> int:
-        return self._sock.fileno()
+    _nonblocking_hint = "use hybridkex.asyncio for non-blocking I/O"
