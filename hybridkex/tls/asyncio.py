@@ -17,209 +17,58 @@ called from the event loop thread, synchronously, as in :mod:`hybridkex.asyncio`
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from hybridkex.errors import HybridKexError
 from hybridkex.tls.connection import TLSConnection
 from hybridkex.tls.context import TLSContext
 from hybridkex.tls.errors import TLSConnectionTruncated, TLSHandshakeTimeout
+from hybridkex.transport.aio import (
+    ClientConnectedCallback,
+    DrivingProtocol,
+    RecordTransport,
+    open_streams,
+    serve_streams,
+)
 
 __all__ = ["TLSProtocol", "TLSTransport", "open_connection", "start_server"]
 
-ClientConnectedCallback = Callable[[asyncio.StreamReader, asyncio.StreamWriter],
-                                   Awaitable[None] | None]
+TLSTransport = RecordTransport  # the writer's transport; see RecordTransport.get_extra_info
 
 
-class TLSTransport(asyncio.Transport):
-    """What the application's StreamWriter writes to: records out, close_notify on close."""
+class TLSProtocol(DrivingProtocol):
+    """Drives a :class:`~hybridkex.tls.connection.TLSConnection` (OpenSSL over memory BIOs)."""
 
-    def __init__(self, protocol: TLSProtocol) -> None:
-        super().__init__()
-        self._protocol = protocol
+    connection: TLSConnection
 
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        self._protocol.send(bytes(data))
+    def _start(self) -> None:
+        """Nothing to do: the first step (``_step(None)``) sends a client's hello, and a
+        server's OpenSSL just waits for one."""
 
-    def writelines(self, list_of_data: Any) -> None:
-        self.write(b"".join(list_of_data))
-
-    def can_write_eof(self) -> bool:
-        return True
-
-    def write_eof(self) -> None:
-        """close_notify: the peer reads a clean end; this side can still read."""
-        self._protocol.close_notify()
-
-    def close(self) -> None:
-        self._protocol.close_notify()
-        self._protocol.raw.close()
-
-    def is_closing(self) -> bool:
-        return self._protocol.raw.is_closing()
-
-    def abort(self) -> None:
-        self._protocol.raw.abort()
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        """Adds ``session_info``, ``peer_identity`` and ``tls_connection`` to the raw
-        transport's extras."""
-        if name == "session_info":
-            return self._protocol.connection.session_info()
-        if name == "peer_identity":
-            return self._protocol.connection.session_info().peer
-        if name == "tls_connection":
-            return self._protocol.connection
-        return self._protocol.raw.get_extra_info(name, default)
-
-    def pause_reading(self) -> None:
-        self._protocol.raw.pause_reading()
-
-    def resume_reading(self) -> None:
-        self._protocol.raw.resume_reading()
-
-    def is_reading(self) -> bool:
-        return bool(self._protocol.raw.is_reading())
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        self._protocol.raw.set_write_buffer_limits(high, low)
-
-    def get_write_buffer_size(self) -> int:
-        return int(self._protocol.raw.get_write_buffer_size())
-
-
-class TLSProtocol(asyncio.Protocol):
-    """Raw bytes in and out; plaintext to ``app`` once the handshake has completed."""
-
-    def __init__(self, connection: TLSConnection, app: asyncio.StreamReaderProtocol,
-                 handshake_timeout: float | None,
-                 on_handshake: Callable[[TLSProtocol], None] | None = None) -> None:
-        self.connection = connection
-        self.app = app
-        self.handshake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._timeout = handshake_timeout
-        self._timer: asyncio.TimerHandle | None = None
-        self._on_handshake = on_handshake
-        self._raw: asyncio.Transport | None = None
-        self.transport = TLSTransport(self)
-        self._app_connected = False
-        self._closing = False
-
-    @property
-    def raw(self) -> asyncio.Transport:
-        assert self._raw is not None
-        return self._raw
-
-    # -- raw transport callbacks --------------------------------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._raw = transport
-        if self._timeout is not None:
-            self._timer = asyncio.get_running_loop().call_later(
-                self._timeout, self._handshake_timed_out)
-        if not self.connection.server_side:
-            self._run(None)
-
-    def data_received(self, data: bytes) -> None:
-        self._run(data)
-
-    def eof_received(self) -> bool:
-        self._run(b"")
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._settle(TLSConnectionTruncated("the connection was lost during the TLS handshake"))
-        if self._app_connected:
-            self.app.connection_lost(exc)
-
-    def pause_writing(self) -> None:
-        if self._app_connected:
-            self.app.pause_writing()
-
-    def resume_writing(self) -> None:
-        if self._app_connected:
-            self.app.resume_writing()
-
-    # -- driving the connection --------------------------------------------------------
-
-    def _run(self, data: bytes | None) -> None:
-        """Feed ``data`` (None: nothing, b"": end of file), advance the handshake, hand
-        out plaintext, then send whatever OpenSSL queued."""
+    def _step(self, data: bytes | None) -> None:
         conn = self.connection
-        try:
-            if data is not None:
-                conn.receive_data(data)
-            if not conn.handshake_complete and conn.do_handshake():
-                self._flush()
-                self._handshake_complete()
-            if conn.handshake_complete:
-                plaintext, closed = conn.read()
-                if plaintext:
-                    self.app.data_received(plaintext)
-                if closed:
-                    self.app.eof_received()
-        except HybridKexError as exc:
+        if data is not None:
+            conn.receive_data(data)
+        if not conn.handshake_complete and conn.do_handshake():
             self._flush()
-            self._fail(exc)
-            return
-        self._flush()
+            self._handshake_complete()
+        if conn.handshake_complete:
+            plaintext, closed = conn.read()
+            if plaintext:
+                self.app.data_received(plaintext)
+            if closed:
+                self._peer_closed_cleanly()
 
-    def _handshake_complete(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._app_connected = True
-        self.app.connection_made(self.transport)
-        if not self.handshake.done():
-            self.handshake.set_result(None)
-        if self._on_handshake is not None:
-            self._on_handshake(self)
+    def _truncated(self) -> HybridKexError:
+        return TLSConnectionTruncated("the connection was lost during the TLS handshake")
 
-    def _settle(self, exc: Exception) -> bool:
-        """Fail the handshake future if it is still open (marked as retrieved: a server
-        has nobody awaiting it, and a client's opener re-raises it anyway)."""
-        if self.handshake.done():
-            return False
-        self.handshake.set_exception(exc)
-        self.handshake.exception()
-        return True
+    def _timed_out(self) -> HybridKexError:
+        return TLSHandshakeTimeout(
+            f"the TLS handshake did not complete within {self._timeout} s")
 
-    def _fail(self, exc: Exception) -> None:
-        if not self._settle(exc) and self._app_connected:
-            self.app.connection_lost(exc)
-            self._app_connected = False
-        self.raw.close()
-
-    def _handshake_timed_out(self) -> None:
-        if self._settle(TLSHandshakeTimeout(
-                f"the TLS handshake did not complete within {self._timeout} s")):
-            self.raw.abort()
-
-    def _flush(self) -> None:
-        data = self.connection.data_to_send()
-        if data and self._raw is not None and not self._raw.is_closing():
-            self._raw.write(data)
-
-    # -- what TLSTransport asks for -----------------------------------------------------
-
-    def send(self, data: bytes) -> None:
-        self.connection.send(data)
-        self._flush()
-
-    def close_notify(self) -> None:
-        if not self._closing and self.connection.handshake_complete:
-            self._closing = True
-            self.connection.close()
-            self._flush()
-
-
-def _stream_pair(protocol: TLSProtocol, reader: asyncio.StreamReader
-                 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    writer = asyncio.StreamWriter(protocol.transport, protocol.app, reader,
-                                  asyncio.get_running_loop())
-    return reader, writer
+    def extra_info(self, name: str) -> tuple[bool, Any]:
+        return (True, self.connection) if name == "tls_connection" else (False, None)
 
 
 async def open_connection(host: str, port: int, *,
@@ -229,46 +78,26 @@ async def open_connection(host: str, port: int, *,
     """Connect to ``host:port``, run the TLS handshake as a client of site ``peer``, and
     return the streams.  Raises TLSHandshakeTimeout or a TLSProtocolError (connection
     closed) if the handshake fails; cancelling the call closes the connection."""
-    loop = asyncio.get_running_loop()
     timeout = context.handshake_timeout if handshake_timeout is None else handshake_timeout
-    reader = asyncio.StreamReader(limit=limit)
     connection = context.new_connection(False, peer)
-    app = asyncio.StreamReaderProtocol(reader)
-    raw, protocol = await loop.create_connection(
-        lambda: TLSProtocol(connection, app, timeout), host, port, **kwargs)
-    try:
-        await protocol.handshake
-    except BaseException:
-        raw.abort()
-        raise
-    return _stream_pair(protocol, reader)
+    return await open_streams(lambda app: TLSProtocol(connection, app, timeout),
+                              host, port, limit=limit, **kwargs)
 
 
 async def start_server(client_connected_cb: ClientConnectedCallback,
                        host: str | None = None, port: int | None = None, *,
                        context: TLSContext, peer: str | None = None,
                        handshake_timeout: float | None = None, limit: int = 2**16,
+                       handshake_failed_cb: Callable[[Exception, Any], None] | None = None,
                        **kwargs: Any) -> asyncio.Server:
     """Serve TLS on ``host:port``.  ``client_connected_cb(reader, writer)`` runs for each
     client whose handshake completed; a failed handshake closes that connection and is
-    never seen by the callback.  ``peer`` restricts clients to that one site (see
-    :meth:`TLSContext.new_connection`)."""
-    loop = asyncio.get_running_loop()
+    never seen by that callback (``handshake_failed_cb(error, peername)`` hears of it).
+    ``peer`` restricts clients to that one site (see :meth:`TLSContext.new_connection`)."""
     timeout = context.handshake_timeout if handshake_timeout is None else handshake_timeout
     context.new_connection(True, peer)  # a misconfigured server fails here, not per client
-    tasks: set[asyncio.Task[None]] = set()
-
-    def factory() -> TLSProtocol:
-        reader = asyncio.StreamReader(limit=limit)
-        app = asyncio.StreamReaderProtocol(reader)
-
-        def on_handshake(protocol: TLSProtocol) -> None:
-            result = client_connected_cb(*_stream_pair(protocol, reader))
-            if asyncio.iscoroutine(result):
-                task = loop.create_task(result)
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-
-        return TLSProtocol(context.new_connection(True, peer), app, timeout, on_handshake)
-
-    return await loop.create_server(factory, host, port, **kwargs)
+    return await serve_streams(
+        lambda app, on_handshake: TLSProtocol(context.new_connection(True, peer), app,
+                                              timeout, on_handshake),
+        client_connected_cb, host, port, limit=limit,
+        handshake_failed_cb=handshake_failed_cb, **kwargs)

@@ -1,0 +1,309 @@
+"""What the asyncio interfaces of HKX/1 (:mod:`hybridkex.asyncio`) and TLS 1.3
+(:mod:`hybridkex.tls.asyncio`) share: a protocol that drives a sans-IO connection from
+the raw transport's callbacks, the transport the application's StreamWriter writes to,
+and the opening and serving of stream pairs with a handshake time limit.
+
+A protocol subclass says how its connection starts, takes bytes, and reports events;
+everything else (the handshake future and timer, flow control, failure, half-close)
+is here once.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from hybridkex.errors import HybridKexError
+
+__all__ = ["ClientConnectedCallback", "DrivingProtocol", "RecordTransport", "open_streams",
+           "serve_streams"]
+
+ClientConnectedCallback = Callable[[asyncio.StreamReader, asyncio.StreamWriter],
+                                   Awaitable[None] | None]
+
+
+class _SansIO(Protocol):
+    @property
+    def handshake_complete(self) -> bool: ...
+
+    def data_to_send(self) -> bytes: ...
+
+    def send(self, data: bytes) -> None: ...
+
+    def close(self) -> None: ...
+
+    def session_info(self) -> Any: ...
+
+
+class RecordTransport(asyncio.Transport):
+    """What the application's StreamWriter writes to: records out, close_notify on close."""
+
+    def __init__(self, protocol: DrivingProtocol) -> None:
+        super().__init__()
+        self._protocol = protocol
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self._protocol.send(bytes(data))
+
+    def writelines(self, list_of_data: Any) -> None:
+        self.write(b"".join(list_of_data))
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        """close_notify: the peer reads a clean end; this side can still read."""
+        self._protocol.close_notify()
+
+    def close(self) -> None:
+        self._protocol.close_notify()
+        self._protocol.raw.close()
+
+    def is_closing(self) -> bool:
+        return self._protocol.raw.is_closing()
+
+    def abort(self) -> None:
+        self._protocol.raw.abort()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        """Adds ``session_info``, ``peer_identity`` and the protocol's own extras (see
+        :meth:`DrivingProtocol.extra_info`) to the raw transport's."""
+        if name == "session_info":
+            return self._protocol.connection.session_info()
+        if name == "peer_identity":
+            return self._protocol.connection.session_info().peer
+        found, value = self._protocol.extra_info(name)
+        return value if found else self._protocol.raw.get_extra_info(name, default)
+
+    def pause_reading(self) -> None:
+        self._protocol.raw.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._protocol.raw.resume_reading()
+
+    def is_reading(self) -> bool:
+        return bool(self._protocol.raw.is_reading())
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self._protocol.raw.set_write_buffer_limits(high, low)
+
+    def get_write_buffer_size(self) -> int:
+        return int(self._protocol.raw.get_write_buffer_size())
+
+
+class DrivingProtocol(asyncio.Protocol, abc.ABC):
+    """Raw bytes in and out; plaintext to ``app`` once the handshake has completed."""
+
+    connection: _SansIO
+    transport_class: type[RecordTransport] = RecordTransport
+
+    def __init__(self, connection: _SansIO, app: asyncio.StreamReaderProtocol,
+                 handshake_timeout: float | None,
+                 on_handshake: Callable[[Any], None] | None = None) -> None:
+        self.connection = connection
+        self.app = app
+        self.handshake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._timeout = handshake_timeout
+        self._timer: asyncio.TimerHandle | None = None
+        self._on_handshake = on_handshake
+        self._raw: asyncio.Transport | None = None
+        self.transport = self.transport_class(self)
+        self._app_connected = False
+        self._closing = False
+        self._peer_closed = False
+
+    # -- what a protocol provides -------------------------------------------------------
+
+    @abc.abstractmethod
+    def _start(self) -> None:
+        """Begin the handshake, if this side speaks first."""
+
+    @abc.abstractmethod
+    def _step(self, data: bytes | None) -> None:
+        """Feed ``data`` (None: nothing new; b"": end of file) and report what follows
+        through ``_handshake_complete``, ``app.data_received`` and ``_peer_closed_cleanly``."""
+
+    @abc.abstractmethod
+    def _truncated(self) -> HybridKexError:
+        """The error for a connection lost during the handshake."""
+
+    @abc.abstractmethod
+    def _timed_out(self) -> HybridKexError:
+        """The error for a handshake that ran out of time."""
+
+    def extra_info(self, name: str) -> tuple[bool, Any]:
+        """A protocol's own ``get_extra_info`` names: (found, value)."""
+        return False, None
+
+    # -- the raw transport's callbacks --------------------------------------------------
+
+    @property
+    def has_raw(self) -> bool:
+        return self._raw is not None
+
+    @property
+    def raw(self) -> asyncio.Transport:
+        assert self._raw is not None
+        return self._raw
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._raw = transport
+        if self._timeout is not None:
+            self._timer = asyncio.get_running_loop().call_later(
+                self._timeout, self._handshake_timed_out)
+        self._run(None, start=True)
+
+    def data_received(self, data: bytes) -> None:
+        self._run(data)
+
+    def eof_received(self) -> bool:
+        self._run(b"")
+        # After the peer's close_notify its FIN is a clean half-close: keep the transport
+        # open so this side can still answer and send its own close_notify.
+        return self._peer_closed
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._settle(self._truncated())
+        if self._app_connected:
+            self.app.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        if self._app_connected:
+            self.app.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._app_connected:
+            self.app.resume_writing()
+
+    # -- driving --------------------------------------------------------------------------
+
+    def _run(self, data: bytes | None, start: bool = False) -> None:
+        """One step, everything it made possible, then whatever must be sent."""
+        try:
+            if start:
+                self._start()
+            self._step(data)
+        except HybridKexError as exc:
+            self._flush()
+            self._fail(exc)
+            return
+        self._flush()
+
+    def _handshake_complete(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._app_connected = True
+        self.app.connection_made(self.transport)
+        if not self.handshake.done():
+            self.handshake.set_result(None)
+        if self._on_handshake is not None:
+            self._on_handshake(self)
+
+    def _peer_closed_cleanly(self) -> None:
+        if not self._peer_closed:
+            self._peer_closed = True
+            self.app.eof_received()
+
+    def _settle(self, exc: Exception) -> bool:
+        """Fail the handshake future if it is still open.  Marked as retrieved: a server
+        has nobody awaiting it, and a client's opener re-raises it anyway."""
+        if self.handshake.done():
+            return False
+        self.handshake.set_exception(exc)
+        self.handshake.exception()
+        return True
+
+    def _fail(self, exc: Exception) -> None:
+        if not self._settle(exc) and self._app_connected:
+            self.app.connection_lost(exc)
+            self._app_connected = False
+        self.raw.close()
+
+    def _handshake_timed_out(self) -> None:
+        if self._settle(self._timed_out()):
+            self.raw.abort()
+
+    def _flush(self) -> None:
+        data = self.connection.data_to_send()
+        if data and self._raw is not None and not self._raw.is_closing():
+            self._raw.write(data)
+
+    # -- what RecordTransport asks for --------------------------------------------------
+
+    def send(self, data: bytes) -> None:
+        self.connection.send(data)
+        self._flush()
+
+    def close_notify(self) -> None:
+        if not self._closing and self.connection.handshake_complete:
+            self._closing = True
+            self.connection.close()
+            self._flush()
+
+
+def _stream_pair(protocol: DrivingProtocol, reader: asyncio.StreamReader
+                 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    writer = asyncio.StreamWriter(protocol.transport, protocol.app, reader,
+                                  asyncio.get_running_loop())
+    return reader, writer
+
+
+async def open_streams(make_protocol: Callable[[asyncio.StreamReaderProtocol], DrivingProtocol],
+                       host: str, port: int, *, limit: int, **kwargs: Any
+                       ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Connect, run the handshake, return the streams; on any failure or cancellation
+    the connection is closed and the error raised."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=limit)
+    app = asyncio.StreamReaderProtocol(reader)
+    raw, protocol = await loop.create_connection(lambda: make_protocol(app), host, port,
+                                                 **kwargs)
+    try:
+        await protocol.handshake
+    except BaseException:
+        raw.abort()
+        raise
+    return _stream_pair(protocol, reader)
+
+
+async def serve_streams(
+        make_protocol: Callable[[asyncio.StreamReaderProtocol,
+                                 Callable[[Any], None]], DrivingProtocol],
+        client_connected_cb: ClientConnectedCallback, host: str | None, port: int | None, *,
+        limit: int, handshake_failed_cb: Callable[[Exception, Any], None] | None = None,
+        **kwargs: Any) -> asyncio.Server:
+    """Serve: ``client_connected_cb(reader, writer)`` for each completed handshake;
+    ``handshake_failed_cb(error, peername)`` for each failed one."""
+    loop = asyncio.get_running_loop()
+    tasks: set[asyncio.Task[None]] = set()
+
+    def factory() -> DrivingProtocol:
+        reader = asyncio.StreamReader(limit=limit)
+        app = asyncio.StreamReaderProtocol(reader)
+
+        def on_handshake(protocol: DrivingProtocol) -> None:
+            result = client_connected_cb(*_stream_pair(protocol, reader))
+            if asyncio.iscoroutine(result):
+                task = loop.create_task(result)
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+
+        protocol = make_protocol(app, on_handshake)
+        if handshake_failed_cb is not None:
+            callback = handshake_failed_cb
+
+            def report(future: asyncio.Future[None]) -> None:
+                exc = None if future.cancelled() else future.exception()
+                if isinstance(exc, Exception):
+                    peer = protocol.raw.get_extra_info("peername") if protocol.has_raw else None
+                    callback(exc, peer)
+
+            protocol.handshake.add_done_callback(report)
+        return protocol
+
+    return await loop.create_server(factory, host, port, **kwargs)
