@@ -36,7 +36,8 @@ from hybridkex.transport.aio import (
 )
 from hybridkex.transport.context import Context
 
-__all__ = ["SecureProtocol", "SecureTransport", "open_connection", "start_server"]
+__all__ = ["ClientConnectedCallback", "SecureProtocol", "SecureTransport", "open_connection",
+           "start_server"]
 
 
 class SecureTransport(RecordTransport):

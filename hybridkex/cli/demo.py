@@ -23,7 +23,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hybridkex.cli.channel import ChannelServer, ServedSession, format_address, listen
+from hybridkex.cli.channel import (
+    ChannelServer,
+    HKXChannel,
+    ServedSession,
+    format_address,
+    listen,
+)
 from hybridkex.errors import HybridKexError
 from hybridkex.protocol import SessionInfo
 from hybridkex.qkd.link import SIMULATION_LABEL
@@ -68,7 +74,7 @@ def _peer_json(info: SessionInfo) -> dict[str, Any]:
 
 
 def _session(site: Site, number: int, auth: str, address: tuple[str, int],
-             served: queue.Queue[ServedSession], payload: bytes) -> dict[str, Any]:
+             served: queue.Queue[ServedSession[SessionInfo]], payload: bytes) -> dict[str, Any]:
     context = site.context(auth=auth)
     started = time.perf_counter()
     raw = socket.create_connection(address, timeout=10)
@@ -146,10 +152,10 @@ def run_demo(directory: Path, psk_sessions: int = PSK_SESSIONS, *,
         t_pair = time.perf_counter()
         before = _pools(a, b)
 
-        served: queue.Queue[ServedSession] = queue.Queue()
+        served: queue.Queue[ServedSession[SessionInfo]] = queue.Queue()
         listener = listen("127.0.0.1", 0)
         address = listener.getsockname()[:2]
-        server = ChannelServer(b.context(), listener, echo=True, on_session=served.put)
+        server = ChannelServer(HKXChannel(b.context()), listener, echo=True, on_session=served.put)
         thread = threading.Thread(target=server.serve, name="demo-server", daemon=True)
         thread.start()
         payload = os.urandom(PAYLOAD_BYTES)
