@@ -24,10 +24,12 @@
    1 MiB buffer; timed from the first byte sent (after the handshake) to the receiver's
    one-byte acknowledgement of the last, and each end's CPU time over the same span
    (``time.process_time``), reported as MB per CPU second.  The receiver is one process;
-   every transfer is sent from a fresh process, because the HKX/1 sender's speed depends
-   on what its process allocated and freed before (it allocates MiB-sized buffers on
-   every ``sendall``; whether glibc serves them from heap it already holds or maps fresh
-   pages changes its CPU cost about fourfold; see docs/performance.md).
+   every transfer is sent from a fresh process, so that each starts from the same state
+   (when ``SecureSocket.sendall`` still sealed a whole 1 MiB block at once, the HKX/1
+   sender's speed depended on what its process had allocated and freed before; it seals
+   and writes 64 KiB slices now).  On a shared 2-core machine the MB/s also depend on
+   whether sender and receiver share a core; ``taskset -c 1`` gives steadier figures
+   (docs/performance.md).
    Three senders, interleaved in every repeat: a blocking ``SecureSocket`` (suite 0x0101,
    AES-256-GCM); stdlib ``ssl`` TLS 1.3 (TLS_AES_256_GCM_SHA384, a self-signed ECDSA
    P-256 certificate); and, as a diagnostic, a prototype of a record layer in plain
@@ -36,13 +38,13 @@
    nonces (not hybridkex: what a copy-free record layer would reach).  ``HKX/TLS`` is the
    ratio of the medians.
 
-Why the key pool is dealt out in shards: ``MemoryKeyStore.take`` scans the whole pool
-on every call (about 60 us per take at 2,000 keys, 1.2 ms at 40,000), so one store
-holding a whole run's keys would make the pool, not the handshake, the client's cost.
-The client draws from stores of 512 keys, one after another; the server's store
-(``fetch`` by ID, no scan) holds them all.
+The client draws its pool keys from stores of 512 keys, one after another; the server's
+store holds them all.  The shards date from when ``MemoryKeyStore.take`` scanned the
+whole pool on every call (1.2 ms per take at 40,000 keys); since it is O(count) they
+change nothing (about 8 us per take of 4 keys at 2,000 and at 88,000 keys), and are
+kept so that figures stay comparable.
 
-    python bench/load.py                        # 1000 connections, 10 s; 5 x 64 MiB; 20-30 s
+    python bench/load.py                        # 1000 connections, 10 s; 5 x 64 MiB; ~20 s
     python bench/load.py --quick                # 200 connections, 3 s; 3 x 16 MiB; ~10 s
     python bench/load.py --connections 1000 --seconds 10 --json
     python bench/load.py --profile              # also: where a throughput run spends its time
@@ -127,7 +129,7 @@ def key_batch(count: int) -> Batch:
 
 class ShardedSource:
     """The client's key source: the batch dealt into stores of ``SHARD`` keys, drawn one
-    store after another (each a :class:`StoreKeySource`), so a take scans one small pool."""
+    store after another (each a :class:`StoreKeySource`); see the module docstring."""
 
     def __init__(self, batch: Batch) -> None:
         self._shards: list[StoreKeySource] = []
