@@ -369,7 +369,8 @@ class TLSConnection:
             text = f"the peer ended the connection {when} with alert {alert_name(received)}"
             if self.context.mode == "qkd-psk" and handshake and not self.server_side:
                 text += (f" (qkd-psk: does the server hold QKD key {hooks.psk_key_id}, "
-                         "and accept this site's pool?)")
+                         "accept this site's pool, and use the same psk_cipher "
+                         f"({self.context.psk_cipher})?)")
             return TLSAlertReceived(" ".join(text.split()), received)
         if isinstance(exc, SSL.SysCallError):
             return TLSConnectionTruncated(
@@ -388,6 +389,12 @@ class TLSConnection:
             return TLSPeerAuthenticationFailed(text, code)
         if code in _NEGOTIATION_ALERTS:
             return TLSNegotiationFailed(text, code)
+        if (self.context.mode == "qkd-psk" and self.server_side and code == 50
+                and hooks.psk_key_id is not None):
+            # OpenSSL rejects a binder made with another hash as a malformed extension.
+            return PSKNotUsed(f"{text} (qkd-psk: the client's PSK binder does not fit "
+                              f"{self.context.psk_cipher}'s hash; both ends need the same "
+                              "psk_cipher)", code)
         return TLSProtocolError(text, code)
 
     def _check_session(self) -> TLSSessionInfo:

@@ -7,17 +7,19 @@
 //
 // Byte strings travel as base64 in both directions.  Requests are handled
 // concurrently and answered by id, possibly out of order, so an operation that has
-// to wait (a TLS server accepting a connection, later) does not block the others.
+// to wait (a TLS server accepting a connection: node/tls.mjs) does not block the others.
 // The process exits when stdin closes, once it has answered every request.  Nothing but responses is written to stdout.
 
 import readline from 'node:readline';
 
 import { ops as liboqsOps } from './liboqs.mjs';
 import { ops as opensslOps } from './openssl.mjs';
+import { ops as tlsOps } from './tls.mjs';
 
 const OPS = {
   ...opensslOps,
   ...liboqsOps,
+  ...tlsOps,
   ping: () => ({}),
   ops: () => ({ ops: Object.keys(OPS).sort() }),
 };

@@ -1,9 +1,10 @@
 """Fixtures of the interop suite: the Node.js peer process and each cell's peer.
 
 One Node.js process (interop/node/peer.mjs) serves the whole session; it carries
-both OpenSSL 3.5 (Node's crypto) and liboqs (liboqs-js).  If it is not installed the
-tests that need it fail, saying how to install it: CI installs the peers (tests/run.sh
-runs interop/install.sh), so a missing peer is an error, never a skip.
+both OpenSSL 3.5 (Node's crypto and tls modules) and liboqs (liboqs-js).  If it is
+not installed the tests that need it fail, saying how to install it: CI installs the
+peers (tests/run.sh runs interop/install.sh), so a missing peer is an error, never a
+skip.  tlslite-ng, the other TLS 1.3 peer, runs in this process.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from interop_peers import (
     PQCryptoSignatures,
 )
 from interop_results import Results
+from interop_tls import NodeTLS, TlsliteTLS, TLSPeer
 
 REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:  # for tests.hkx1 when only interop/tests is collected
@@ -109,3 +111,13 @@ def sig_peer(cell: Cell, request: pytest.FixtureRequest) -> MLDSAPeer:
 def openssl(node: NodePeer) -> OpenSSLKEM:
     """OpenSSL 3.5's ML-KEM, X25519 and X25519MLKEM768 through Node."""
     return OpenSSLKEM(node)
+
+
+@pytest.fixture
+def tls_peer(cell: Cell, request: pytest.FixtureRequest) -> TLSPeer:
+    """The TLS 1.3 stack of the cell's peer: Node.js's tls (OpenSSL 3.5) or tlslite-ng."""
+    if cell.peer == "openssl":
+        return NodeTLS(_node(request))
+    if cell.peer == "tlslite-ng":
+        return TlsliteTLS()
+    raise AssertionError(f"{cell.peer} is not a TLS 1.3 stack")

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from interop_matrix import (
+    COLUMNS,
     DESCRIPTIONS,
     PEERS,
     TABLES,
@@ -179,13 +180,14 @@ class Results:
         return [
             ("hybridkex (this side)",
              f"{dist('hybridkex')} on {primitives.backend_version()}"),
+            ("hybridkex.tls (this side)", f"pyOpenSSL {dist('pyOpenSSL')} on the same OpenSSL"),
             (PEERS["openssl"], self.versions.get("openssl", unknown)),
             (PEERS["liboqs"], self.versions.get("liboqs", unknown)),
             (PEERS["pqcrypto"], f"pqcrypto {dist('pqcrypto')} (PyPI)"),
             (PEERS["kyber-py"], f"kyber-py {dist('kyber-py')} (PyPI)"),
             (PEERS["dilithium-py"], f"dilithium-py {dist('dilithium-py')} (PyPI)"),
-            ("tlslite-ng", f"tlslite-ng {dist('tlslite-ng')} (PyPI; the TLS 1.3 peer of the "
-                           "TLS rows, which are not in this matrix yet)"),
+            (PEERS["tlslite-ng"], f"tlslite-ng {dist('tlslite-ng')} (PyPI; its ML-KEM is "
+                                  f"kyber-py's), in the test process"),
         ]
 
     def render(self) -> tuple[str, list[tuple[str, str]]]:
@@ -208,12 +210,13 @@ class Results:
         body: list[str] = []
         for table, rows in TABLES.items():
             notes = _Notes()
+            columns = COLUMNS[table]
             body += ["", f"## {table}", "", DESCRIPTIONS[table], "",
-                     "| | " + " | ".join(PEERS.values()) + " |",
-                     "| --- |" + " --- |" * len(PEERS)]
+                     "| | " + " | ".join(PEERS[peer] for peer in columns) + " |",
+                     "| --- |" + " --- |" * len(columns)]
             for row in rows:
                 texts = []
-                for peer in PEERS:
+                for peer in columns:
                     cell = Cell(row, peer)
                     text, missing = self._cell(cell, status(row, peer), notes)
                     texts.append(text)

@@ -260,7 +260,7 @@ def test_limitation_still_holds(limitation: str, request: pytest.FixtureRequest)
 
 def test_every_run_cell_has_its_test() -> None:
     modules = [importlib.import_module(name)
-               for name in ("test_interop_primitives", "test_interop_hkx")]
+               for name in ("test_interop_primitives", "test_interop_hkx", "test_interop_tls")]
     for cell, how in all_cells():
         if isinstance(how, Run):
             assert any(callable(getattr(m, cell.row.test, None)) for m in modules), cell
