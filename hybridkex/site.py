@@ -53,8 +53,6 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, mldsa, rsa
 from cryptography.hazmat.primitives.serialization import (
     Encoding,
-    NoEncryption,
-    PrivateFormat,
     PublicFormat,
     load_pem_private_key,
 )
@@ -62,6 +60,8 @@ from cryptography.x509.oid import NameOID
 
 from hybridkex import primitives
 from hybridkex.errors import HybridKexError, InvalidParameter, UnknownAlgorithm
+from hybridkex.primitives.signature import backend_private_key
+from hybridkex.primitives.signature import private_key_pem as signature_private_key_pem
 from hybridkex.protocol import Config, SecurityPolicy, SigningIdentity, TrustStore
 from hybridkex.protocol.config import AUTH_MODES
 from hybridkex.protocol.identity import public_key_bytes
@@ -126,17 +126,6 @@ def check_name(name: str) -> str:
 # -- keys and certificates ---------------------------------------------------------------
 
 
-def _backend_key(scheme: str, private: bytes) -> Any:
-    """The cryptography private key object for one non-composite scheme's raw key."""
-    if scheme in _MLDSA_PRIVATE:
-        return _MLDSA_PRIVATE[scheme].from_seed_bytes(private)
-    if scheme == "Ed25519":
-        return ed25519.Ed25519PrivateKey.from_private_bytes(private)
-    if scheme == "ECDSA-P256":
-        return ec.derive_private_key(int.from_bytes(private, "big"), ec.SECP256R1())
-    raise UnknownAlgorithm(f"no key encoding for {scheme!r}")
-
-
 def _raw_private(scheme: str, key: Any) -> bytes:
     """The raw private key hybridkex's primitives take, from a loaded key object."""
     if scheme in _MLDSA_PRIVATE and isinstance(key, _MLDSA_PRIVATE[scheme]):
@@ -159,8 +148,7 @@ def private_key_pem(scheme: str, private: bytes) -> bytes:
     if scheme == COMPOSITE:
         return private_key_pem("ML-DSA-65", private[:32]) + private_key_pem("Ed25519",
                                                                             private[32:])
-    key = _backend_key(scheme, private)
-    return bytes(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+    return signature_private_key_pem(scheme, private)
 
 
 def load_private_key_pem(scheme: str, data: bytes) -> bytes:
@@ -221,7 +209,7 @@ def make_certificate(name: str, scheme: str, private: bytes, days: int,
                      issuer: tuple[x509.Certificate, Any] | None = None) -> x509.Certificate:
     """The site's end-entity certificate: CN and DNS name = the site name, digitalSignature
     only, not a CA.  Self-signed unless ``issuer`` = (CA certificate, CA private key)."""
-    key = _backend_key(scheme, private)
+    key = backend_private_key(scheme, private)
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
     issuer_name, signer = subject, key

@@ -24,14 +24,20 @@ from __future__ import annotations
 
 import abc
 import os
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, mldsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+)
 
-from hybridkex.errors import InvalidKey, InvalidParameter
+from hybridkex.errors import InvalidKey, InvalidParameter, UnknownAlgorithm
 from hybridkex.primitives._checks import Bytes, as_bytes
 from hybridkex.primitives._held import HeldKey, held_key
 
@@ -42,6 +48,8 @@ __all__ = [
     "CompositeMLDSA65Ed25519",
     "Ed25519",
     "SignatureScheme",
+    "backend_private_key",
+    "private_key_pem",
 ]
 
 MAX_CONTEXT = 255
@@ -346,3 +354,24 @@ SIGNATURES: dict[str, SignatureScheme] = {
         CompositeMLDSA65Ed25519(),
     )
 }
+
+
+def backend_private_key(name: str, private: Bytes) -> Any:
+    """The cryptography private key object for a non-composite scheme's raw private key
+    (for what needs the object itself: certificates, PEM files)."""
+    scheme = SIGNATURES.get(name)
+    if isinstance(scheme, MLDSA):
+        return scheme._private(private)
+    if isinstance(scheme, Ed25519):
+        return Ed25519PrivateKey.from_private_bytes(
+            as_bytes(private, "Ed25519 private key", 32, error=InvalidKey))
+    if isinstance(scheme, ECDSAP256):
+        return scheme._private(private, "ECDSA-P256 private key")
+    raise UnknownAlgorithm(f"{name!r} has no single private key object (or is unknown)")
+
+
+def private_key_pem(name: str, private: Bytes) -> bytes:
+    """A non-composite scheme's raw private key as unencrypted PKCS#8 PEM (ML-DSA in the
+    seed-only form of RFC 9881), for what reads keys only from PEM (OpenSSL, Node.js)."""
+    key = backend_private_key(name, private)
+    return bytes(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))

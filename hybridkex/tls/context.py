@@ -6,14 +6,13 @@ from __future__ import annotations
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, mldsa
-from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 from OpenSSL import SSL, crypto
 
 from hybridkex.errors import BackendUnavailable
+from hybridkex.primitives.signature import private_key_pem
 from hybridkex.protocol.config import Config
 from hybridkex.protocol.identity import SigningIdentity, TrustStore
 from hybridkex.qkd.keysource import KeySource
@@ -73,23 +72,6 @@ def certificate_names(certificate: x509.Certificate) -> list[str]:
     except x509.ExtensionNotFound:
         return names
     return names + [n for n in san.value.get_values_for_type(x509.DNSName) if n not in names]
-
-
-def _private_key_pem(identity: SigningIdentity) -> bytes:
-    """The identity's private key as unencrypted PKCS#8 PEM, for OpenSSL to read."""
-    raw = bytes(identity.private_key)
-    key: Any
-    if identity.scheme == "ML-DSA-44":
-        key = mldsa.MLDSA44PrivateKey.from_seed_bytes(raw)
-    elif identity.scheme == "ML-DSA-65":
-        key = mldsa.MLDSA65PrivateKey.from_seed_bytes(raw)
-    elif identity.scheme == "ML-DSA-87":
-        key = mldsa.MLDSA87PrivateKey.from_seed_bytes(raw)
-    elif identity.scheme == "Ed25519":
-        key = ed25519.Ed25519PrivateKey.from_private_bytes(raw)
-    else:
-        key = ec.derive_private_key(int.from_bytes(raw, "big"), ec.SECP256R1())
-    return bytes(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
 
 
 @dataclass(frozen=True)
@@ -273,7 +255,8 @@ class TLSContext:
             ctx.add_extra_chain_cert(intermediate)
         # From memory: pyOpenSSL's own loaders refuse ML-DSA keys except from a file.
         try:
-            _openssl.use_private_key_pem(ctx, _private_key_pem(identity))
+            pem = private_key_pem(identity.scheme, identity.private_key)
+            _openssl.use_private_key_pem(ctx, pem)
             ctx.check_privatekey()
         except (ValueError, SSL.Error) as exc:
             raise TLSConfigurationError(

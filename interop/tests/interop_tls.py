@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, mldsa
-from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+from cryptography.hazmat.primitives.serialization import Encoding
 from interop_node import NodePeer, PeerError, unb64
 
+from hybridkex.primitives.signature import private_key_pem as signature_private_key_pem
 from hybridkex.protocol import SigningIdentity
 from hybridkex.tls import TLSContext, TLSSessionInfo, TLSSocket
 
@@ -115,21 +115,7 @@ class TLSPeer(Protocol):
 
 def private_key_pem(identity: SigningIdentity) -> str:
     """The identity's private key as PKCS#8 PEM (ML-DSA in the seed form)."""
-    raw = bytes(identity.private_key)
-    key: Any
-    if identity.scheme == "ML-DSA-44":
-        key = mldsa.MLDSA44PrivateKey.from_seed_bytes(raw)
-    elif identity.scheme == "ML-DSA-65":
-        key = mldsa.MLDSA65PrivateKey.from_seed_bytes(raw)
-    elif identity.scheme == "ML-DSA-87":
-        key = mldsa.MLDSA87PrivateKey.from_seed_bytes(raw)
-    elif identity.scheme == "Ed25519":
-        key = ed25519.Ed25519PrivateKey.from_private_bytes(raw)
-    elif identity.scheme == "ECDSA-P256":
-        key = ec.derive_private_key(int.from_bytes(raw, "big"), ec.SECP256R1())
-    else:
-        raise NotSupportedByPeer(f"no TLS certificate key for {identity.scheme}")
-    return bytes(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())).decode()
+    return signature_private_key_pem(identity.scheme, identity.private_key).decode()
 
 
 def certificate_pem(certificate: x509.Certificate) -> str:
