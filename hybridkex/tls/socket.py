@@ -27,7 +27,6 @@ if TYPE_CHECKING:
 __all__ = ["TLSSocket"]
 
 
-
 class TLSSocket(StreamSocket):
     """A TLS 1.3 channel over a connected stream socket; it owns the socket."""
 

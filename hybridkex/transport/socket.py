@@ -37,7 +37,6 @@ if TYPE_CHECKING:
 __all__ = ["SecureSocket"]
 
 
-
 class SecureSocket(StreamSocket):
     """An HKX/1 channel over a connected stream socket; it owns the socket."""
 
