@@ -57,7 +57,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import json
 import os
 import platform
@@ -82,7 +81,6 @@ from cryptography.hazmat.primitives.asymmetric import mldsa, mlkem
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF, HKDFExpand
-from cryptography.x509.oid import NameOID
 
 from hybridkex.protocol import (
     NEED_DATA,
@@ -145,34 +143,15 @@ class Credentials:
         raw_trust = {CLIENT: TrustStore(pinned={SERVER: (SCHEME, raw[SERVER].public_key)}),
                      SERVER: TrustStore(pinned={CLIENT: (SCHEME, raw[CLIENT].public_key)})}
         root_key = mldsa.MLDSA65PrivateKey.generate()
-        root = _certificate("hybridkex bench root", root_key, None, root_key)
+        root = tls_baseline.certificate("hybridkex bench root", root_key, None, root_key, None)
         chain = {}
         for site in (CLIENT, SERVER):
             leaf_key = mldsa.MLDSA65PrivateKey.generate()
-            leaf = _certificate(site, leaf_key, root, root_key)
+            leaf = tls_baseline.certificate(site, leaf_key, root, root_key, None)
             # root + leaf: the leaf alone goes on the wire, the root is the peer's anchor
             chain[site] = load(SigningIdentity.from_chain(SCHEME, leaf_key.private_bytes_raw(),
                                                           [leaf]))
         return cls(raw, raw_trust, chain, TrustStore(anchors=[root]), root)
-
-
-def _certificate(subject: str, key: mldsa.MLDSA65PrivateKey, issuer: x509.Certificate | None,
-                 issuer_key: mldsa.MLDSA65PrivateKey) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.UTC)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
-    builder = (x509.CertificateBuilder()
-               .subject_name(name)
-               .issuer_name(name if issuer is None else issuer.subject)
-               .public_key(key.public_key())
-               .serial_number(x509.random_serial_number())
-               .not_valid_before(now - datetime.timedelta(minutes=5))
-               .not_valid_after(now + datetime.timedelta(days=1))
-               .add_extension(x509.BasicConstraints(ca=issuer is None, path_length=None),
-                              critical=True))
-    if issuer is not None:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.DNSName(subject)]), critical=False)
-    return builder.sign(issuer_key, None)
 
 
 def linked_sources(keys_per_site: int) -> tuple[StoreKeySource, StoreKeySource]:

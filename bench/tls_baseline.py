@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, mldsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from OpenSSL import SSL
 
-__all__ = ["SIGNATURES", "tls13_handshake_once", "tls13_handshake_rate"]
+__all__ = ["SIGNATURES", "certificate", "tls13_handshake_once", "tls13_handshake_rate"]
 
 SIGNATURES = ("ML-DSA-65", "Ed25519")
 
@@ -61,7 +61,7 @@ def _new_key(signature: str) -> _SigningKey:
     raise ValueError(f"signature must be one of {SIGNATURES}, not {signature!r}")
 
 
-def _cert(
+def certificate(
     subject: str,
     key: _SigningKey,
     issuer: x509.Certificate | None,
@@ -107,7 +107,7 @@ def _cert(
 def _write_pki(directory: Path, signature: str) -> dict[str, Path]:
     # pyOpenSSL cannot take ML-DSA keys as objects, only as PEM, so files it is.
     ca_key = _new_key(signature)
-    ca = _cert("hybridkex baseline CA", ca_key, None, ca_key, None)
+    ca = certificate("hybridkex baseline CA", ca_key, None, ca_key, None)
     paths = {"ca": directory / "ca.pem"}
     paths["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     for role, usage in (
@@ -115,7 +115,7 @@ def _write_pki(directory: Path, signature: str) -> dict[str, Path]:
         ("client", ExtendedKeyUsageOID.CLIENT_AUTH),
     ):
         key = _new_key(signature)
-        cert = _cert(f"{role}.localhost", key, ca, ca_key, usage)
+        cert = certificate(f"{role}.localhost", key, ca, ca_key, usage)
         paths[f"{role}_cert"] = directory / f"{role}.pem"
         paths[f"{role}_key"] = directory / f"{role}.key"
         paths[f"{role}_cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
