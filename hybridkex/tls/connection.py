@@ -50,13 +50,14 @@ from hybridkex.tls.errors import (
     TLSRecordAuthenticationFailed,
 )
 from hybridkex.tls.session import PSK_AUTHENTICATION, TLSSessionInfo, signature_scheme_name
+from hybridkex.transport.stream import READ_SIZE
 
 if TYPE_CHECKING:
     from hybridkex.tls.context import TLSContext, _Role
 
 __all__ = ["ALERT_NAMES", "TLSConnection", "TLSState"]
 
-_READ_SIZE = 1 << 16
+
 _MALFORMED_CERTIFICATE = (ValueError, TypeError, UnsupportedAlgorithm, x509.DuplicateExtension,
                           x509.UnsupportedGeneralNameType)
 _CERTIFICATE_VERIFY = 15
@@ -278,11 +279,6 @@ class TLSConnection:
     def handshake_complete(self) -> bool:
         return self.state in (TLSState.OPEN, TLSState.CLOSED)
 
-    @property
-    def pool_keys_spent(self) -> int:
-        """QKD pool keys this side consumed (0 or 1: the PSK)."""
-        return 1 if self._hooks.psk_key_id is not None else 0
-
     # -- bytes in and out --------------------------------------------------------------
 
     def receive_data(self, data: bytes) -> None:
@@ -296,7 +292,7 @@ class TLSConnection:
         chunks = []
         while True:
             try:
-                chunks.append(self._ssl.bio_read(_READ_SIZE))
+                chunks.append(self._ssl.bio_read(READ_SIZE))
             except SSL.WantReadError:
                 return b"".join(chunks)
 
@@ -479,7 +475,7 @@ class TLSConnection:
         closed = False
         while True:
             try:
-                chunks.append(self._ssl.recv(_READ_SIZE))
+                chunks.append(self._ssl.recv(READ_SIZE))
             except SSL.WantReadError:
                 break
             except SSL.ZeroReturnError:
@@ -521,8 +517,11 @@ class TLSConnection:
     def export_keying_material(self, label: str | bytes, context: bytes, length: int) -> bytes:
         """The RFC 8446 exporter (``TLS-Exporter(label, context, length)``)."""
         self._require_open()
-        if isinstance(label, str):
-            label = label.encode("ascii")
-        if not 0 < length <= 255 * 48:
-            raise InvalidParameter("exporter length must be 1..12240 bytes")
-        return self._ssl.export_keying_material(label, length, bytes(context))
+        try:
+            raw_label = label.encode("ascii") if isinstance(label, str) else bytes(label)
+        except UnicodeEncodeError:
+            raise InvalidParameter("exporter label must be ASCII") from None
+        if not 0 < length <= 255 * 32:
+            # HKDF-Expand's bound for the smallest hash a TLS 1.3 suite uses (SHA-256).
+            raise InvalidParameter("exporter length must be 1..8160 bytes")
+        return bytes(self._ssl.export_keying_material(raw_label, length, bytes(context)))

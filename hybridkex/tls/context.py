@@ -19,6 +19,7 @@ from hybridkex.qkd.keysource import KeySource
 from hybridkex.tls import _openssl
 from hybridkex.tls.errors import TLSConfigurationError, UnknownGroup
 from hybridkex.tls.session import GROUPS, MODES, PSK_CIPHERSUITES
+from hybridkex.transport.context import DEFAULT_HANDSHAKE_TIMEOUT
 
 if TYPE_CHECKING:
     from hybridkex.tls.connection import TLSConnection
@@ -34,7 +35,7 @@ __all__ = [
     "certificate_names",
 ]
 
-DEFAULT_HANDSHAKE_TIMEOUT = 30.0
+
 DEFAULT_GROUPS = ("X25519MLKEM768",)
 DEFAULT_PSK_CIPHERSUITE = "TLS_AES_256_GCM_SHA384"
 # OpenSSL's TLS 1.3 default list, in its order (certificate mode).

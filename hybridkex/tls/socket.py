@@ -122,7 +122,10 @@ class TLSSocket(StreamSocket):
             if bufsize and not self._plaintext and not self._peer_closed:
                 self._pull()
             while bufsize and not self._plaintext and not self._peer_closed:
-                data = self._sock.recv(READ_SIZE)
+                try:
+                    data = self._sock.recv(READ_SIZE)
+                except ConnectionResetError as exc:
+                    raise TLSConnectionTruncated("the peer reset the connection") from exc
                 with self._state:
                     self._conn.receive_data(data)
                 self._pull()

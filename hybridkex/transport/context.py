@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 from typing import Any
 
+from hybridkex.errors import InvalidParameter
 from hybridkex.protocol import ClientConnection, Config, Connection, ServerConnection
 from hybridkex.transport.socket import SecureSocket
 
@@ -46,10 +47,11 @@ class Context:
         """The sans-IO connection a wrapped socket or stream drives."""
         if server_side:
             if peer is not None:
-                raise ValueError("a server learns its peer from the ClientHello; pass no peer")
+                raise InvalidParameter(
+                    "a server learns its peer from the ClientHello; pass no peer")
             return ServerConnection(self.config)
         if peer is None:
-            raise ValueError("a client must name the peer site it connects to (peer=...)")
+            raise InvalidParameter("a client must name the peer site it connects to (peer=...)")
         return ClientConnection(self.config, peer)
 
     def wrap_socket(self, sock: socket.socket, server_side: bool = False,
