@@ -64,7 +64,7 @@ from hybridkex.primitives.signature import backend_private_key
 from hybridkex.primitives.signature import private_key_pem as signature_private_key_pem
 from hybridkex.protocol import Config, SecurityPolicy, SigningIdentity, TrustStore
 from hybridkex.protocol.config import AUTH_MODES
-from hybridkex.protocol.identity import public_key_bytes
+from hybridkex.protocol.identity import is_ca, public_key_bytes
 from hybridkex.protocol.suites import DEFAULT_SUITES, suite_by_name
 from hybridkex.qkd.keysource import StoreKeySource
 from hybridkex.qkd.keystore import SQLiteKeyStore, StoreStatus
@@ -192,14 +192,6 @@ def _hash_for(key: Any) -> hashes.SHA256 | hashes.SHA384 | None:
     return None
 
 
-def _is_ca(certificate: x509.Certificate) -> bool:
-    try:
-        return bool(certificate.extensions.get_extension_for_class(
-            x509.BasicConstraints).value.ca)
-    except x509.ExtensionNotFound:
-        return False
-
-
 def _common_name(certificate: x509.Certificate) -> str | None:
     names = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     return str(names[0].value) if len(names) == 1 else None
@@ -245,7 +237,7 @@ def _load_ca(ca_certificate: Path, ca_key: Path) -> tuple[list[x509.Certificate]
         key = load_pem_private_key(ca_key.read_bytes(), password=None)
     except (OSError, ValueError, TypeError) as exc:
         raise SiteError(f"cannot load the CA key {ca_key} (PEM, unencrypted): {exc}") from None
-    if not _is_ca(chain[0]):
+    if not is_ca(chain[0]):
         raise SiteError(f"{ca_certificate}: the first certificate is not a CA "
                         "(basicConstraints CA:TRUE)")
     if chain[0].public_key() != key.public_key():
@@ -414,8 +406,12 @@ def _replace(path: Path, data: bytes, mode: int = 0o644) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with contextlib.suppress(FileNotFoundError):
         tmp.unlink()
-    _write_new(tmp, data, mode)
-    os.replace(tmp, path)
+    try:
+        _write_new(tmp, data, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _safe_file_name(text: str) -> str:
@@ -453,7 +449,7 @@ def _read_trusted(path: Path) -> list[TrustedPeer]:
         raise SiteError(f"{path}: not a PEM certificate file ({exc})") from None
     out = []
     for cert in certificates:
-        ca = _is_ca(cert)
+        ca = is_ca(cert)
         scheme: str | None = None
         if ca:
             public = cert.public_key().public_bytes(Encoding.DER,
@@ -573,11 +569,15 @@ class Site:
             raise SiteError(f"cannot read {toml_path}: {exc}") from None
         key_path = directory / IDENTITY_KEY
         try:
-            mode = key_path.stat().st_mode
-            if os.name == "posix" and mode & 0o077:
-                raise SiteError(f"{key_path} is accessible by group or others (mode "
-                                f"{stat.S_IMODE(mode):04o}); run: chmod 600 {key_path}")
-            private = load_private_key_pem(settings.signature, key_path.read_bytes())
+            # One open file, not a symlink, checked and read: no window between the two.
+            fd = os.open(key_path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+            with os.fdopen(fd, "rb") as key_file:
+                mode = os.fstat(key_file.fileno()).st_mode
+                if os.name == "posix" and mode & 0o077:
+                    raise SiteError(f"{key_path} is accessible by group or others (mode "
+                                    f"{stat.S_IMODE(mode):04o}); run: chmod 600 {key_path}")
+                pem = key_file.read()
+            private = load_private_key_pem(settings.signature, pem)
         except OSError as exc:
             raise SiteError(f"cannot read {key_path}: {exc.strerror or exc}") from None
         scheme = settings.signature

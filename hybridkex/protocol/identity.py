@@ -138,7 +138,8 @@ def _names(certificate: x509.Certificate) -> set[str]:
     return names | set(san.value.get_values_for_type(x509.DNSName))
 
 
-def _is_ca(certificate: x509.Certificate) -> bool:
+def is_ca(certificate: x509.Certificate) -> bool:
+    """Whether basicConstraints marks ``certificate`` as a CA."""
     try:
         constraints = certificate.extensions.get_extension_for_class(x509.BasicConstraints)
     except x509.ExtensionNotFound:
@@ -240,7 +241,7 @@ class TrustStore:
 
     @staticmethod
     def _check_issued(child: x509.Certificate, issuer: x509.Certificate) -> None:
-        if not _is_ca(issuer):
+        if not is_ca(issuer):
             raise PeerAuthenticationFailed("an issuing certificate is not a CA",
                                            AlertDescription.BAD_CERTIFICATE)
         try:

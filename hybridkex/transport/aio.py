@@ -188,7 +188,7 @@ class DrivingProtocol(asyncio.Protocol, abc.ABC):
             if start:
                 self._start()
             self._step(data)
-        except HybridKexError as exc:
+        except Exception as exc:  # also a key source's own error, reported as it is
             self._flush()
             self._fail(exc)
             return
