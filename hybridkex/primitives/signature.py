@@ -363,8 +363,7 @@ def backend_private_key(name: str, private: Bytes) -> Any:
     if isinstance(scheme, MLDSA):
         return scheme._private(private)
     if isinstance(scheme, Ed25519):
-        return Ed25519PrivateKey.from_private_bytes(
-            as_bytes(private, "Ed25519 private key", 32, error=InvalidKey))
+        return scheme._private(private, "Ed25519 private key")
     if isinstance(scheme, ECDSAP256):
         return scheme._private(private, "ECDSA-P256 private key")
     raise UnknownAlgorithm(f"{name!r} has no single private key object (or is unknown)")

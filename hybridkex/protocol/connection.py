@@ -16,6 +16,7 @@ and the alert it queued for the peer is in ``data_to_send()``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import enum
 import hmac
 import uuid
@@ -143,7 +144,6 @@ _DIRECTION = {"client": "c", "server": "s"}
 _POLY1305 = mac("Poly1305")
 _ALERT_LEVEL_FATAL = 2
 _ALERT_LEVEL_WARNING = 1
-_PSK_UNITS_PER_HANDSHAKE = PSK_AUTH_UNITS
 
 
 def signed_content(role: str, transcript_hash: bytes) -> bytes:
@@ -481,9 +481,9 @@ class Connection:
     def _transcript_hash(self) -> bytes:
         if self._transcript_hasher is None:
             self._transcript_hasher = running_hash(self.suite.hash)
-        self._transcript_hasher.update(bytes(self._transcript[self._hashed:]))
+        self._transcript_hasher.update(self._transcript[self._hashed:])
         self._hashed = len(self._transcript)
-        return bytes(self._transcript_hasher.copy().finalize())
+        return self._transcript_hasher.copy().finalize()
 
     def _install_handshake_keys(self, shared: Sequence[tuple[str, bytes]],
                                 qkd_key: bytes | None) -> None:
@@ -668,6 +668,8 @@ class Connection:
         elif not (qkd and suite.post_quantum):
             self._fallback = (f"{'no QKD key' if not qkd else 'no post-quantum KEM'}; "
                               f"allowed by security policy {policy.value!r}")
+        if self._fallback is not None and self._no_qkd_reason:
+            self._fallback = f"{self._fallback} ({self._no_qkd_reason})"
 
 
 class ClientConnection(Connection):
@@ -713,16 +715,16 @@ class ClientConnection(Connection):
             return AuthMode.SIGNATURE, [], []
         if config.auth in ("psk", "auto"):
             try:
-                keys = source.take(self.peer_site, _PSK_UNITS_PER_HANDSHAKE + count, UNIT_BITS)
+                keys = source.take(self.peer_site, PSK_AUTH_UNITS + count, UNIT_BITS)
             except KeySourceError as exc:
                 if config.auth == "psk":
                     raise PolicyViolation(f"psk authentication needs "
-                                          f"{_PSK_UNITS_PER_HANDSHAKE + count} pool keys: "
+                                          f"{PSK_AUTH_UNITS + count} pool keys: "
                                           f"{exc}") from exc
             else:
                 self._spent += len(keys)
-                return (AuthMode.PSK, keys[:_PSK_UNITS_PER_HANDSHAKE],
-                        keys[_PSK_UNITS_PER_HANDSHAKE:])
+                return (AuthMode.PSK, keys[:PSK_AUTH_UNITS],
+                        keys[PSK_AUTH_UNITS:])
         try:
             keys = source.take(self.peer_site, count, UNIT_BITS)
         except KeySourceError as exc:
@@ -761,9 +763,7 @@ class ClientConnection(Connection):
         )
         if mode is AuthMode.PSK:
             binder = _POLY1305.compute(auth_units[_BINDER_UNIT].key, hello.binder_input())
-            hello = ClientHello(hello.random, hello.client_site, hello.server_site, hello.suites,
-                                hello.key_shares, hello.auth_mode, hello.qkd_key_ids,
-                                hello.auth_key_ids, binder)
+            hello = dataclasses.replace(hello, binder=binder)
         self._send_handshake_message(hello, transcript=True)
 
     def _on_hello(self, message: Message, raw: bytes) -> State:
@@ -807,8 +807,6 @@ class ClientConnection(Connection):
         self._install_handshake_keys(shared, qkd_key)
         # Checked with the handshake keys in place, so the alert reaches the server sealed.
         self._policy_check(qkd_key is not None, suite)
-        if self._fallback is not None and self._no_qkd_reason:
-            self._fallback = f"{self._fallback} ({self._no_qkd_reason})"
         self._client_auth_requested = message.client_auth_requested
         return State.WAIT_AUTH_MAC if self._auth_mode is AuthMode.PSK else State.WAIT_IDENTITY
 
@@ -913,8 +911,6 @@ class ServerConnection(Connection):
         for suite in candidates:
             if self.config.policy.allows(qkd, suite.post_quantum):
                 self._policy_check(qkd, suite)
-                if self._fallback is not None and self._no_qkd_reason:
-                    self._fallback = f"{self._fallback} ({self._no_qkd_reason})"
                 return suite
         if candidates:
             self._policy_check(qkd, candidates[0])  # raises, naming what is missing

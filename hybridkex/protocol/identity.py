@@ -62,6 +62,11 @@ class SigningIdentity:
             leaf = x509.load_der_x509_certificate(self.certificates[0])
             if public_key_bytes(leaf, self.scheme) != self.public_key:
                 raise InvalidParameter("the leaf certificate does not hold this public key")
+            try:
+                self.to_message().encode()
+            except ValueError:
+                raise InvalidParameter("the certificate chain does not fit one Identity "
+                                       "message") from None
 
     @classmethod
     def generate(cls, scheme: str = "ML-DSA-65") -> SigningIdentity:

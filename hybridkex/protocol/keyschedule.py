@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from hybridkex.combiner import combine
 from hybridkex.errors import InvalidParameter
 from hybridkex.primitives import MAC, digest, hkdf_expand, hkdf_extract, mac
+from hybridkex.primitives._checks import check_length
 from hybridkex.protocol.suites import Suite
 
 __all__ = [
@@ -149,7 +150,8 @@ def qkd_rekey_secret(suite: Suite, secret: bytes, qkd_key: bytes, direction: str
 def exporter(suite: Suite, exporter_master: bytes, label: str, context: bytes,
              length: int) -> bytes:
     """Keying material for an application (RFC 8446 section 7.5, with "hkx1 " labels)."""
-    if not label.isascii() or len(label) > 250:
+    if not isinstance(label, str) or not label.isascii() or len(label) > 250:
         raise InvalidParameter("exporter label must be ASCII, at most 250 characters")
+    length = check_length(length, "exporter length", 255 * suite.hash_len)
     secret = derive_secret(suite, exporter_master, label, _empty_hash(suite.hash))
     return hkdf_expand_label(suite.hash, secret, "exporter", digest(suite.hash, context), length)

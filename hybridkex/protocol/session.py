@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hybridkex.protocol.identity import PeerIdentity
+from hybridkex.protocol.suites import POST_QUANTUM_KEMS
 
 __all__ = ["SessionInfo"]
 
@@ -39,4 +40,4 @@ class SessionInfo:
 
     @property
     def post_quantum(self) -> bool:
-        return any(k.startswith("ML-KEM") for k in self.kems)
+        return any(k.algorithm in self.kems for k in POST_QUANTUM_KEMS)

@@ -19,6 +19,7 @@ from hybridkex.errors import UnknownAlgorithm
 
 __all__ = [
     "DEFAULT_SUITES",
+    "POST_QUANTUM_KEMS",
     "PROTOCOL_VERSION",
     "SUITES",
     "AlertDescription",
@@ -126,6 +127,9 @@ _SCHEME_NAMES = {
 }
 
 
+POST_QUANTUM_KEMS = frozenset({KemId.ML_KEM_768, KemId.ML_KEM_1024})
+
+
 @dataclass(frozen=True)
 class Suite:
     """What a session's keys are made of: the KEMs whose secrets enter the combiner (the
@@ -139,7 +143,7 @@ class Suite:
 
     @property
     def post_quantum(self) -> bool:
-        return any(k in (KemId.ML_KEM_768, KemId.ML_KEM_1024) for k in self.kems)
+        return any(k in POST_QUANTUM_KEMS for k in self.kems)
 
     @property
     def hash_len(self) -> int:
