@@ -56,7 +56,7 @@ from hybridkex.protocol.suites import SUITES, AlertDescription, ContentType, Han
 from hybridkex.protocol.wire import ClientHello, KeyUpdate, ServerHello
 from hybridkex.qkd.channel import ClassicalChannel
 from hybridkex.qkd.keysource import KeyRef, KeySource, StoreKeySource
-from hybridkex.qkd.keystore import UNIT_BITS, DeliveredKey, MemoryKeyStore
+from hybridkex.qkd.keystore import UNIT_BITS, DeliveredKey, MemoryKeyStore, key_id_text
 from hybridkex.qkd.link import SIMULATION_LABEL, LinkReport, QKDLink, SiteIdentity
 from hybridkex.qkd.parameters import finite_key_parameters
 from hybridkex.transport import Context
@@ -354,10 +354,6 @@ def _hello(records: list[Record], direction: str, msg_type: int) -> tuple[bytes,
     return messages[0][1], messages[0][2]
 
 
-def _uuid(raw: bytes) -> str:
-    return str(uuid.UUID(bytes=raw))
-
-
 def _shared_secrets(suite: Suite, hello: ClientHello, server_hello: ServerHello,
                     disclosure: Disclosure,
                     steps: list[str]) -> tuple[list[tuple[str, bytes | None]], list[str]]:
@@ -503,7 +499,7 @@ def attack(recording: Recording, disclosure: Disclosure) -> AttackResult:
         suite = SUITES.get(server_hello.suite)
         if suite is None:
             raise _Stopped("hello", f"unknown suite {server_hello.suite:#06x}")
-        qkd_ids = [_uuid(i) for i in hello.qkd_key_ids]
+        qkd_ids = [key_id_text(i) for i in hello.qkd_key_ids]
         steps.append(
             f"parsed the hellos: {hello.client_site} -> {hello.server_site}, suite {suite.name}, "
             f"{hello.auth_mode.name.lower()} authentication, QKD key IDs "
@@ -512,7 +508,8 @@ def attack(recording: Recording, disclosure: Disclosure) -> AttackResult:
             for key_id in hello.qkd_key_ids:
                 frames = [n for n, f in enumerate(recording.qkd_public_discussion) if key_id in f]
                 steps.append(
-                    f"QKD key ID {_uuid(key_id)} appears in frame(s) {frames or 'none'} of the "
+                    f"QKD key ID {key_id_text(key_id)} appears in frame(s) "
+                    f"{frames or 'none'} of the "
                     f"{len(recording.qkd_public_discussion)} recorded frames of the QKD link's "
                     "public discussion.  That links the session to the round that made the "
                     "key.  Privacy amplification sized the key to stay secret given all of "

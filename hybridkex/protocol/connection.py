@@ -19,7 +19,6 @@ import contextlib
 import dataclasses
 import enum
 import hmac
-import uuid
 from collections import deque
 from collections.abc import Sequence
 from typing import Final
@@ -87,7 +86,13 @@ from hybridkex.protocol.wire import (
     ServerHello,
     decode_handshake,
 )
-from hybridkex.qkd.keystore import UNIT_BITS, DeliveredKey, KeySourceError
+from hybridkex.qkd.keystore import (
+    UNIT_BITS,
+    DeliveredKey,
+    KeySourceError,
+    key_id_bytes,
+    key_id_text,
+)
 
 __all__ = ["TRANSITIONS", "ClientConnection", "Connection", "ServerConnection", "State"]
 
@@ -149,14 +154,6 @@ _ALERT_LEVEL_WARNING = 1
 def signed_content(role: str, transcript_hash: bytes) -> bytes:
     """What a site signs in IdentityVerify (the TLS 1.3 section 4.4.3 layout)."""
     return _SIGNED_CONTENT_PREFIX + _SIGNED_CONTEXT[role] + b"\x00" + transcript_hash
-
-
-def _key_id_bytes(key_id: str) -> bytes:
-    return uuid.UUID(key_id).bytes
-
-
-def _key_id_text(raw: bytes) -> str:
-    return str(uuid.UUID(bytes=raw))
 
 
 class Connection:
@@ -288,12 +285,12 @@ class Connection:
         keys = source.take(self.peer_site, 1, UNIT_BITS)
         self._spent += len(keys)
         qkd_key = b"".join(k.key for k in keys)
-        ids = tuple(_key_id_bytes(k.key_id) for k in keys)
+        ids = tuple(key_id_bytes(k.key_id) for k in keys)
         self._send_handshake_message(QkdRekey(ids))
         self._update_send(self._mix_qkd(self._send_secret, qkd_key, self.role, ids))
         self._pending_rekey = (qkd_key, ids)
         self._qkd_rekeys += 1
-        return tuple(_key_id_text(i) for i in ids)
+        return tuple(key_id_text(i) for i in ids)
 
     def close(self) -> None:
         """Send close_notify.  Data may still arrive until the peer's close_notify."""
@@ -623,7 +620,7 @@ class Connection:
             self._update_send(self._mix_qkd(self._send_secret, qkd_key, self.role,
                                             message.key_ids))
         self._qkd_rekeys += 1
-        ids = tuple(_key_id_text(i) for i in message.key_ids)
+        ids = tuple(key_id_text(i) for i in message.key_ids)
         self._events.append(KeyUpdated("qkd-rekey", "both", by_peer=True, qkd_key_ids=ids))
         return State.CONNECTED
 
@@ -634,7 +631,7 @@ class Connection:
         self._pending_rekey = None
         self._update_receive(self._mix_qkd(self._receive_secret, qkd_key, self.peer_role, ids))
         self._events.append(KeyUpdated("qkd-rekey", "both", by_peer=False,
-                                       qkd_key_ids=tuple(_key_id_text(i) for i in ids)))
+                                       qkd_key_ids=tuple(key_id_text(i) for i in ids)))
         return State.CONNECTED
 
     # -- QKD keys -------------------------------------------------------------------------
@@ -644,7 +641,7 @@ class Connection:
         source = self.config.key_source
         assert source is not None and self.peer_site is not None
         try:
-            keys = source.fetch(self.peer_site, [_key_id_text(i) for i in key_ids], UNIT_BITS)
+            keys = source.fetch(self.peer_site, [key_id_text(i) for i in key_ids], UNIT_BITS)
         except KeySourceError as exc:
             raise QKDKeyRefused(f"{what} cannot be fetched: {exc}") from exc
         self._spent += len(keys)
@@ -758,8 +755,8 @@ class ClientConnection(Connection):
             suites=tuple(s.code for s in offered),
             key_shares=tuple(shares),
             auth_mode=mode,
-            qkd_key_ids=tuple(_key_id_bytes(k.key_id) for k in qkd_keys),
-            auth_key_ids=tuple(_key_id_bytes(k.key_id) for k in auth_units),
+            qkd_key_ids=tuple(key_id_bytes(k.key_id) for k in qkd_keys),
+            auth_key_ids=tuple(key_id_bytes(k.key_id) for k in auth_units),
         )
         if mode is AuthMode.PSK:
             binder = _POLY1305.compute(auth_units[_BINDER_UNIT].key, hello.binder_input())

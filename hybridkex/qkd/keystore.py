@@ -50,6 +50,8 @@ __all__ = [
     "SQLiteKeyStore",
     "StoreStatus",
     "StoredKey",
+    "key_id_bytes",
+    "key_id_text",
     "open_store",
 ]
 
@@ -137,6 +139,16 @@ def _check_count(count: int) -> int:
             1 <= count <= MAX_KEYS_PER_REQUEST):
         raise InvalidParameter(f"key count must be between 1 and {MAX_KEYS_PER_REQUEST}")
     return count
+
+
+def key_id_bytes(key_id: str) -> bytes:
+    """A key ID (a UUID string) as the 16 bytes protocols carry on the wire."""
+    return uuid.UUID(key_id).bytes
+
+
+def key_id_text(raw: bytes) -> str:
+    """The key ID (UUID string) that 16 wire bytes name."""
+    return str(uuid.UUID(bytes=raw))
 
 
 def _check_key_id(key_id: object) -> str:
