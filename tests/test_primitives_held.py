@@ -59,8 +59,11 @@ def test_prepared_and_generated_signing_keys_sign_like_their_bytes(name: str) ->
 @pytest.mark.parametrize("name", SIGNERS)
 def test_prepare_refuses_what_sign_refuses(name: str) -> None:
     scheme = primitives.signature(name)
+    bad = bytes(scheme.private_key_size + 1)
     with pytest.raises(InvalidKey):
-        scheme.prepare_private_key(bytes(scheme.private_key_size + 1))
+        scheme.sign(bad, b"message")
+    with pytest.raises(InvalidKey):
+        scheme.prepare_private_key(bad)
 
 
 def test_schemes_without_a_held_form_prepare_to_plain_bytes() -> None:

@@ -99,15 +99,20 @@ def test_default_policy_with_an_empty_pool_fails_closed(empty: str, auth: str) -
     client, _ = world.pair()
     exc = refused_before_sending(world, client)
     nothing_changed(world, before)
-    if auth != "psk":  # the policy's missing QKD key (psk fails first for its units)
-        assert isinstance(exc, PolicyViolation) and exc.alert == QKD_REQUIRED
+    assert isinstance(exc, PolicyViolation)
+    if auth == "psk":  # psk fails first, for its authentication units
+        assert exc.alert == INSUFFICIENT_SECURITY and "psk authentication needs" in str(exc)
+    else:  # the policy's missing QKD key
+        assert exc.alert == QKD_REQUIRED
 
 
 def test_psk_client_with_too_few_pool_keys_fails_closed_and_spends_nothing() -> None:
     world = build(keys=3, client={"auth": "psk"})  # a QKD key, but not psk's three more
     before = status(world)
     client, _ = world.pair()
-    refused_before_sending(world, client)
+    exc = refused_before_sending(world, client)
+    assert isinstance(exc, PolicyViolation) and exc.alert == INSUFFICIENT_SECURITY
+    assert "psk authentication needs 4 pool keys" in str(exc)
     nothing_changed(world, before)
 
 
