@@ -65,7 +65,6 @@ from hybridkex.protocol.record import (
     MAX_PAYLOAD,
     MAX_PLAINTEXT,
     Record,
-    RecordBuffer,
     RecordProtection,
     frame_record,
 )
@@ -84,6 +83,7 @@ from hybridkex.protocol.wire import (
     decode_handshake,
 )
 from hybridkex.qkd.keysource import StoreKeySource
+from tests import hkx1_harness as harness
 from tests.hkx1 import (
     CLIENT,
     PKI,
@@ -113,17 +113,13 @@ def flip(data: bytes, position: int, mask: int) -> bytes:
 
 
 def split_records(data: bytes) -> list[Record]:
-    buffer = RecordBuffer()
-    buffer.feed(data)
-    records: list[Record] = []
-    while (record := buffer.next_record()) is not None:
-        records.append(record)
-    assert buffer.pending() == 0, "a flight ends in the middle of a record"
-    return records
+    """The attacker's view of a flight, parsed independently of the record layer under
+    test (tests/hkx1_harness.split_records)."""
+    return [Record(t, p) for t, p in harness.split_records(data)]
 
 
 def join_records(records: Sequence[Record]) -> bytes:
-    return b"".join(frame_record(r.content_type, r.payload) for r in records)
+    return harness.join_records((r.content_type, r.payload) for r in records)
 
 
 # -- the sites, with the attacker's view of their secrets ----------------------------------
