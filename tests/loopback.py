@@ -25,7 +25,7 @@ from typing import Any
 
 from hybridkex.protocol import ClientConnection, SessionInfo
 from hybridkex.transport import Context, SecureSocket
-from tests.hkx1 import SERVER, Sites
+from tests.hkx1 import CLIENT, SERVER, Sites
 
 __all__ = [
     "C2S",
@@ -37,9 +37,11 @@ __all__ = [
     "Server",
     "client_hello",
     "connect",
+    "contexts",
     "count_fds",
     "hang_guard",
     "reset",
+    "same_session",
     "wait_for_fds",
 ]
 
@@ -317,3 +319,21 @@ def connect(context: Context, address: tuple[str, int], **kwargs: Any) -> Secure
     """A client SecureSocket to site-b at ``address``; every operation times out."""
     sock = socket.create_connection(address, timeout=TIMEOUT)
     return context.wrap_socket(sock, peer=SERVER, **kwargs)
+
+
+def contexts(sites: Sites, timeout: float | None = 5.0) -> tuple[Context, Context]:
+    """Both sites' socket contexts, with a handshake time limit for tests."""
+    return (Context.from_config(sites.client, handshake_timeout=timeout),
+            Context.from_config(sites.server, handshake_timeout=timeout))
+
+
+def same_session(client: SessionInfo, server: SessionInfo) -> None:
+    """The two ends describe one session: same transcript, suite, keys and policy."""
+    assert (client.role, server.role) == ("client", "server")
+    assert (client.local_site, server.local_site) == (CLIENT, SERVER)
+    assert client.peer.site == SERVER and server.peer.site == CLIENT
+    assert client.transcript_hash == server.transcript_hash
+    assert len(client.transcript_hash) == 96  # hex of a SHA-384 hash
+    for field in ("suite", "kems", "aead", "qkd_key_ids", "auth_mode", "security_policy",
+                  "fallback", "pool_keys_spent"):
+        assert getattr(client, field) == getattr(server, field), field

@@ -35,7 +35,7 @@ from hybridkex.errors import (
 )
 from hybridkex.protocol import SessionInfo
 from hybridkex.transport import Context, SecureSocket
-from tests.hkx1 import CLIENT, SERVER, Sites, make_sites
+from tests.hkx1 import SERVER, make_sites
 from tests.loopback import (
     C2S,
     S2C,
@@ -44,9 +44,11 @@ from tests.loopback import (
     Server,
     client_hello,
     connect,
+    contexts,
     count_fds,
     hang_guard,
     reset,
+    same_session,
 )
 
 PSK_UNITS = 4
@@ -70,10 +72,6 @@ def run(main: Callable[[], Coroutine[Any, Any, None]], limit: float = 30.0) -> N
 
     asyncio.run(limited())
 
-
-def contexts(sites: Sites, timeout: float | None = 5.0) -> tuple[Context, Context]:
-    return (Context.from_config(sites.client, handshake_timeout=timeout),
-            Context.from_config(sites.server, handshake_timeout=timeout))
 
 
 def port_of(server: asyncio.Server) -> int:
@@ -123,15 +121,6 @@ async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> No
     finally:
         await close(writer)
 
-
-def same_session(client: SessionInfo, server: SessionInfo) -> None:
-    assert (client.role, server.role) == ("client", "server")
-    assert (client.local_site, server.local_site) == (CLIENT, SERVER)
-    assert client.peer.site == SERVER and server.peer.site == CLIENT
-    assert client.transcript_hash == server.transcript_hash
-    for field in ("suite", "kems", "aead", "qkd_key_ids", "auth_mode", "security_policy",
-                  "fallback", "pool_keys_spent"):
-        assert getattr(client, field) == getattr(server, field), field
 
 
 @contextlib.asynccontextmanager

@@ -42,9 +42,11 @@ from tests.loopback import (
     Server,
     client_hello,
     connect,
+    contexts,
     count_fds,
     hang_guard,
     reset,
+    same_session,
     wait_for_fds,
 )
 
@@ -61,10 +63,6 @@ def _no_hangs() -> Iterator[None]:
 def sites() -> Sites:
     return make_sites(keys_per_direction=64)
 
-
-def contexts(sites: Sites, timeout: float | None = 5.0) -> tuple[Context, Context]:
-    return (Context.from_config(sites.client, handshake_timeout=timeout),
-            Context.from_config(sites.server, handshake_timeout=timeout))
 
 
 # -- server handlers ----------------------------------------------------------------------
@@ -118,16 +116,6 @@ def collect(sock: SecureSocket) -> list[bytes]:
         chunks.append(data)
     return chunks
 
-
-def same_session(client: SessionInfo, server: SessionInfo) -> None:
-    assert (client.role, server.role) == ("client", "server")
-    assert (client.local_site, server.local_site) == (CLIENT, SERVER)
-    assert client.peer.site == SERVER and server.peer.site == CLIENT
-    assert client.transcript_hash == server.transcript_hash
-    assert len(client.transcript_hash) == 96
-    for field in ("suite", "kems", "aead", "qkd_key_ids", "auth_mode", "security_policy",
-                  "fallback"):
-        assert getattr(client, field) == getattr(server, field), field
 
 
 # -- round trips ------------------------------------------------------------------------
