@@ -82,6 +82,9 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF, HKDFExpand
 
+from hybridkex.keydelivery.keys import StoredKey
+from hybridkex.keydelivery.source import StoreKeySource
+from hybridkex.keydelivery.store import MemoryKeyStore
 from hybridkex.protocol import (
     NEED_DATA,
     SUITES,
@@ -94,8 +97,6 @@ from hybridkex.protocol import (
     TrustStore,
 )
 from hybridkex.protocol.keyschedule import traffic_key_iv
-from hybridkex.qkd.keysource import StoreKeySource
-from hybridkex.qkd.keystore import MemoryKeyStore, StoredKey
 
 CLIENT, SERVER = "site-a", "site-b"
 SCHEME = "ML-DSA-65"

@@ -35,13 +35,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from hybridkex.qkd.keystore import (
-    KeyStore,
-    MemoryKeyStore,
-    SQLiteKeyStore,
-    StoredKey,
-    new_key_id,
-)
+from hybridkex.keydelivery.keys import StoredKey, new_key_id
+from hybridkex.keydelivery.sqlite import SQLiteKeyStore
+from hybridkex.keydelivery.store import KeyStore, MemoryKeyStore
 
 BATCHES = (1, 16)
 GOAL_SQLITE = 5000.0
@@ -104,7 +100,7 @@ def backend(name: str, workdir: Path, dsn: str) -> Iterator[Callable[[], Opener]
     import psycopg
     from psycopg import sql
 
-    from hybridkex.qkd.keystore_postgres import PostgresKeyStore
+    from hybridkex.keydelivery.postgres import PostgresKeyStore
 
     schemas: list[str] = []
 

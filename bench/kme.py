@@ -64,16 +64,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from hybridkex.qkd.keystore import (
-    DeliveredKey,
-    KeyStore,
-    MemoryKeyStore,
-    SQLiteKeyStore,
-    StoredKey,
-    new_key_id,
-)
-from hybridkex.qkd.kme import BackgroundKME, KMEServer, server_ssl_context
-from hybridkex.qkd.kme_client import KMEClient
+from hybridkex.keydelivery.keys import DeliveredKey, StoredKey, new_key_id
+from hybridkex.keydelivery.kme import BackgroundKME, KMEServer, server_ssl_context
+from hybridkex.keydelivery.kme.client import KMEClient
+from hybridkex.keydelivery.sqlite import SQLiteKeyStore
+from hybridkex.keydelivery.store import KeyStore, MemoryKeyStore
 
 SAE_MAP = {"sae-a": "A", "sae-b": "B"}
 OPERATIONS = ("enc_keys", "dec_keys", "status", "status keep-alive")

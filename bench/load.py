@@ -89,17 +89,12 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.x509.oid import NameOID
 
 from hybridkex import asyncio as hkx
+from hybridkex.keydelivery.errors import KeysExhausted, KeySourceError
+from hybridkex.keydelivery.keys import UNIT_BITS, DeliveredKey, StoredKey
+from hybridkex.keydelivery.source import StoreKeySource
+from hybridkex.keydelivery.store import MemoryKeyStore
 from hybridkex.protocol import SUITES, Config
 from hybridkex.protocol import Connection as HkxConnection
-from hybridkex.qkd.keysource import StoreKeySource
-from hybridkex.qkd.keystore import (
-    UNIT_BITS,
-    DeliveredKey,
-    KeysExhausted,
-    KeySourceError,
-    MemoryKeyStore,
-    StoredKey,
-)
 from hybridkex.transport import Context
 
 CLIENT, SERVER = "site-a", "site-b"

@@ -25,6 +25,7 @@ __all__ = [
     "ProtocolError",
     "QKDKeyRefused",
     "RecordAuthenticationFailed",
+    "RemoteProtocolError",
     "ReplayDetected",
     "UnexpectedMessage",
     "UnknownAlgorithm",
@@ -70,13 +71,13 @@ class CombinerError(InvalidParameter):
     """The inputs to a KDF combiner are missing, empty, duplicated or malformed."""
 
 
-class LocalProtocolError(HybridKexError):
-    """This side used a connection wrongly (sent data before the handshake finished, asked
-    for a re-key while one is in flight, ...).  Nothing was sent."""
-
-
 class ProtocolError(HybridKexError):
-    """The handshake or the session failed because of what the peer sent, or did not.
+    """A connection failed: the handshake or the session cannot go on.
+
+    As in h11, two kinds: :class:`LocalProtocolError` (this side used the connection
+    wrongly) and :class:`RemoteProtocolError` (the peer sent something it must not, or
+    nothing at all).  :class:`PolicyViolation` derives from this base directly: a
+    session refused because it would be too weak is refused whichever side is short.
 
     ``alert`` is the HKX/1 alert code that ends the connection (the one sent to the
     peer, or the one received from it).  A connection that raised this is in its
@@ -91,26 +92,36 @@ class ProtocolError(HybridKexError):
             self.alert = alert
 
 
-class DecodeError(ProtocolError):
+class LocalProtocolError(ProtocolError):
+    """This side used a connection wrongly (sent data before the handshake finished, asked
+    for a re-key while one is in flight, ...).  Nothing was sent because of it."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer broke the protocol: a malformed, unexpected or unauthenticated message,
+    an alert, or the transport ending early."""
+
+
+class DecodeError(RemoteProtocolError):
     """A message or record is malformed: a length, a field or a value out of range."""
 
     alert = 50  # decode_error
 
 
-class UnexpectedMessage(ProtocolError):
+class UnexpectedMessage(RemoteProtocolError):
     """A message arrived in a state that does not allow it."""
 
     alert = 10  # unexpected_message
 
 
-class PeerAuthenticationFailed(ProtocolError):
+class PeerAuthenticationFailed(RemoteProtocolError):
     """The peer did not prove who it is: an untrusted or wrong identity, or a signature,
     one-time MAC, binder or Finished that does not verify."""
 
     alert = 51  # decrypt_error
 
 
-class RecordAuthenticationFailed(ProtocolError):
+class RecordAuthenticationFailed(RemoteProtocolError):
     """A protected record's tag did not verify: tampered, reordered, replayed or cut."""
 
     alert = 20  # bad_record_mac
@@ -123,24 +134,24 @@ class PolicyViolation(ProtocolError):
     alert = 71  # insufficient_security
 
 
-class QKDKeyRefused(ProtocolError):
+class QKDKeyRefused(RemoteProtocolError):
     """The QKD keys named by the peer could not be fetched: unknown, already delivered
     (a replay) or not shared with that peer.  They are consumed all the same."""
 
     alert = 200  # qkd_key_unavailable
 
 
-class ReplayDetected(ProtocolError):
+class ReplayDetected(RemoteProtocolError):
     """A ClientHello was seen before."""
 
     alert = 202  # replay_detected
 
 
-class AlertReceived(ProtocolError):
+class AlertReceived(RemoteProtocolError):
     """The peer ended the connection with a fatal alert."""
 
 
-class ConnectionTruncated(ProtocolError):
+class ConnectionTruncated(RemoteProtocolError):
     """The transport ended without a close_notify: data may have been cut off."""
 
     alert = 0

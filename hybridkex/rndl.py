@@ -47,6 +47,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hybridkex.errors import HybridKexError, InvalidParameter, ProtocolError
+from hybridkex.keydelivery.keys import UNIT_BITS, DeliveredKey, KeyRef, key_id_text
+from hybridkex.keydelivery.source import KeySource, StoreKeySource
+from hybridkex.keydelivery.store import MemoryKeyStore
 from hybridkex.primitives import digest, kem
 from hybridkex.protocol import Config, SecurityPolicy, SigningIdentity, SystemRandomness, TrustStore
 from hybridkex.protocol import keyschedule as ks
@@ -55,8 +58,6 @@ from hybridkex.protocol.record import Record, RecordBuffer, RecordProtection
 from hybridkex.protocol.suites import SUITES, AlertDescription, ContentType, HandshakeType, Suite
 from hybridkex.protocol.wire import ClientHello, KeyUpdate, ServerHello
 from hybridkex.qkd.channel import ClassicalChannel
-from hybridkex.qkd.keysource import KeyRef, KeySource, StoreKeySource
-from hybridkex.qkd.keystore import UNIT_BITS, DeliveredKey, MemoryKeyStore, key_id_text
 from hybridkex.qkd.link import SIMULATION_LABEL, LinkReport, QKDLink, SiteIdentity
 from hybridkex.qkd.parameters import finite_key_parameters
 from hybridkex.transport import Context
@@ -207,7 +208,7 @@ class Disclosure:
 
 
 class CapturingKeySource:
-    """A :class:`~hybridkex.qkd.keysource.KeySource` that keeps every key it hands out.
+    """A :class:`~hybridkex.keydelivery.source.KeySource` that keeps every key it hands out.
 
     It is used only for the control, which plays a compromised key store.  The matrix's
     adversaries never see these keys.

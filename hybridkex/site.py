@@ -60,14 +60,15 @@ from cryptography.x509.oid import NameOID
 
 from hybridkex import primitives
 from hybridkex.errors import HybridKexError, InvalidParameter, UnknownAlgorithm
+from hybridkex.keydelivery.source import StoreKeySource
+from hybridkex.keydelivery.sqlite import SQLiteKeyStore
+from hybridkex.keydelivery.store import StoreStatus
 from hybridkex.primitives.signature import backend_private_key
 from hybridkex.primitives.signature import private_key_pem as signature_private_key_pem
 from hybridkex.protocol import Config, SecurityPolicy, SigningIdentity, TrustStore
 from hybridkex.protocol.config import AUTH_MODES
 from hybridkex.protocol.identity import is_ca, public_key_bytes
 from hybridkex.protocol.suites import DEFAULT_SUITES, suite_by_name
-from hybridkex.qkd.keysource import StoreKeySource
-from hybridkex.qkd.keystore import SQLiteKeyStore, StoreStatus
 from hybridkex.qkd.link import SIMULATION_LABEL, LinkReport, QKDLink, SiteIdentity
 from hybridkex.qkd.parameters import finite_key_parameters
 from hybridkex.transport import DEFAULT_HANDSHAKE_TIMEOUT, Context

@@ -20,6 +20,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, mldsa
 from cryptography.x509.oid import NameOID
 
+from hybridkex.keydelivery.keys import StoredKey
+from hybridkex.keydelivery.source import StoreKeySource
+from hybridkex.keydelivery.store import MemoryKeyStore
 from hybridkex.protocol import (
     ClientConnection,
     Config,
@@ -31,8 +34,6 @@ from hybridkex.protocol import (
     SigningIdentity,
     TrustStore,
 )
-from hybridkex.qkd.keysource import StoreKeySource
-from hybridkex.qkd.keystore import MemoryKeyStore, StoredKey
 
 CLIENT, SERVER = "site-a", "site-b"
 SCHEMES = ("ML-DSA-65", "ML-DSA-44", "ML-DSA-87", "Ed25519", "ECDSA-P256", "ML-DSA-65+Ed25519")

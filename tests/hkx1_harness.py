@@ -17,6 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hybridkex.errors import AlertReceived, ProtocolError
+from hybridkex.keydelivery.keys import StoredKey
+from hybridkex.keydelivery.source import StoreKeySource
+from hybridkex.keydelivery.store import MemoryKeyStore
 from hybridkex.protocol import (
     ClientConnection,
     Config,
@@ -27,8 +30,6 @@ from hybridkex.protocol import (
     State,
     SystemRandomness,
 )
-from hybridkex.qkd.keysource import StoreKeySource
-from hybridkex.qkd.keystore import MemoryKeyStore, StoredKey
 from tests.hkx1 import CLIENT, SERVER, Sites, drain, make_sites
 
 ROLES = ("client", "server")

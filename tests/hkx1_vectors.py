@@ -42,6 +42,9 @@ from cryptography.x509.oid import NameOID
 from dilithium_py.ml_dsa import ML_DSA_44, ML_DSA_65, ML_DSA_87
 from kyber_py.ml_kem import ML_KEM_768, ML_KEM_1024
 
+from hybridkex.keydelivery.keys import StoredKey
+from hybridkex.keydelivery.source import StoreKeySource
+from hybridkex.keydelivery.store import MemoryKeyStore
 from hybridkex.primitives import kem, signature
 from hybridkex.protocol import (
     SUITES,
@@ -56,8 +59,6 @@ from hybridkex.protocol import (
 )
 from hybridkex.protocol.record import RecordBuffer, RecordProtection
 from hybridkex.protocol.suites import HandshakeType, Suite
-from hybridkex.qkd.keysource import StoreKeySource
-from hybridkex.qkd.keystore import MemoryKeyStore, StoredKey
 
 VECTOR_DIR = Path(__file__).parent / "vectors"
 CLIENT, SERVER = "site-a", "site-b"

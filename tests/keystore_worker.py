@@ -42,14 +42,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hybridkex.qkd.keystore import (
-    UNIT_BITS,
-    KeysExhausted,
-    KeyStore,
-    SQLiteKeyStore,
-    StoredKey,
-    new_key_id,
-)
+from hybridkex.keydelivery.errors import KeysExhausted
+from hybridkex.keydelivery.keys import UNIT_BITS, StoredKey, new_key_id
+from hybridkex.keydelivery.sqlite import SQLiteKeyStore
+from hybridkex.keydelivery.store import KeyStore
 
 REPO = Path(__file__).resolve().parent.parent
 SITES = ("A", "B")
@@ -125,7 +121,7 @@ class Target:
     def open(self, site: str) -> KeyStore:
         if self.backend == "sqlite":
             return SQLiteKeyStore(site, self.directory / f"{site}.db")
-        from hybridkex.qkd.keystore_postgres import PostgresKeyStore
+        from hybridkex.keydelivery.postgres import PostgresKeyStore
 
         return PostgresKeyStore(site, self.dsn, schema=self.schema,
                                 application_name=self.application_name())

@@ -13,17 +13,10 @@ from typing import Any
 import pytest
 
 from hybridkex.errors import BackendUnavailable, InvalidParameter
-from hybridkex.qkd.keystore import (
-    KeyNotAvailable,
-    KeysExhausted,
-    KeyStore,
-    MemoryKeyStore,
-    SQLiteKeyStore,
-    StoredKey,
-    StoreStatus,
-    new_key_id,
-    open_store,
-)
+from hybridkex.keydelivery.errors import KeyNotAvailable, KeysExhausted
+from hybridkex.keydelivery.keys import StoredKey, new_key_id
+from hybridkex.keydelivery.sqlite import SQLiteKeyStore
+from hybridkex.keydelivery.store import KeyStore, MemoryKeyStore, StoreStatus, open_store
 from tests.keystore_worker import drop_schema, new_schema, postgres_dsn
 
 try:
@@ -59,7 +52,7 @@ def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Facto
         elif request.param == "sqlite":
             store = SQLiteKeyStore(site, tmp_path / f"{site}.db")
         else:
-            from hybridkex.qkd.keystore_postgres import PostgresKeyStore
+            from hybridkex.keydelivery.postgres import PostgresKeyStore
 
             store = PostgresKeyStore(site, dsn, schema=schema)
         opened.append(store)
@@ -242,7 +235,7 @@ def test_open_store_urls(tmp_path: Path) -> None:
 
 def _pg_link(dsn: str, schema: str, n: int = 20, **options: Any
              ) -> tuple[KeyStore, KeyStore, list[StoredKey]]:
-    from hybridkex.qkd.keystore_postgres import PostgresKeyStore
+    from hybridkex.keydelivery.postgres import PostgresKeyStore
 
     a = PostgresKeyStore("A", dsn, schema=schema, **options)
     b = PostgresKeyStore("B", dsn, schema=schema, **options)
@@ -273,7 +266,7 @@ def _pg_erase(conn: psycopg.Connection[Any], schema: str, site: str, key_ids: li
 
 
 def test_postgres_sites_share_a_database_without_mixing(pg_schema: tuple[str, str]) -> None:
-    from hybridkex.qkd.keystore_postgres import PostgresKeyStore
+    from hybridkex.keydelivery.postgres import PostgresKeyStore
 
     dsn, schema = pg_schema
     a, b, keys = _pg_link(dsn, schema)
@@ -358,8 +351,8 @@ def test_postgres_fetch_waits_for_a_concurrent_fetch_of_the_same_key(
 
 def test_postgres_store_reconnects_after_losing_its_connection(
         pg_schema: tuple[str, str]) -> None:
-    from hybridkex.qkd.keystore import KeySourceError
-    from hybridkex.qkd.keystore_postgres import PostgresKeyStore
+    from hybridkex.keydelivery.errors import KeySourceError
+    from hybridkex.keydelivery.postgres import PostgresKeyStore
 
     dsn, schema = pg_schema
     a, b, _ = _pg_link(dsn, schema)
@@ -376,7 +369,7 @@ def test_postgres_store_reconnects_after_losing_its_connection(
 
 
 def test_postgres_purge_vacuums_and_the_store_goes_on(pg_schema: tuple[str, str]) -> None:
-    from hybridkex.qkd.keystore_postgres import PostgresKeyStore
+    from hybridkex.keydelivery.postgres import PostgresKeyStore
 
     dsn, schema = pg_schema
     a, b, _ = _pg_link(dsn, schema)
@@ -391,7 +384,7 @@ def test_postgres_purge_vacuums_and_the_store_goes_on(pg_schema: tuple[str, str]
 
 
 def test_postgres_refuses_tables_of_another_schema_version(pg_schema: tuple[str, str]) -> None:
-    from hybridkex.qkd.keystore_postgres import PostgresKeyStore
+    from hybridkex.keydelivery.postgres import PostgresKeyStore
 
     dsn, schema = pg_schema
     PostgresKeyStore("A", dsn, schema=schema).close()
@@ -403,7 +396,7 @@ def test_postgres_refuses_tables_of_another_schema_version(pg_schema: tuple[str,
 
 
 def test_open_store_postgresql_url(pg_schema: tuple[str, str]) -> None:
-    from hybridkex.qkd.keystore_postgres import PostgresKeyStore
+    from hybridkex.keydelivery.postgres import PostgresKeyStore
 
     dsn, schema = pg_schema
     store = open_store(dsn, "A", schema=schema)
@@ -416,6 +409,6 @@ def test_open_store_postgresql_url(pg_schema: tuple[str, str]) -> None:
 def test_open_store_postgresql_without_psycopg_says_what_to_install(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "psycopg", None)  # import psycopg -> ImportError
-    monkeypatch.delitem(sys.modules, "hybridkex.qkd.keystore_postgres", raising=False)
+    monkeypatch.delitem(sys.modules, "hybridkex.keydelivery.postgres", raising=False)
     with pytest.raises(BackendUnavailable, match=r"pip install 'hybridkex\[postgres\]'"):
         open_store("postgresql://nobody@127.0.0.1:1/none", "A")

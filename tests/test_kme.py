@@ -52,23 +52,18 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from hybridkex.cli import main
-from hybridkex.qkd.keysource import KeySource, KMEKeySource, StoreKeySource
-from hybridkex.qkd.keystore import (
-    KeyNotAvailable,
-    KeysExhausted,
-    KeySourceError,
-    KeyStore,
-    MemoryKeyStore,
-    SQLiteKeyStore,
-    StoredKey,
-    new_key_id,
-)
-from hybridkex.qkd.kme import BackgroundKME, KMELimits, KMEServer, server_ssl_context
-from hybridkex.qkd.kme_client import (
+from hybridkex.keydelivery.errors import KeyNotAvailable, KeysExhausted, KeySourceError
+from hybridkex.keydelivery.keys import StoredKey, new_key_id
+from hybridkex.keydelivery.kme import BackgroundKME, KMELimits, KMEServer, server_ssl_context
+from hybridkex.keydelivery.kme.client import (
     KMEAuthenticationError,
     KMEClient,
+    KMEKeySource,
     KMERequestError,
 )
+from hybridkex.keydelivery.source import KeySource, StoreKeySource
+from hybridkex.keydelivery.sqlite import SQLiteKeyStore
+from hybridkex.keydelivery.store import KeyStore, MemoryKeyStore
 
 REPO = Path(__file__).resolve().parent.parent
 SAE_MAP = {"sae-a": "A", "sae-c": "A", "sae-b": "B"}

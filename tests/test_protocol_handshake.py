@@ -28,6 +28,7 @@ from hybridkex.errors import (
     ProtocolError,
     QKDKeyRefused,
 )
+from hybridkex.keydelivery.errors import KeyNotAvailable
 from hybridkex.protocol import (
     SUITES,
     ClientConnection,
@@ -43,7 +44,6 @@ from hybridkex.protocol import (
     State,
 )
 from hybridkex.protocol.wire import ClientHello, ServerHello
-from hybridkex.qkd.keystore import KeyNotAvailable
 from tests.hkx1 import CLIENT, SCHEMES, SERVER, X509_SCHEMES, drain, handshake, pump
 from tests.hkx1_harness import (
     APPLICATION_DATA,

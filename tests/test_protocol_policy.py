@@ -27,6 +27,7 @@ from hybridkex.errors import (
     ReplayDetected,
     UnknownAlgorithm,
 )
+from hybridkex.keydelivery.errors import KeyNotAvailable
 from hybridkex.protocol import (
     SUITES,
     ClientConnection,
@@ -37,7 +38,6 @@ from hybridkex.protocol import (
     TrustStore,
 )
 from hybridkex.protocol.wire import ClientHello, ServerHello
-from hybridkex.qkd.keystore import KeyNotAvailable
 from tests.hkx1 import CLIENT, SERVER, drain, handshake, make_sites
 from tests.hkx1_harness import (
     ALERT,

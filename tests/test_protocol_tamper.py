@@ -46,6 +46,7 @@ from hybridkex.errors import (
     RecordAuthenticationFailed,
     UnexpectedMessage,
 )
+from hybridkex.keydelivery.source import StoreKeySource
 from hybridkex.primitives import aead
 from hybridkex.protocol import (
     ClientConnection,
@@ -82,7 +83,6 @@ from hybridkex.protocol.wire import (
     ServerHello,
     decode_handshake,
 )
-from hybridkex.qkd.keysource import StoreKeySource
 from tests import hkx1_harness as harness
 from tests.hkx1 import (
     CLIENT,

@@ -99,7 +99,7 @@ def test_sweep_plot_writes_a_png(tmp_path: Path) -> None:
 
 
 def test_link_fills_both_sites_stores_with_the_same_keys(tmp_path: Path) -> None:
-    from hybridkex.qkd.keystore import SQLiteKeyStore
+    from hybridkex.keydelivery.sqlite import SQLiteKeyStore
 
     a_db, b_db = tmp_path / "a.db", tmp_path / "b.db"
     result = _run("link", "--site-a", "A", "--store-a", f"sqlite:///{a_db}", "--site-b", "B",

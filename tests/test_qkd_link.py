@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from hybridkex.keydelivery.store import MemoryKeyStore
 from hybridkex.qkd.channel import ClassicalChannel
-from hybridkex.qkd.keystore import MemoryKeyStore
 from hybridkex.qkd.link import LinkReport, QKDLink, SiteIdentity
 from hybridkex.qkd.parameters import Eavesdropper, finite_key_parameters
 from hybridkex.qkd.postprocessing import DistillationConfig

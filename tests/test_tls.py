@@ -42,9 +42,10 @@ from hybridkex.errors import (
     ProtocolError,
     QKDKeyRefused,
 )
+from hybridkex.keydelivery.keys import StoredKey
+from hybridkex.keydelivery.source import StoreKeySource
+from hybridkex.keydelivery.store import MemoryKeyStore
 from hybridkex.protocol import SigningIdentity, TrustStore
-from hybridkex.qkd.keysource import StoreKeySource
-from hybridkex.qkd.keystore import MemoryKeyStore, StoredKey
 from hybridkex.tls import (
     GROUPS,
     PSKNotUsed,

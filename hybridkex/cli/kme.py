@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from hybridkex.errors import BackendUnavailable, HybridKexError, InvalidParameter
-from hybridkex.qkd.keystore import KeyStore, open_store
+from hybridkex.keydelivery.store import KeyStore, open_store
 
 
 def register(sub: Any) -> None:
@@ -76,7 +76,7 @@ def _open_store(url: str, site_id: str) -> KeyStore:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     try:
-        from hybridkex.qkd.kme.server import (
+        from hybridkex.keydelivery.kme.server import (
             KMEServer,
             load_sae_map,
             run_until_signalled,

@@ -15,8 +15,8 @@ from functools import partial
 from typing import Any
 
 from hybridkex.errors import InvalidParameter
+from hybridkex.keydelivery.store import open_store
 from hybridkex.qkd import analytic, montecarlo
-from hybridkex.qkd.keystore import open_store
 from hybridkex.qkd.link import SIMULATION_LABEL, QKDLink, SiteIdentity
 from hybridkex.qkd.parameters import Eavesdropper, LinkParameters, finite_key_parameters
 from hybridkex.qkd.postprocessing import DistillationConfig

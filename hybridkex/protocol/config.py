@@ -10,11 +10,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from hybridkex.errors import InvalidParameter, UnknownAlgorithm
+from hybridkex.keydelivery.source import KeySource
 from hybridkex.protocol.identity import SigningIdentity, TrustStore
 from hybridkex.protocol.randomness import Randomness, SystemRandomness
 from hybridkex.protocol.record import AEAD_RECORD_LIMITS
 from hybridkex.protocol.suites import DEFAULT_SUITES, SUITES, SignatureSchemeId, Suite
-from hybridkex.qkd.keysource import KeySource
 
 __all__ = ["AUTH_MODES", "Config", "ReplayCache", "SecurityPolicy"]
 

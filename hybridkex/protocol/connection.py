@@ -38,6 +38,8 @@ from hybridkex.errors import (
     ReplayDetected,
     UnexpectedMessage,
 )
+from hybridkex.keydelivery.errors import KeySourceError
+from hybridkex.keydelivery.keys import UNIT_BITS, DeliveredKey, key_id_bytes, key_id_text
 from hybridkex.primitives import kem, mac, signature
 from hybridkex.primitives.kdf import running_hash
 from hybridkex.protocol import keyschedule as ks
@@ -85,13 +87,6 @@ from hybridkex.protocol.wire import (
     QkdRekeyAck,
     ServerHello,
     decode_handshake,
-)
-from hybridkex.qkd.keystore import (
-    UNIT_BITS,
-    DeliveredKey,
-    KeySourceError,
-    key_id_bytes,
-    key_id_text,
 )
 
 __all__ = ["TRANSITIONS", "ClientConnection", "Connection", "ServerConnection", "State"]

@@ -25,6 +25,7 @@ import numpy as np
 
 from hybridkex import primitives
 from hybridkex.errors import InvalidParameter
+from hybridkex.keydelivery.store import KeyStore
 from hybridkex.qkd.authentication import (
     ALICE,
     BOB,
@@ -34,7 +35,6 @@ from hybridkex.qkd.authentication import (
     WegmanCarterAuthenticator,
 )
 from hybridkex.qkd.channel import ClassicalChannel, queue_pair
-from hybridkex.qkd.keystore import KeyStore
 from hybridkex.qkd.parameters import LinkParameters
 from hybridkex.qkd.postprocessing import (
     AliceData,

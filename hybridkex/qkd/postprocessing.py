@@ -39,11 +39,11 @@ import numpy.typing as npt
 
 from hybridkex import primitives
 from hybridkex.errors import InvalidParameter
+from hybridkex.keydelivery.keys import UNIT_BITS, StoredKey
 from hybridkex.qkd import decoy
 from hybridkex.qkd.authentication import ALICE, BOB, AuthKeysExhausted
 from hybridkex.qkd.cascade import CascadeAlice, CascadeBob, CascadeError
 from hybridkex.qkd.channel import ChannelClosed
-from hybridkex.qkd.keystore import UNIT_BITS, StoredKey
 from hybridkex.qkd.toeplitz import toeplitz_hash
 from hybridkex.qkd.wire import AuthenticatedChannel, LinkAborted, MessageType, Reader, Writer
 

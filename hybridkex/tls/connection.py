@@ -34,8 +34,9 @@ from hybridkex.errors import (
     LocalProtocolError,
     PeerAuthenticationFailed,
 )
+from hybridkex.keydelivery.errors import KeySourceError
+from hybridkex.keydelivery.keys import DeliveredKey
 from hybridkex.protocol.identity import PeerIdentity, public_key_bytes
-from hybridkex.qkd.keystore import DeliveredKey, KeySourceError
 from hybridkex.tls import _openssl
 from hybridkex.tls.context import PSK_BITS, SIGNATURE_ALGORITHMS, certificate_names
 from hybridkex.tls.errors import (

@@ -12,10 +12,10 @@ from cryptography import x509
 from OpenSSL import SSL, crypto
 
 from hybridkex.errors import BackendUnavailable
+from hybridkex.keydelivery.source import KeySource
 from hybridkex.primitives.signature import private_key_pem
 from hybridkex.protocol.config import Config
 from hybridkex.protocol.identity import SigningIdentity, TrustStore
-from hybridkex.qkd.keysource import KeySource
 from hybridkex.tls import _openssl
 from hybridkex.tls.errors import TLSConfigurationError, UnknownGroup
 from hybridkex.tls.session import GROUPS, MODES, PSK_CIPHERSUITES

@@ -68,9 +68,10 @@ from tlslite import handshakesettings as tlslite_settings
 from tlslite.x509 import X509
 
 from hybridkex.errors import HybridKexError
+from hybridkex.keydelivery.keys import StoredKey
+from hybridkex.keydelivery.source import StoreKeySource
+from hybridkex.keydelivery.store import MemoryKeyStore
 from hybridkex.protocol import SigningIdentity
-from hybridkex.qkd.keysource import StoreKeySource
-from hybridkex.qkd.keystore import MemoryKeyStore, StoredKey
 from hybridkex.tls import (
     GROUPS,
     TLSAlertReceived,

@@ -1,6 +1,6 @@
 """The QKD key store on PostgreSQL, for a KME run as several processes or hosts.
 
-Same contract as :class:`~hybridkex.qkd.keystore.SQLiteKeyStore`: keys in 256-bit
+Same contract as :class:`~hybridkex.keydelivery.sqlite.SQLiteKeyStore`: keys in 256-bit
 units, one pool per direction, ``take`` and ``fetch`` deliver all or nothing, and a
 key's material is erased in the transaction that delivers it.  Open one with
 ``open_store("postgresql://user@host/db", site_id)`` or construct it directly; it
@@ -60,7 +60,7 @@ database must sit on encrypted storage whose key can be destroyed; the SQLite
 backend's ``secure_delete`` goes further on its own file.
 
 A take or fetch whose answer never arrives (the connection drops while it runs,
-or the client dies) raises :class:`~hybridkex.qkd.keystore.KeySourceError` if
+or the client dies) raises :class:`~hybridkex.keydelivery.KeySourceError` if
 anyone is left to raise it; the server may still have finished the statement, and
 the keys it delivered are then lost, which is safe: no key is ever delivered twice.
 A lost connection is replaced on the next call.  Errors from the database become
@@ -77,14 +77,9 @@ from contextlib import contextmanager
 from typing import Any
 
 from hybridkex.errors import BackendUnavailable, InvalidParameter
-from hybridkex.qkd.keystore import (
-    KeyNotAvailable,
-    KeysExhausted,
-    KeySourceError,
-    KeyStore,
-    StoredKey,
-    StoreStatus,
-)
+from hybridkex.keydelivery.errors import KeyNotAvailable, KeysExhausted, KeySourceError
+from hybridkex.keydelivery.keys import StoredKey
+from hybridkex.keydelivery.store import KeyStore, StoreStatus
 
 try:
     import psycopg

@@ -1,22 +1,22 @@
 """A Key Management Entity (KME) implementing ETSI GS QKD 014 V1.1.1 over the key store.
 
-* :mod:`hybridkex.qkd.kme.formats` - the spec's data formats and this KME's rules
+* :mod:`hybridkex.keydelivery.kme.formats` - the spec's data formats and this KME's rules
   (standard library only);
-* :mod:`hybridkex.qkd.kme.server` - the HTTPS server (needs the ``kme`` extra:
+* :mod:`hybridkex.keydelivery.kme.server` - the HTTPS server (needs the ``kme`` extra:
   ``pip install 'hybridkex[kme]'``, which brings aiohttp).
 
-``from hybridkex.qkd.kme import KMEServer`` imports the server lazily, so the formats
-(used by :mod:`hybridkex.qkd.kme_client`) never need aiohttp.  See docs/kme.md.
+``from hybridkex.keydelivery.kme import KMEServer`` imports the server lazily, so the formats
+(used by :mod:`hybridkex.keydelivery.kme.client`) never need aiohttp.  See docs/kme.md.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from hybridkex.qkd.kme.formats import KMELimits
+from hybridkex.keydelivery.kme.formats import KMELimits
 
 if TYPE_CHECKING:
-    from hybridkex.qkd.kme.server import (
+    from hybridkex.keydelivery.kme.server import (
         BackgroundKME,
         KMEServer,
         load_sae_map,
@@ -33,7 +33,7 @@ def __getattr__(name: str) -> Any:
         from hybridkex.errors import BackendUnavailable
 
         try:
-            from hybridkex.qkd.kme import server
+            from hybridkex.keydelivery.kme import server
         except ImportError as exc:
             if exc.name != "aiohttp" and not (exc.name or "").startswith("aiohttp."):
                 raise

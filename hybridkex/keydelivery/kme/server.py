@@ -3,7 +3,7 @@
 One KME serves the SAEs attached to one site.  The caller is identified by the subject
 common name of its client certificate (issued by the configured CA); the SAE map
 (SAE ID -> site ID) says where every SAE is attached.  Keys come from the site's
-:class:`~hybridkex.qkd.keystore.KeyStore`:
+:class:`~hybridkex.keydelivery.store.KeyStore`:
 
 * ``enc_keys`` from master SAE *M* (here) for slave SAE *S*:
   ``store.take(peer=site_of(S), number, size)``;
@@ -37,15 +37,9 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from hybridkex.errors import InvalidParameter
-from hybridkex.qkd.keystore import (
-    UNIT_BITS,
-    DeliveredKey,
-    KeyNotAvailable,
-    KeysExhausted,
-    KeySourceError,
-    KeyStore,
-)
-from hybridkex.qkd.kme.formats import (
+from hybridkex.keydelivery.errors import KeyNotAvailable, KeysExhausted, KeySourceError
+from hybridkex.keydelivery.keys import UNIT_BITS, DeliveredKey
+from hybridkex.keydelivery.kme.formats import (
     KEY_ID_ERROR,
     KEYS_NOT_FOUND,
     BadRequest,
@@ -63,6 +57,7 @@ from hybridkex.qkd.kme.formats import (
     parse_key_request_query,
     status_body,
 )
+from hybridkex.keydelivery.store import KeyStore
 
 __all__ = [
     "BackgroundKME",
@@ -156,7 +151,7 @@ def sae_id_of(peercert: Any) -> str | None:
 
 def openapi_document(limits: KMELimits) -> str:
     """The served OpenAPI document, with the numbers marked ``# limit:<name>`` filled in."""
-    text = resources.files("hybridkex.qkd.kme").joinpath("openapi.yaml").read_text("utf-8")
+    text = resources.files("hybridkex.keydelivery.kme").joinpath("openapi.yaml").read_text("utf-8")
 
     def fill(match: re.Match[str]) -> str:
         return f"{match.group(1)}{getattr(limits, match.group(3))}{match.group(2)}"

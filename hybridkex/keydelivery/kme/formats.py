@@ -2,13 +2,13 @@
 
 Everything here turns JSON values and query strings into checked Python values, or
 Python values into the JSON the spec defines; nothing touches a socket, a store or a
-clock, so the server (:mod:`hybridkex.qkd.kme.server`) is a thin layer over it.
+clock, so the server (:mod:`hybridkex.keydelivery.kme.server`) is a thin layer over it.
 
 Member names are the spec's own (``key_ID``, ``stored_key_count``, ...).  Sizes are bits.
 
 Keys other than the default 256 bits
 ------------------------------------
-The key store keeps 256-bit units (:mod:`hybridkex.qkd.keystore`).  A key of another
+The key store keeps 256-bit units (:mod:`hybridkex.keydelivery.keys`).  A key of another
 size is the first ``size`` bits of one unit (``size`` < 256) or of several consecutive
 units (``size`` > 256).  Its ``key_ID`` is the first unit's ID, and its
 ``key_ID_extension`` (an object the spec reserves "for future use") says the rest::
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hybridkex.errors import HybridKexError, InvalidParameter
-from hybridkex.qkd.keystore import (
+from hybridkex.keydelivery.keys import (
     MAX_KEY_BITS,
     MAX_KEYS_PER_REQUEST,
     UNIT_BITS,

@@ -5,16 +5,16 @@ SAE certificate (whose subject common name is its SAE ID) and checks the KME's
 certificate against ``ca`` and the host name in ``base_url``.  Each call opens its own
 connection, so one client may be shared between threads.
 
-Keys come back as :class:`~hybridkex.qkd.keystore.DeliveredKey`, exactly as the key
+Keys come back as :class:`~hybridkex.keydelivery.DeliveredKey`, exactly as the key
 store hands them out: for a key of other than 256 bits, ``extension`` holds the IDs of
 its further 256-bit units (hybridkex's ``key_ID_extension``, see docs/kme.md), and the
 slave side passes ``key.ids`` back to :meth:`KMEClient.get_keys_with_ids`.
 
-Errors are the key store's: :class:`~hybridkex.qkd.keystore.KeyNotAvailable` (400 about
-the key IDs: unknown, already delivered, malformed), :class:`~hybridkex.qkd.keystore.
+Errors are the key store's: :class:`~hybridkex.keydelivery.KeyNotAvailable` (400 about
+the key IDs: unknown, already delivered, malformed), :class:`~hybridkex.keydelivery.
 KeysExhausted` (503), :class:`KMEAuthenticationError` (401, or the KME refusing the
 client certificate), :class:`KMERequestError` (any other refusal) and
-:class:`~hybridkex.qkd.keystore.KeySourceError` (transport, timeouts, malformed answers).
+:class:`~hybridkex.keydelivery.KeySourceError` (transport, timeouts, malformed answers).
 """
 
 from __future__ import annotations
@@ -31,19 +31,14 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from hybridkex.errors import InvalidParameter
-from hybridkex.qkd.keystore import (
-    UNIT_BITS,
-    DeliveredKey,
-    KeyNotAvailable,
-    KeysExhausted,
-    KeySourceError,
-    units_for,
-)
-from hybridkex.qkd.kme.formats import EXT_SIZE, EXT_UNITS, KEY_ID_ERROR, KEYS_NOT_FOUND
+from hybridkex.keydelivery.errors import KeyNotAvailable, KeysExhausted, KeySourceError
+from hybridkex.keydelivery.keys import UNIT_BITS, DeliveredKey, KeyRef, units_for
+from hybridkex.keydelivery.kme.formats import EXT_SIZE, EXT_UNITS, KEY_ID_ERROR, KEYS_NOT_FOUND
 
 __all__ = [
     "KMEAuthenticationError",
     "KMEClient",
+    "KMEKeySource",
     "KMERequestError",
     "KMEStatus",
 ]
@@ -301,3 +296,34 @@ class KMEClient:
                                  f"{type(exc).__name__}: {exc}") from None
         finally:
             conn.close()
+
+
+class KMEKeySource:
+    """A :class:`KeySource` over an ETSI GS QKD 014 KME.
+
+    ``peers`` maps the peer identifier the session uses to the peer's SAE ID; without
+    it (``None``) the peer identifier *is* the SAE ID.  ``take`` is Get key for that
+    slave SAE, ``fetch`` Get key with key IDs from that master SAE.
+    """
+
+    def __init__(self, client: KMEClient, peers: Mapping[str, str] | None = None) -> None:
+        self.client = client
+        self.peers = dict(peers) if peers is not None else None
+
+    def sae_of(self, peer: str) -> str:
+        if self.peers is None:
+            return peer
+        try:
+            return self.peers[peer]
+        except KeyError:
+            raise KeySourceError(f"no SAE ID is configured for peer {peer!r}") from None
+
+    def take(self, peer: str, count: int = 1, size_bits: int = UNIT_BITS) -> list[DeliveredKey]:
+        return self.client.get_keys(self.sae_of(peer), count, size_bits)
+
+    def fetch(self, peer: str, key_ids: Sequence[KeyRef],
+              size_bits: int = UNIT_BITS) -> list[DeliveredKey]:
+        return self.client.get_keys_with_ids(self.sae_of(peer), key_ids, size_bits)
+
+    def __repr__(self) -> str:
+        return f"KMEKeySource({self.client!r})"

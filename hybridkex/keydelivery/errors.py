@@ -1,0 +1,25 @@
+"""The key-delivery errors: what a key source raises when it cannot deliver.
+
+Every key source (a key store, a KME client, anything a site plugs in) raises these,
+so the protocol and TLS layers catch one family whatever delivers their keys.  None
+carries key material; messages name counts and sites, never bytes of a key.
+"""
+
+from __future__ import annotations
+
+from hybridkex.errors import HybridKexError
+
+__all__ = ["KeyNotAvailable", "KeySourceError", "KeysExhausted"]
+
+
+class KeySourceError(HybridKexError):
+    """A key source could not deliver what was asked."""
+
+
+class KeysExhausted(KeySourceError):
+    """Not enough keys are available for this link; nothing was delivered."""
+
+
+class KeyNotAvailable(KeySourceError):
+    """A key ID is unknown, already delivered, or not this side's to fetch; nothing was
+    delivered."""
