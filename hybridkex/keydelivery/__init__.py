@@ -35,7 +35,7 @@ from hybridkex.keydelivery.keys import (
     new_key_id,
 )
 from hybridkex.keydelivery.pools import LinkedPools, linked_pools, random_units
-from hybridkex.keydelivery.source import KeySource, StoreKeySource
+from hybridkex.keydelivery.source import AsyncKeySource, KeySource, StoreKeySource
 from hybridkex.keydelivery.store import KeyStore, MemoryKeyStore, StoreStatus, open_store
 
 if TYPE_CHECKING:
@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 __all__ = [
     "UNIT_BITS",
     "UNIT_BYTES",
+    "AsyncKeySource",
     "DeliveredKey",
     "KMEClient",
     "KMEKeySource",

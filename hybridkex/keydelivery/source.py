@@ -24,7 +24,7 @@ from hybridkex.keydelivery.keys import UNIT_BITS, DeliveredKey, KeyRef
 if TYPE_CHECKING:
     from hybridkex.keydelivery.store import KeyStore
 
-__all__ = ["KeySource", "StoreKeySource"]
+__all__ = ["AsyncKeySource", "KeySource", "StoreKeySource"]
 
 
 @runtime_checkable
@@ -36,6 +36,23 @@ class KeySource(Protocol):
 
     def fetch(self, peer: str, key_ids: Sequence[KeyRef],
               size_bits: int = UNIT_BITS) -> list[DeliveredKey]: ...
+
+
+@runtime_checkable
+class AsyncKeySource(Protocol):
+    """The same two operations for an event loop: a source whose answer comes over the
+    network (a KME) implements these natively, so an asyncio driver never blocks on it.
+
+    An asyncio driver given an :class:`AsyncKeySource` awaits it; given a plain
+    :class:`KeySource`, it runs the call in an executor thread.  Either way the event
+    loop keeps serving other connections while the keys are on their way.
+    """
+
+    async def take_async(self, peer: str, count: int = 1,
+                         size_bits: int = UNIT_BITS) -> list[DeliveredKey]: ...
+
+    async def fetch_async(self, peer: str, key_ids: Sequence[KeyRef],
+                          size_bits: int = UNIT_BITS) -> list[DeliveredKey]: ...
 
 
 class StoreKeySource:
