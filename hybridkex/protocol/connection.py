@@ -60,6 +60,7 @@ from hybridkex.protocol.record import (
     RecordBuffer,
     RecordProtection,
     frame_record,
+    sealed_size,
 )
 from hybridkex.protocol.session import SessionInfo
 from hybridkex.protocol.suites import (
@@ -144,6 +145,9 @@ _DIRECTION = {"client": "c", "server": "s"}
 _POLY1305 = mac("Poly1305")
 _ALERT_LEVEL_FATAL = 2
 _ALERT_LEVEL_WARNING = 1
+_APPLICATION_DATA = int(ContentType.APPLICATION_DATA)
+_CONNECTED = State.CONNECTED  # a module constant: an enum member lookup costs ~70 ns
+_KEY_UPDATE_ROOM = 64  # room send_into keeps for a KeyUpdate record (24 bytes)
 
 
 def signed_content(role: str, transcript_hash: bytes) -> bytes:
@@ -212,8 +216,48 @@ class Connection:
         else:
             self._eof = True
 
+    def receive_buffer(self, size_hint: int = 1 << 16) -> memoryview:
+        """A writable view of the connection's own receive buffer (at least
+        ``size_hint`` bytes), for a transport that reads straight into it
+        (``sock.recv_into``) instead of handing over bytes; then ``buffer_received``."""
+        if self._eof:
+            raise LocalProtocolError("data after end of file")
+        return self._records.receive_buffer(size_hint)
+
+    def buffer_received(self, nbytes: int) -> None:
+        """``nbytes`` were written at the front of the last ``receive_buffer`` view."""
+        self._records.buffer_received(nbytes)
+
+    def receive_into(self, out: memoryview) -> int:
+        """Application data straight into ``out``: opens the whole application-data
+        records at the front of what was received, as many as fit, where they lie.
+        Returns the plaintext bytes written; 0 means none could be (an incomplete
+        record, another kind of record, one larger than ``out``, an event waiting),
+        and ``next_event`` then goes on as ever.  Only authenticated bytes are written."""
+        if (self.state is not _CONNECTED or self._events or self._handshake_buffer
+                or self._peer_closed):
+            return 0
+        assert self._receive is not None
+        try:
+            return self._records.open_application_data_into(self._receive, out)
+        except ProtocolError as exc:
+            self._fail(exc)
+            raise
+
     def next_event(self) -> Event | NeedData:
         """The next event, or NEED_DATA.  Raises a ProtocolError if the peer misbehaved."""
+        if self.state is _CONNECTED and not (self._events or self._handshake_buffer
+                                              or self._peer_closed):
+            # application data, the common case: opened where it lies, or None
+            try:
+                data = self._records.open_application_data(self._receive)  # type: ignore[arg-type]
+            except ProtocolError as exc:
+                self._fail(exc)
+                raise
+            if data is not None:
+                return DataReceived(data)
+            if not self._eof and not self._records.pending():
+                return NEED_DATA
         if self.state is State.ERROR:
             raise LocalProtocolError("the connection has failed; no further events")
         try:
@@ -246,15 +290,61 @@ class Connection:
 
     def send(self, data: bytes) -> None:
         """Queue application data; records are at most 16 KiB of plaintext each."""
-        self._require_open_for_sending()
+        if self.state is not _CONNECTED or self._sent_close:
+            self._require_open_for_sending()
+        interval = self.config.key_update_interval
         if type(data) is bytes and 0 < len(data) <= MAX_PLAINTEXT:
-            self._seal(ContentType.APPLICATION_DATA, data)  # the common case, no copy
+            sealer = self._send
+            assert sealer is not None
+            if sealer.seq + 1 < (interval or sealer.limit):
+                # the common case: one record, no key update due; header and ciphertext
+                # are queued apart, so data_to_send's join is their only copy
+                self._outgoing += sealer.seal_split(_APPLICATION_DATA, data)
+            else:
+                self._seal(ContentType.APPLICATION_DATA, data)
             return
         # Sealed straight from a read-only view of the caller's bytes: the AEAD reads
         # each slice in place, and the whole call runs before the caller regains control.
         with memoryview(data).cast("B") as view:
             for start in range(0, len(view), MAX_PLAINTEXT):
-                self._seal(ContentType.APPLICATION_DATA, view[start:start + MAX_PLAINTEXT])
+                sealer = self._send
+                assert sealer is not None
+                if sealer.seq + 1 < (interval or sealer.limit):
+                    self._outgoing += sealer.seal_split(_APPLICATION_DATA,
+                                                        view[start:start + MAX_PLAINTEXT])
+                else:  # a KeyUpdate first
+                    self._seal(ContentType.APPLICATION_DATA, view[start:start + MAX_PLAINTEXT])
+
+    def send_into(self, data: memoryview, out: memoryview) -> tuple[int, int]:
+        """Seal application data straight into ``out``, a transport's buffer, instead
+        of queueing it: as many records of ``data`` as fit (with a KeyUpdate where the
+        key is due one).  Returns (bytes of ``data`` sealed, bytes written to ``out``).
+        What ``data_to_send`` holds must be taken first, so records stay in order."""
+        self._require_open_for_sending()
+        if self._outgoing:
+            raise LocalProtocolError("take data_to_send() before send_into()")
+        assert self._send is not None
+        if type(data) is not memoryview:
+            data = memoryview(data)
+        if type(out) is not memoryview:
+            out = memoryview(out)
+        sealer, total, room = self._send, len(data), len(out)
+        interval = self.config.key_update_interval or sealer.limit
+        consumed = written = 0
+        while consumed < total:
+            stop = min(consumed + MAX_PLAINTEXT, total)
+            if room - written < sealed_size(stop - consumed) + _KEY_UPDATE_ROOM:
+                break
+            if sealer.seq + 1 >= interval:
+                self._send_key_update(request_peer=False)  # queued: moved into out
+                update = self.data_to_send()
+                out[written:written + len(update)] = update
+                written += len(update)
+                sealer = self._send
+            written += sealer.seal_into(ContentType.APPLICATION_DATA, data[consumed:stop],
+                                        out[written:])
+            consumed = stop
+        return consumed, written
 
     def key_update(self, request_peer: bool = True) -> None:
         """Move this side's sending key to its next generation (and ask the peer to do so)."""

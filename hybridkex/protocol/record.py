@@ -7,6 +7,14 @@ payload is the plaintext (ClientHello and ServerHello only); afterwards it is
 new key).  The header is authenticated, so a record's type and length cannot be
 changed; the sequence number is implicit, so a record that is dropped, replayed or
 reordered fails authentication at the receiver.
+
+Two ways through: records one at a time (``next_record``, ``seal``, ``open``: bytes in,
+bytes out), and for bulk transfer in place, without copies: a transport reads into
+:meth:`RecordBuffer.receive_buffer`, application-data records are opened from where
+they arrived straight into the application's buffer
+(:meth:`RecordBuffer.open_application_data_into`), and sealed straight into the
+transport's (:meth:`RecordProtection.seal_into`).  Both ways make the same checks in
+the same order, and neither ever hands out a byte that did not authenticate.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ from dataclasses import dataclass
 
 from hybridkex.errors import AuthenticationFailed, DecodeError, RecordAuthenticationFailed
 from hybridkex.primitives import aead
+from hybridkex.primitives.symmetric import TagMismatch
 from hybridkex.protocol.keyschedule import IV_SIZE, traffic_key_iv
 from hybridkex.protocol.suites import AlertDescription, ContentType, Suite
 
@@ -24,20 +33,25 @@ __all__ = [
     "HEADER_SIZE",
     "MAX_PAYLOAD",
     "MAX_PLAINTEXT",
+    "MAX_RECORD",
     "Record",
     "RecordBuffer",
     "RecordProtection",
     "frame_record",
+    "sealed_size",
 ]
 
 HEADER_SIZE = 3
 MAX_PLAINTEXT = 1 << 14
 MAX_PAYLOAD = MAX_PLAINTEXT + 256
+MAX_RECORD = HEADER_SIZE + MAX_PAYLOAD
 # Records one key may protect before it must be replaced.  AES-GCM: RFC 8446 section
 # 5.5 allows 2^24.5 full-size records for a 2^-57 margin; HKX/1 stops at 2^24.
 # ChaCha20-Poly1305's limit is beyond the 64-bit sequence space; 2^48 keeps the
 # sequence number far from wrapping.
 AEAD_RECORD_LIMITS = {"AES-256-GCM": 1 << 24, "ChaCha20-Poly1305": 1 << 48}
+_TAG_SIZE = 16  # both record AEADs
+_APPLICATION_DATA = int(ContentType.APPLICATION_DATA)
 _CONTENT_TYPES = frozenset(int(t) for t in ContentType)
 _HEADER = struct.Struct(">BH")
 _pack_header = _HEADER.pack
@@ -59,38 +73,92 @@ def frame_record(content_type: int, payload: bytes) -> bytes:
     return _pack_header(content_type, len(payload)) + payload
 
 
+def sealed_size(plaintext_size: int) -> int:
+    """Bytes on the wire for ``plaintext_size`` bytes of data in full-size sealed records."""
+    records = -(-plaintext_size // MAX_PLAINTEXT)
+    return plaintext_size + records * (HEADER_SIZE + _TAG_SIZE)
+
+
 class RecordBuffer:
     """Bytes from the transport in, whole records out; lengths checked before buffering.
 
-    Records are read in place from what ``feed`` was given (an offset moves along it),
-    so a payload is copied once, into its :class:`Record`.  Only a record split across
-    two ``feed`` calls makes the buffer gather bytes into a bytearray of its own.
+    Bytes given to ``feed`` are read in place (an offset moves along them), so a
+    payload is copied at most once.  Only a record split across two ``feed`` calls,
+    or a transport that reads into :meth:`receive_buffer`, makes the buffer keep bytes
+    in a bytearray of its own (the store).  The store is never resized, only replaced
+    by a larger one, so a view of it that someone still holds can never make it fail.
     """
 
-    __slots__ = ("_data", "_pos")
+    __slots__ = ("_data", "_end", "_keep", "_pos", "_store")
 
     def __init__(self) -> None:
-        self._data: bytes | bytearray = b""
-        self._pos = 0
+        self._data: bytes | bytearray = b""  # what records are read from: fed bytes or the store
+        self._pos = 0  # the first unread byte of _data
+        self._end = 0  # the end of what _data holds
+        self._store: bytearray | None = None
+        self._keep = False  # keep the store between reads (a transport reads into it)
 
     def feed(self, data: bytes) -> None:
         if not data:
             return
-        if self._pos == len(self._data):  # everything read: start over on the new bytes
+        if self._pos == self._end:  # everything read: start over on the new bytes
             self._data = data if type(data) is bytes else bytes(data)
-            self._pos = 0
+            self._pos, self._end = 0, len(self._data)
             return
-        if type(self._data) is bytes:  # an incomplete record waits: gather from here on
-            self._data = bytearray(memoryview(self._data)[self._pos:])
-            self._pos = 0
-        self._data += data
+        size = len(data)  # an incomplete record waits: gather from here on
+        store = self._reserve(size)
+        store[self._end:self._end + size] = data
+        self._end += size
+
+    def receive_buffer(self, size_hint: int) -> memoryview:
+        """A writable view of at least ``size_hint`` free bytes after what is buffered,
+        for a transport that reads straight into it (``socket.recv_into``); report how
+        many bytes it wrote with :meth:`buffer_received`."""
+        self._keep = True
+        store = self._reserve(max(size_hint, 1))
+        return memoryview(store)[self._end:]
+
+    def buffer_received(self, nbytes: int) -> None:
+        if self._data is not self._store or not 0 <= nbytes <= len(self._data) - self._end:
+            raise ValueError("buffer_received() does not match the last receive_buffer()")
+        self._end += nbytes
+
+    def _reserve(self, room: int) -> bytearray:
+        """Make the store what records are read from, unread bytes first and at least
+        ``room`` free bytes after them."""
+        data, pos, end, store = self._data, self._pos, self._end, self._store
+        if data is store and store is not None and len(store) - end >= room:
+            return store
+        unread = end - pos
+        if store is None or len(store) < unread + room:
+            # a transport's store also has room for one more whole record, so that a
+            # record split across two reads never makes it grow; a gathering one doubles
+            size = unread + room + (MAX_RECORD if self._keep else 0)
+            grown = bytearray(max(size, 2 * len(store) if store is not None else 0))
+            with memoryview(data) as view:
+                grown[:unread] = view[pos:end]
+            store = self._store = grown
+        elif unread:
+            store[:unread] = data[pos:end]  # a copy first: the two ranges may overlap
+        self._data, self._pos, self._end = store, 0, unread
+        return store
+
+    def _consumed(self, pos: int) -> None:
+        """Everything before ``pos`` has been read."""
+        if pos < self._end:
+            self._pos = pos
+            return
+        # all read: drop the reference to the transport's bytes (and to a gathered store)
+        self._data, self._pos, self._end = b"", 0, 0
+        if not self._keep:
+            self._store = None
 
     def pending(self) -> int:
-        return len(self._data) - self._pos
+        return self._end - self._pos
 
     def next_record(self) -> Record | None:
         data, pos = self._data, self._pos
-        if len(data) - pos < HEADER_SIZE:
+        if self._end - pos < HEADER_SIZE:
             return None
         content_type, length = _unpack_header(data, pos)
         if content_type not in _CONTENT_TYPES:
@@ -99,37 +167,92 @@ class RecordBuffer:
         if length > MAX_PAYLOAD:
             raise DecodeError(f"record of {length} bytes exceeds {MAX_PAYLOAD}",
                               AlertDescription.RECORD_OVERFLOW)
-        end = pos + HEADER_SIZE + length
-        if len(data) < end:
+        stop = pos + HEADER_SIZE + length
+        if self._end < stop:
             return None
         if type(data) is bytes:
-            payload = data[pos + HEADER_SIZE:end]
+            payload = data[pos + HEADER_SIZE:stop]
         else:
             with memoryview(data) as view:
-                payload = view[pos + HEADER_SIZE:end].tobytes()
-        if end == len(data):  # all read: drop the reference to the transport's bytes
-            self._data, self._pos = b"", 0
-        elif type(data) is bytearray and end >= MAX_PAYLOAD:
-            del data[:end]  # keep what was gathered from growing without bound
-            self._pos = 0
-        else:
-            self._pos = end
+                payload = view[pos + HEADER_SIZE:stop].tobytes()
+        self._consumed(stop)
         return Record(content_type, payload)
+
+    # -- application data in place -----------------------------------------------------
+    # Both methods take only what the general path (next_record, then
+    # RecordProtection.open) would accept: a whole application-data record whose
+    # plaintext fits in 2^14 bytes.  Anything else (another type, a bad length, an
+    # incomplete record) is left where it is, for next_record to read and refuse with
+    # the same error as ever.
+
+    def open_application_data(self, protection: RecordProtection) -> bytes | None:
+        """The plaintext of the next record if it is whole application data; else None."""
+        data, pos = self._data, self._pos
+        if self._end - pos < HEADER_SIZE or data[pos] != _APPLICATION_DATA:
+            return None
+        length = data[pos + 1] << 8 | data[pos + 2]
+        stop = pos + HEADER_SIZE + length
+        if stop > self._end or not _TAG_SIZE <= length <= MAX_PLAINTEXT + _TAG_SIZE:
+            return None
+        plaintext = protection.open_payload(_APPLICATION_DATA,
+                                            memoryview(data)[pos + HEADER_SIZE:stop])
+        if stop < self._end:
+            self._pos = stop
+        else:  # all read, as in _consumed (inlined: this is once per record)
+            self._data, self._pos, self._end = b"", 0, 0
+            if not self._keep:
+                self._store = None
+        return plaintext
+
+    def open_application_data_into(self, protection: RecordProtection,
+                                   out: memoryview) -> int:
+        """Open whole application-data records at the front of the buffer straight into
+        ``out``, as many as fit; returns the plaintext bytes written (0: none could be).
+
+        A record that fails authentication after others were opened stays unread and
+        fails the next call, so the plaintext that did authenticate is delivered first.
+        """
+        data, pos, end = self._data, self._pos, self._end
+        room = len(out)
+        written = 0
+        view = None
+        while end - pos >= HEADER_SIZE and data[pos] == _APPLICATION_DATA:
+            length = data[pos + 1] << 8 | data[pos + 2]
+            size = length - _TAG_SIZE
+            stop = pos + HEADER_SIZE + length
+            if stop > end or not 0 <= size <= MAX_PLAINTEXT or size > room - written:
+                break
+            if view is None:
+                view = memoryview(data)
+            try:
+                protection.open_payload_into(_APPLICATION_DATA, view[pos + HEADER_SIZE:stop],
+                                             out[written:written + size])
+            except RecordAuthenticationFailed:
+                if not written:
+                    raise
+                break
+            written += size
+            pos = stop
+        self._consumed(pos)
+        return written
 
 
 class RecordProtection:
     """One direction's current key: seals (sender) or opens (receiver) records in order.
 
     The AEAD is keyed once (:meth:`hybridkex.primitives.AEAD.keyed`); the key bytes are
-    not kept beside it.  The IV is held as an integer, so a nonce is one XOR.
+    not kept beside it.  The IV is held as an integer, so a nonce is one XOR.  The
+    sequence number moves on only when a record has been sealed or has opened.
     """
 
-    __slots__ = ("_aead", "_iv", "_tag_size", "limit", "seq")
+    __slots__ = ("_aead", "_decrypt", "_encrypt", "_iv", "_tag_size", "limit", "seq")
 
     def __init__(self, suite: Suite, secret: bytes) -> None:
         algorithm = aead(suite.aead)
         key, iv = traffic_key_iv(suite, secret)
         self._aead = algorithm.keyed(key)
+        # seal and open_payload make their own arguments: nonce, header, checked length
+        self._encrypt, self._decrypt = self._aead.backend_calls()
         self._iv = int.from_bytes(iv, "big")
         self._tag_size = algorithm.tag_size
         self.seq = 0
@@ -139,31 +262,93 @@ class RecordProtection:
         return f"<RecordProtection {self._aead.name} seq={self.seq}>"
 
     def _nonce(self) -> bytes:
-        """iv XOR seq, seq as a 12-byte big-endian integer; then the next seq."""
+        """iv XOR seq, seq as a 12-byte big-endian integer (inlined in seal and
+        open_payload, the per-record paths)."""
         seq = self.seq
         if seq >= self.limit:
-            # The sender replaces its key before this; reaching it means a peer that
-            # did not, and the receiver refuses rather than weaken the AEAD's bounds.
-            raise DecodeError("record sequence reached the AEAD usage limit without a key update",
-                              AlertDescription.INSUFFICIENT_SECURITY)
-        self.seq = seq + 1
+            raise _limit_reached()
         return (self._iv ^ seq).to_bytes(IV_SIZE, "big")
 
     def seal(self, content_type: int, plaintext: bytes | memoryview) -> bytes:
-        if len(plaintext) > MAX_PLAINTEXT:
+        size = len(plaintext)
+        if size > MAX_PLAINTEXT:
             raise ValueError("record plaintext too long")
-        header = _pack_header(content_type, len(plaintext) + self._tag_size)
-        return header + self._aead.encrypt(self._nonce(), plaintext, header)
+        seq = self.seq
+        if seq >= self.limit:
+            raise _limit_reached()
+        header = _pack_header(content_type, size + self._tag_size)
+        sealed = header + self._encrypt((self._iv ^ seq).to_bytes(IV_SIZE, "big"),
+                                        plaintext, header)
+        self.seq = seq + 1
+        return sealed
+
+    def seal_split(self, content_type: int, plaintext: bytes | memoryview) -> tuple[bytes, bytes]:
+        """:meth:`seal` as (header, ciphertext), for a sender that joins many records
+        into one write anyway: the join is then the only copy of the ciphertext."""
+        size = len(plaintext)
+        if size > MAX_PLAINTEXT:
+            raise ValueError("record plaintext too long")
+        seq = self.seq
+        if seq >= self.limit:
+            raise _limit_reached()
+        header = _pack_header(content_type, size + self._tag_size)
+        sealed = self._encrypt((self._iv ^ seq).to_bytes(IV_SIZE, "big"), plaintext, header)
+        self.seq = seq + 1
+        return header, sealed
+
+    def seal_into(self, content_type: int, plaintext: bytes | memoryview,
+                  out: memoryview) -> int:
+        """Seal one record into the front of ``out``; returns its size on the wire."""
+        size = len(plaintext)
+        if size > MAX_PLAINTEXT:
+            raise ValueError("record plaintext too long")
+        header = _pack_header(content_type, size + self._tag_size)
+        stop = HEADER_SIZE + size + self._tag_size
+        out[:HEADER_SIZE] = header
+        self._aead.encrypt_into(self._nonce(), plaintext, header, out[HEADER_SIZE:stop])
+        self.seq += 1
+        return stop
 
     def open(self, record: Record) -> bytes:
-        header = _pack_header(record.content_type, len(record.payload))
+        return self.open_payload(record.content_type, record.payload)
+
+    def open_payload(self, content_type: int, payload: bytes | memoryview) -> bytes:
+        """The plaintext of a record of ``content_type`` whose payload is ``payload``."""
+        seq = self.seq
+        if seq >= self.limit:
+            raise _limit_reached()
+        header = _pack_header(content_type, len(payload))
         try:
-            plaintext = self._aead.decrypt(self._nonce(), record.payload, header)
-        except AuthenticationFailed:
-            raise RecordAuthenticationFailed(
-                "a record failed authentication: tampered, reordered, replayed or from "
-                "another key") from None
+            plaintext = self._decrypt((self._iv ^ seq).to_bytes(IV_SIZE, "big"), payload, header)
+        except TagMismatch:
+            raise _authentication_failed() from None
+        self.seq = seq + 1
         if len(plaintext) > MAX_PLAINTEXT:
             raise DecodeError("record plaintext exceeds 2^14 bytes",
                               AlertDescription.RECORD_OVERFLOW)
         return plaintext
+
+    def open_payload_into(self, content_type: int, payload: memoryview,
+                          out: memoryview) -> int:
+        """:meth:`open_payload`, written into ``out`` (exactly the plaintext's size),
+        which is wiped if the record does not authenticate."""
+        header = _pack_header(content_type, len(payload))
+        try:
+            size = self._aead.decrypt_into(self._nonce(), payload, header, out)
+        except AuthenticationFailed:
+            raise _authentication_failed() from None
+        self.seq += 1
+        return size
+
+
+def _limit_reached() -> DecodeError:
+    # The sender replaces its key before this; reaching it means a peer that did not,
+    # and the receiver refuses rather than weaken the AEAD's bounds.
+    return DecodeError("record sequence reached the AEAD usage limit without a key update",
+                       AlertDescription.INSUFFICIENT_SECURITY)
+
+
+def _authentication_failed() -> RecordAuthenticationFailed:
+    return RecordAuthenticationFailed(
+        "a record failed authentication: tampered, reordered, replayed or from "
+        "another key")

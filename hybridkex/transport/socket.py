@@ -27,6 +27,7 @@ from hybridkex.protocol import (
     SessionInfo,
     State,
 )
+from hybridkex.protocol.record import MAX_RECORD, sealed_size
 from hybridkex.transport.stream import READ_SIZE, WRITE_SLICE, StreamSocket
 
 if TYPE_CHECKING:
@@ -47,6 +48,7 @@ class SecureSocket(StreamSocket):
         self.server_side = server_side
         self._conn: Connection = context.new_connection(server_side, peer)
         self._handshake_timeout = handshake_timeout
+        self._out: memoryview | None = None  # sendall seals into it; only the wire's holder
 
     def __repr__(self) -> str:
         return f"<hybridkex.SecureSocket {self._conn!r} fd={self._sock.fileno()}>"
@@ -123,6 +125,64 @@ class SecureSocket(StreamSocket):
 
     # -- socket interface ---------------------------------------------------------------
 
+    def _read_more(self) -> None:
+        """One read from the socket, straight into the connection's receive buffer.
+
+        Only the reader (holding ``_reading``) touches the receive buffer, so the read
+        itself runs without ``_state``, and a writer can seal meanwhile."""
+        with self._state:
+            view = self._conn.receive_buffer(READ_SIZE)
+        try:
+            with view:
+                count = self._sock.recv_into(view)
+        except ConnectionResetError as exc:
+            raise ConnectionTruncated("the peer reset the connection") from exc
+        with self._state:
+            if count:
+                self._conn.buffer_received(count)
+            else:
+                self._conn.receive_data(b"")
+
+    def _open_into(self, out: memoryview) -> int:
+        """Application data opened straight into ``out`` (see Connection.receive_into)."""
+        try:
+            with self._state:
+                return self._conn.receive_into(out)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                self._flush(wait=False)  # the alert goes out before the error surfaces
+            raise
+
+    def _next_data(self) -> bytes | None:
+        """Run the connection's events up to the next application data (returned), the
+        peer's close_notify or a need for more bytes (None); send what it answers."""
+        answered = False  # whether the connection may have queued something to send
+        try:
+            with self._state:
+                while True:
+                    event = self._conn.next_event()
+                    if isinstance(event, DataReceived):
+                        return event.data
+                    if isinstance(event, NeedData):
+                        return None
+                    answered = True  # a KeyUpdate or QKD re-key may have been answered
+                    if isinstance(event, ConnectionClosed):
+                        self._peer_closed = True
+                        return None
+        except BaseException:
+            answered = True  # the alert goes out before the error surfaces
+            raise
+        finally:
+            if answered:  # never waiting for the wire: see StreamSocket._flush
+                with contextlib.suppress(OSError):
+                    self._flush(wait=False)
+
+    def _take_plaintext(self, out: memoryview) -> int:
+        count = min(len(out), len(self._plaintext))
+        out[:count] = self._plaintext[:count]
+        del self._plaintext[:count]
+        return count
+
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
         """Up to ``bufsize`` bytes of authenticated plaintext; b"" after the peer's
         close_notify.  A transport that ends without close_notify raises
@@ -133,27 +193,82 @@ class SecureSocket(StreamSocket):
             raise ValueError("negative buffer size")
         self._check_usable()
         with self._reading:
-            while not self._plaintext and not self._peer_closed and bufsize:
-                try:
-                    data = self._sock.recv(READ_SIZE)
-                except ConnectionResetError as exc:
-                    raise ConnectionTruncated("the peer reset the connection") from exc
-                self._feed(data)
-            chunk = bytes(self._plaintext[:bufsize])
-            del self._plaintext[:bufsize]
-            return chunk
+            while bufsize:
+                if self._plaintext:
+                    chunk = bytes(self._plaintext[:bufsize])
+                    del self._plaintext[:bufsize]
+                    return chunk
+                if self._peer_closed:
+                    break
+                data = self._next_data()
+                if data is not None:
+                    if len(data) <= bufsize:
+                        return data  # a whole record's plaintext, as it was opened
+                    self._plaintext += memoryview(data)[bufsize:]
+                    return data[:bufsize]
+                if not self._peer_closed:
+                    self._read_more()
+            return b""
+
+    def recv_into(self, buffer: Buffer, nbytes: int = 0, flags: int = 0) -> int:
+        """Authenticated plaintext written into ``buffer``, whole records opened straight
+        into it; returns the bytes written (0 after the peer's close_notify)."""
+        if flags:
+            raise ValueError("flags are not supported on a secure socket")
+        if nbytes < 0:
+            raise ValueError("negative buffer size")
+        view = memoryview(buffer).cast("B")
+        if view.readonly:
+            raise TypeError("recv_into needs a writable buffer")
+        if nbytes and nbytes < len(view):
+            view = view[:nbytes]
+        self._check_usable()
+        with self._reading:
+            while len(view):
+                if self._plaintext:
+                    return self._take_plaintext(view)
+                if self._peer_closed:
+                    break
+                count = self._open_into(view)
+                if count:
+                    return count
+                data = self._next_data()
+                if data is not None:
+                    count = min(len(data), len(view))
+                    view[:count] = memoryview(data)[:count]
+                    self._plaintext += memoryview(data)[count:]
+                    return count
+                if not self._peer_closed:
+                    self._read_more()
+            return 0
 
     def sendall(self, data: Buffer, flags: int = 0) -> None:
+        """Seals ``data`` straight into a buffer of this socket's (a slice at a time, so
+        a large write never builds one large buffer of ciphertext and the peer starts
+        decrypting sooner) and writes it."""
         if flags:
             raise ValueError("flags are not supported on a secure socket")
         self._check_usable()
         view = memoryview(data).cast("B")
-        # Sealed and written a slice at a time, so a large write never builds one large
-        # buffer of ciphertext (and the peer starts decrypting sooner).
-        for start in range(0, len(view), WRITE_SLICE):
-            with self._state:
-                self._conn.send(bytes(view[start:start + WRITE_SLICE]))
-            self._flush()
+        if self._out is None:
+            self._out = memoryview(bytearray(sealed_size(WRITE_SLICE) + MAX_RECORD))
+        out = self._out
+        self._wire.acquire()
+        try:
+            for start in range(0, len(view), WRITE_SLICE):
+                chunk = view[start:start + WRITE_SLICE]
+                while len(chunk):
+                    with self._state:
+                        queued = self._conn.data_to_send()  # sealed earlier: goes first
+                        used, size = self._conn.send_into(chunk, out)
+                    if queued:
+                        self._sock.sendall(queued)
+                    self._sock.sendall(out[:size])
+                    chunk = chunk[used:]
+        except BaseException:
+            self._wire.release()
+            raise
+        self._drain_wire()
 
     def key_update(self, request_peer: bool = True) -> None:
         self._check_usable()

@@ -87,8 +87,12 @@ class StreamSocket(abc.ABC):
         pass ``wait=False``: a reader that waited for a writer blocked on a full socket
         could deadlock two peers that both write and read at once.
         """
-        if not self._wire.acquire(blocking=wait):
-            return
+        if self._wire.acquire(blocking=wait):
+            self._drain_wire()
+
+    def _drain_wire(self) -> None:
+        """With ``_wire`` held: write what the connection has sealed until nothing is
+        left, then let go of the wire (also when the write fails)."""
         try:
             while True:
                 with self._state:
