@@ -24,6 +24,7 @@ __all__ = ["AEAD", "HMAC", "MAC", "KeyedAEAD", "Poly1305", "TagMismatch"]
 #: What :meth:`KeyedAEAD.backend_calls`' ``decrypt`` raises for a tag that does not verify.
 TagMismatch = InvalidTag
 _RawAEADCall = Callable[[bytes, "bytes | memoryview", bytes], bytes]
+_RawAEADIntoCall = Callable[[bytes, "bytes | memoryview", bytes, memoryview], int]
 
 # A single AEAD call takes at most this much plaintext (cryptography's own limit is 2**31-1).
 _MAX_AEAD_INPUT = 2**31 - 1
@@ -99,17 +100,22 @@ class KeyedAEAD:
     def __repr__(self) -> str:  # never the key
         return f"<KeyedAEAD {self.name}>"
 
-    def backend_calls(self) -> tuple[_RawAEADCall, _RawAEADCall]:
-        """The backend's own ``encrypt`` and ``decrypt`` under this key, without the
-        argument checks of :meth:`encrypt` and :meth:`decrypt`.
+    def backend_calls(self) -> tuple[_RawAEADCall, _RawAEADCall, _RawAEADIntoCall,
+                                     _RawAEADIntoCall]:
+        """The backend's own ``encrypt``, ``decrypt``, ``encrypt_into`` and
+        ``decrypt_into`` under this key, without the argument checks of this object's
+        methods.
 
         For the record layer, which makes every argument itself (a 12-byte ``bytes``
         nonce from its sequence number, the ``bytes`` record header, a payload whose
         length it has checked) and would otherwise pay for the checks, a Python call
         and the error translation on every record: at 16 KiB that is a tenth of an
         AES-GCM call.  ``decrypt`` raises :data:`TagMismatch` when the tag does not
-        verify (or the ciphertext is shorter than the tag), and releases nothing."""
-        return self._cipher.encrypt, self._cipher.decrypt
+        verify (or the ciphertext is shorter than the tag), and releases nothing; so
+        does ``decrypt_into``, after writing unauthenticated bytes into its buffer,
+        which the caller must then wipe (as :meth:`decrypt_into` does)."""
+        cipher = self._cipher
+        return cipher.encrypt, cipher.decrypt, cipher.encrypt_into, cipher.decrypt_into
 
     # The checks are those of AEAD.encrypt/decrypt; ``bytes`` arguments of the right
     # size (the record layer's) pass on two comparisons each, without a call.

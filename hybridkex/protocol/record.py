@@ -22,7 +22,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from hybridkex.errors import AuthenticationFailed, DecodeError, RecordAuthenticationFailed
+from hybridkex.errors import DecodeError, RecordAuthenticationFailed
 from hybridkex.primitives import aead
 from hybridkex.primitives.symmetric import TagMismatch
 from hybridkex.protocol.keyschedule import IV_SIZE, traffic_key_iv
@@ -241,18 +241,21 @@ class RecordProtection:
     """One direction's current key: seals (sender) or opens (receiver) records in order.
 
     The AEAD is keyed once (:meth:`hybridkex.primitives.AEAD.keyed`); the key bytes are
-    not kept beside it.  The IV is held as an integer, so a nonce is one XOR.  The
-    sequence number moves on only when a record has been sealed or has opened.
+    not kept beside it.  The IV is held as an integer, so a nonce (iv XOR seq, seq as a
+    12-byte big-endian integer) is one XOR.  The sequence number moves on only when a
+    record has been sealed or has opened, and never reaches the AEAD's usage limit.
     """
 
-    __slots__ = ("_aead", "_decrypt", "_encrypt", "_iv", "_tag_size", "limit", "seq")
+    __slots__ = ("_aead", "_decrypt", "_decrypt_into", "_encrypt", "_encrypt_into", "_iv",
+                 "_tag_size", "limit", "seq")
 
     def __init__(self, suite: Suite, secret: bytes) -> None:
         algorithm = aead(suite.aead)
         key, iv = traffic_key_iv(suite, secret)
         self._aead = algorithm.keyed(key)
         # seal and open_payload make their own arguments: nonce, header, checked length
-        self._encrypt, self._decrypt = self._aead.backend_calls()
+        (self._encrypt, self._decrypt, self._encrypt_into,
+         self._decrypt_into) = self._aead.backend_calls()
         self._iv = int.from_bytes(iv, "big")
         self._tag_size = algorithm.tag_size
         self.seq = 0
@@ -260,14 +263,6 @@ class RecordProtection:
 
     def __repr__(self) -> str:
         return f"<RecordProtection {self._aead.name} seq={self.seq}>"
-
-    def _nonce(self) -> bytes:
-        """iv XOR seq, seq as a 12-byte big-endian integer (inlined in seal and
-        open_payload, the per-record paths)."""
-        seq = self.seq
-        if seq >= self.limit:
-            raise _limit_reached()
-        return (self._iv ^ seq).to_bytes(IV_SIZE, "big")
 
     def seal(self, content_type: int, plaintext: bytes | memoryview) -> bytes:
         size = len(plaintext)
@@ -302,11 +297,15 @@ class RecordProtection:
         size = len(plaintext)
         if size > MAX_PLAINTEXT:
             raise ValueError("record plaintext too long")
+        seq = self.seq
+        if seq >= self.limit:
+            raise _limit_reached()
         header = _pack_header(content_type, size + self._tag_size)
         stop = HEADER_SIZE + size + self._tag_size
         out[:HEADER_SIZE] = header
-        self._aead.encrypt_into(self._nonce(), plaintext, header, out[HEADER_SIZE:stop])
-        self.seq += 1
+        self._encrypt_into((self._iv ^ seq).to_bytes(IV_SIZE, "big"), plaintext, header,
+                           out[HEADER_SIZE:stop])
+        self.seq = seq + 1
         return stop
 
     def open(self, record: Record) -> bytes:
@@ -332,12 +331,17 @@ class RecordProtection:
                           out: memoryview) -> int:
         """:meth:`open_payload`, written into ``out`` (exactly the plaintext's size),
         which is wiped if the record does not authenticate."""
+        seq = self.seq
+        if seq >= self.limit:
+            raise _limit_reached()
         header = _pack_header(content_type, len(payload))
         try:
-            size = self._aead.decrypt_into(self._nonce(), payload, header, out)
-        except AuthenticationFailed:
+            size = self._decrypt_into((self._iv ^ seq).to_bytes(IV_SIZE, "big"), payload,
+                                      header, out)
+        except TagMismatch:
+            out[:] = bytes(len(out))  # the backend wrote before it checked the tag
             raise _authentication_failed() from None
-        self.seq += 1
+        self.seq = seq + 1
         return size
 
 

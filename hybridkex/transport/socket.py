@@ -28,7 +28,7 @@ from hybridkex.protocol import (
     State,
 )
 from hybridkex.protocol.record import MAX_RECORD, sealed_size
-from hybridkex.transport.stream import READ_SIZE, WRITE_SLICE, StreamSocket
+from hybridkex.transport.stream import READ_SIZE, StreamSocket
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
@@ -36,6 +36,12 @@ if TYPE_CHECKING:
     from hybridkex.transport.context import Context
 
 __all__ = ["SecureSocket"]
+
+# Bulk transfer goes through buffers of the socket's and the connection's own, made
+# once and reused, so large slices cost no allocation, only fewer system calls: one
+# write per MiB sent (TLS stacks write each record apart), 256 KiB asked of each read.
+SEAL_SLICE = 1 << 20  # plaintext sealed per write, at most
+READ_INTO = 1 << 18  # bytes asked of each read
 
 
 class SecureSocket(StreamSocket):
@@ -131,7 +137,7 @@ class SecureSocket(StreamSocket):
         Only the reader (holding ``_reading``) touches the receive buffer, so the read
         itself runs without ``_state``, and a writer can seal meanwhile."""
         with self._state:
-            view = self._conn.receive_buffer(READ_SIZE)
+            view = self._conn.receive_buffer(READ_INTO)
         try:
             with view:
                 count = self._sock.recv_into(view)
@@ -243,27 +249,28 @@ class SecureSocket(StreamSocket):
             return 0
 
     def sendall(self, data: Buffer, flags: int = 0) -> None:
-        """Seals ``data`` straight into a buffer of this socket's (a slice at a time, so
-        a large write never builds one large buffer of ciphertext and the peer starts
-        decrypting sooner) and writes it."""
+        """Seals ``data`` straight into a buffer of this socket's and writes it, a slice
+        of at most ``SEAL_SLICE`` at a time (so the peer starts decrypting sooner)."""
         if flags:
             raise ValueError("flags are not supported on a secure socket")
         self._check_usable()
         view = memoryview(data).cast("B")
-        if self._out is None:
-            self._out = memoryview(bytearray(sealed_size(WRITE_SLICE) + MAX_RECORD))
-        out = self._out
         self._wire.acquire()
         try:
-            for start in range(0, len(view), WRITE_SLICE):
-                chunk = view[start:start + WRITE_SLICE]
+            # sized for the largest write seen so far: small writes keep a small buffer
+            size = sealed_size(min(len(view), SEAL_SLICE)) + MAX_RECORD
+            if self._out is None or len(self._out) < size:
+                self._out = memoryview(bytearray(size))
+            out = self._out
+            for start in range(0, len(view), SEAL_SLICE):
+                chunk = view[start:start + SEAL_SLICE]
                 while len(chunk):
                     with self._state:
                         queued = self._conn.data_to_send()  # sealed earlier: goes first
-                        used, size = self._conn.send_into(chunk, out)
+                        used, written = self._conn.send_into(chunk, out)
                     if queued:
                         self._sock.sendall(queued)
-                    self._sock.sendall(out[:size])
+                    self._sock.sendall(out[:written])
                     chunk = chunk[used:]
         except BaseException:
             self._wire.release()
