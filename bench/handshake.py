@@ -106,10 +106,10 @@ RECORD = 1 << 14
 BULK_RECORDS = 64
 PSK_UNITS = 3  # binder + two AuthMacs, besides the QKD key
 
-GOAL_TLS = 1.0  # bootstrap rate / TLS 1.3 rate, at least
-GOAL_FLOOR = 1.2  # bootstrap time / floor time, at most
-GOAL_PSK = 3.0  # psk rate / bootstrap rate, at least
-GOAL_RECORD = 0.5  # record MB/s / raw AES-256-GCM MB/s, at least
+GOAL_TLS = 1.1  # X.509 bootstrap rate / TLS 1.3 rate, at least
+GOAL_FLOOR = 1.15  # handshake time / floor time, at most, for every configuration
+GOAL_PSK = 3.0  # psk rate / bootstrap rate, at least (an earlier goal, still reported)
+GOAL_RECORD = 0.7  # record MB/s / raw AES-256-GCM MB/s, at least
 
 
 # -- identities and key pools -------------------------------------------------------------
@@ -630,12 +630,14 @@ def goals(results: dict[str, Any]) -> list[tuple[bool, str]]:
     out: list[tuple[bool, str]] = []
     boot = [r for r in rows if r["bootstrap"]]
     for r in boot:
-        out.append((r["hkx_over_tls"] >= GOAL_TLS,
-                    f"{r['name']}: {r['hkx_over_tls']:.2f}x the TLS 1.3 {r['tls']} rate "
-                    f"(goal >= {GOAL_TLS:.1f}x)"))
+        if r["x509"]:
+            out.append((r["hkx_over_tls"] >= GOAL_TLS,
+                        f"{r['name']}: {r['hkx_over_tls']:.2f}x the TLS 1.3 {r['tls']} rate "
+                        f"(goal >= {GOAL_TLS:.1f}x)"))
+    for r in rows:
         out.append((r["hs_over_floor"] <= GOAL_FLOOR,
-                    f"{r['name']}: {r['hs_over_floor']:.2f}x its primitive floor "
-                    f"(paired {r['hs_over_floor_paired']:.2f}; goal <= {GOAL_FLOOR:.1f}x)"))
+                    f"{r['name']} {r['suite']}: {r['hs_over_floor']:.2f}x its primitive floor "
+                    f"(paired {r['hs_over_floor_paired']:.2f}; goal <= {GOAL_FLOOR:.2f}x)"))
     psk = next(r for r in rows if r["auth"] == "psk" and r["suite"] == "0x0101")
     for r in boot:
         ratio = psk["handshakes_per_s"] / r["handshakes_per_s"]
