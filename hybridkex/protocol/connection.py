@@ -146,6 +146,7 @@ _POLY1305 = mac("Poly1305")
 _ALERT_LEVEL_FATAL = 2
 _ALERT_LEVEL_WARNING = 1
 _APPLICATION_DATA = int(ContentType.APPLICATION_DATA)
+_HANDSHAKE_TYPES = {int(t): t for t in HandshakeType}  # a dict lookup, not an enum call
 _CONNECTED = State.CONNECTED  # a module constant: an enum member lookup costs ~70 ns
 _KEY_UPDATE_ROOM = 64  # room send_into keeps for a KeyUpdate record (24 bytes)
 
@@ -517,10 +518,9 @@ class Connection:
 
     def _process_message(self, msg_type: int, body: bytes, raw: bytes) -> None:
         allowed = TRANSITIONS[self.role].get(self.state, {})
-        try:
-            kind = HandshakeType(msg_type)
-        except ValueError:
-            raise UnexpectedMessage(f"unknown handshake message type {msg_type}") from None
+        kind = _HANDSHAKE_TYPES.get(msg_type)
+        if kind is None:
+            raise UnexpectedMessage(f"unknown handshake message type {msg_type}")
         if kind not in allowed:
             raise UnexpectedMessage(f"{kind.name} is not allowed in state {self.state.value}")
         message = decode_handshake(msg_type, body)

@@ -53,7 +53,10 @@ KEY_SIZE = 32  # both record AEADs take 256-bit keys
 IV_SIZE = 12
 
 
-@functools.lru_cache(maxsize=256)
+_LABEL_HEADS: dict[tuple[str, int], bytes] = {}
+_CONTEXT_LENGTHS = [bytes((n,)) for n in range(256)]
+
+
 def _label_head(label: str, length: int) -> bytes:
     """u16(length) || <"hkx1 " + label>: the part of the info that is fixed per call site."""
     full = LABEL_PREFIX + label.encode("ascii")
@@ -63,8 +66,13 @@ def _label_head(label: str, length: int) -> bytes:
 def hkdf_expand_label(hash_name: str, secret: bytes, label: str, context: bytes,
                       length: int) -> bytes:
     """HKDF-Expand-Label with the "hkx1 " prefix: info = u16(length) || <label> || <context>."""
-    info = _label_head(label, length) + bytes((len(context),)) + context
-    return hkdf_expand(hash_name, secret, info, length)
+    head = _LABEL_HEADS.get((label, length))
+    if head is None:
+        head = _label_head(label, length)
+        if len(_LABEL_HEADS) < 256:  # the schedule's own labels; exporter labels may vary
+            _LABEL_HEADS[(label, length)] = head
+    return hkdf_expand(hash_name, secret, head + _CONTEXT_LENGTHS[len(context)] + context,
+                       length)
 
 
 @functools.lru_cache(maxsize=8)

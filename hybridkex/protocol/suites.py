@@ -90,7 +90,11 @@ class KemId(enum.IntEnum):
 
     @property
     def algorithm(self) -> str:
-        return {0x001D: "X25519", 0x0201: "ML-KEM-768", 0x0202: "ML-KEM-1024"}[self.value]
+        return _KEM_ALGORITHMS[self]
+
+
+_KEM_ALGORITHMS = {KemId.X25519: "X25519", KemId.ML_KEM_768: "ML-KEM-768",
+                   KemId.ML_KEM_1024: "ML-KEM-1024"}
 
 
 class SignatureSchemeId(enum.IntEnum):
