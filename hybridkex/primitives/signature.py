@@ -90,6 +90,19 @@ class SignatureScheme(abc.ABC):
         return as_bytes(private, f"{self.name} private key", self.private_key_size,
                         error=InvalidKey)
 
+    def prepare_public_key(self, public: Bytes, decoded: object = None) -> bytes:
+        """``public``, checked and decoded once, for a key that will verify many times (a
+        pinned peer key) or that the caller has already decoded (``decoded``: the
+        backend key object of a certificate, used if it is this scheme's key and
+        encodes to ``public``).
+
+        The result equals ``public`` and is used exactly like it; where the backend
+        decodes keys (ML-DSA, Ed25519) it holds the key object, so ``verify`` does not
+        decode it again.
+        """
+        return as_bytes(public, f"{self.name} public key", self.public_key_size,
+                        error=InvalidKey)
+
     @abc.abstractmethod
     def sign(self, private: Bytes, message: Bytes, context: Bytes = b"") -> bytes:
         """A signature on ``message`` under ``context``."""
@@ -165,14 +178,26 @@ class MLDSA(SignatureScheme):
         ctx = self._context(context)
         return self._private(private).sign(as_bytes(message, "message"), ctx)
 
+    def prepare_public_key(self, public: Bytes, decoded: object = None) -> bytes:
+        pk = as_bytes(public, f"{self.name} public key", self.public_key_size, error=InvalidKey)
+        if not (isinstance(decoded, self._public_cls) and decoded.public_bytes_raw() == pk):
+            decoded = self._public(pk)
+        return HeldKey(pk, decoded)
+
+    def _public(self, pk: bytes) -> mldsa.MLDSA44PublicKey | mldsa.MLDSA65PublicKey \
+            | mldsa.MLDSA87PublicKey:
+        try:
+            return self._public_cls.from_public_bytes(pk)
+        except ValueError:
+            raise InvalidKey(f"{self.name} public key does not decode") from None
+
     def verify(self, public: Bytes, message: Bytes, signature: Bytes,
                context: Bytes = b"") -> bool:
         ctx = self._context(context)
-        pk = as_bytes(public, f"{self.name} public key", self.public_key_size, error=InvalidKey)
-        try:
-            key = self._public_cls.from_public_bytes(pk)
-        except ValueError:
-            raise InvalidKey(f"{self.name} public key does not decode") from None
+        key = held_key(public)
+        if not isinstance(key, self._public_cls):
+            key = self._public(as_bytes(public, f"{self.name} public key",
+                                        self.public_key_size, error=InvalidKey))
         sig = as_bytes(signature, "signature")
         msg = as_bytes(message, "message")
         try:

@@ -109,6 +109,11 @@ class PeerIdentity:
 def public_key_bytes(certificate: x509.Certificate, scheme: str) -> bytes:
     """The certificate's key in the encoding hybridkex's ``scheme`` takes, or an error
     if the certificate holds a key of another kind."""
+    return _public_key(certificate, scheme)[0]
+
+
+def _public_key(certificate: x509.Certificate, scheme: str) -> tuple[bytes, object]:
+    """:func:`public_key_bytes`, and the key object it was read from."""
     key = certificate.public_key()
     expected: dict[str, type] = {
         "ML-DSA-44": mldsa.MLDSA44PublicKey,
@@ -129,13 +134,12 @@ def public_key_bytes(certificate: x509.Certificate, scheme: str) -> bytes:
         if not isinstance(key.curve, ec.SECP256R1):
             raise PeerAuthenticationFailed("the leaf certificate's key is not on P-256",
                                            AlertDescription.BAD_CERTIFICATE)
-        return key.public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
-    return key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+        return key.public_bytes(Encoding.X962, PublicFormat.UncompressedPoint), key
+    return key.public_bytes(Encoding.Raw, PublicFormat.Raw), key
 
 
-def _names(certificate: x509.Certificate) -> set[str]:
-    names = {str(a.value) for a in certificate.subject.get_attributes_for_oid(
-        NameOID.COMMON_NAME)}
+def _names(certificate: x509.Certificate, subject: x509.Name) -> set[str]:
+    names = {str(a.value) for a in subject.get_attributes_for_oid(NameOID.COMMON_NAME)}
     try:
         san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
     except x509.ExtensionNotFound:
@@ -162,6 +166,11 @@ class TrustStore:
         self.pinned = dict(pinned or {})
         self.anchors = tuple(anchors)
         self._anchor_der = {a.public_bytes(Encoding.DER) for a in self.anchors}
+        # What every handshake would otherwise work out again: each anchor's subject
+        # and CA flag, and each pinned key decoded (keyed by the pin, so a changed pin
+        # is decoded anew).
+        self._anchor_facts = [(a, a.subject, is_ca(a)) for a in self.anchors]
+        self._prepared: dict[tuple[str, bytes], bytes] = {}
 
     def __repr__(self) -> str:
         return f"<TrustStore pinned={sorted(self.pinned)} anchors={len(self.anchors)}>"
@@ -186,9 +195,10 @@ class TrustStore:
             return scheme, public, PeerIdentity(
                 expected_site, scheme, "raw-public-key", hashlib.sha256(public).hexdigest())
         try:
-            leaf = self._check_chain(message.certificates, expected_site, now)
-            public = public_key_bytes(leaf, scheme)
-            subject = leaf.subject.rfc4514_string()
+            leaf, leaf_subject = self._check_chain(message.certificates, expected_site, now)
+            public, key = _public_key(leaf, scheme)
+            public = signature(scheme).prepare_public_key(public, key)  # decoded once
+            subject = leaf_subject.rfc4514_string()
         except _MALFORMED_CERTIFICATE:
             # A certificate that parsed at the top level can still hold an extension,
             # name or key that cryptography refuses when it is read.
@@ -206,10 +216,18 @@ class TrustStore:
         if pinned_scheme != scheme or not hmac.compare_digest(pinned_key, message.public_key):
             raise PeerAuthenticationFailed(f"site {site!r} presented a key that is not pinned",
                                            AlertDescription.BAD_CERTIFICATE)
-        return pinned_key
+        prepared = self._prepared.get(pinned)
+        if prepared is None:
+            try:
+                prepared = signature(scheme).prepare_public_key(pinned_key)
+            except InvalidParameter:  # a malformed pin fails at verification, as ever
+                return pinned_key
+            self._prepared[pinned] = prepared
+        return prepared
 
     def _check_chain(self, chain_der: Sequence[bytes], site: str,
-                     now: datetime.datetime) -> x509.Certificate:
+                     now: datetime.datetime) -> tuple[x509.Certificate, x509.Name]:
+        """The leaf and its subject, once the chain leads to an anchor and names ``site``."""
         if not self.anchors:
             raise PeerAuthenticationFailed("no X.509 trust anchors are configured",
                                            AlertDescription.UNKNOWN_CA)
@@ -223,15 +241,16 @@ class TrustStore:
                 raise PeerAuthenticationFailed("a certificate is outside its validity period",
                                                AlertDescription.BAD_CERTIFICATE)
         for child, parent in itertools.pairwise(chain):
-            self._check_issued(child, parent)
+            self._check_issued(child, parent, is_ca(parent))
         last = chain[-1]
-        if last.public_bytes(Encoding.DER) not in self._anchor_der:
-            for anchor in self.anchors:
-                if anchor.subject == last.issuer:
+        if chain_der[-1] not in self._anchor_der:  # the DER it was parsed from
+            issuer = last.issuer
+            for anchor, subject, anchor_is_ca in self._anchor_facts:
+                if subject == issuer:
                     if not anchor.not_valid_before_utc <= now <= anchor.not_valid_after_utc:
                         continue
                     try:
-                        self._check_issued(last, anchor)
+                        self._check_issued(last, anchor, anchor_is_ca)
                     except PeerAuthenticationFailed:
                         continue
                     break
@@ -239,14 +258,16 @@ class TrustStore:
                 raise PeerAuthenticationFailed("the chain does not lead to a trust anchor",
                                                AlertDescription.UNKNOWN_CA)
         leaf = chain[0]
-        if site not in _names(leaf):
+        subject = leaf.subject
+        if site not in _names(leaf, subject):
             raise PeerAuthenticationFailed(f"the certificate does not name site {site!r}",
                                            AlertDescription.BAD_CERTIFICATE)
-        return leaf
+        return leaf, subject
 
     @staticmethod
-    def _check_issued(child: x509.Certificate, issuer: x509.Certificate) -> None:
-        if not is_ca(issuer):
+    def _check_issued(child: x509.Certificate, issuer: x509.Certificate,
+                      issuer_is_ca: bool) -> None:
+        if not issuer_is_ca:
             raise PeerAuthenticationFailed("an issuing certificate is not a CA",
                                            AlertDescription.BAD_CERTIFICATE)
         try:
