@@ -89,7 +89,7 @@ class RecordBuffer:
     by a larger one, so a view of it that someone still holds can never make it fail.
     """
 
-    __slots__ = ("_data", "_end", "_keep", "_pos", "_store")
+    __slots__ = ("_data", "_end", "_keep", "_pos", "_store", "_view")
 
     def __init__(self) -> None:
         self._data: bytes | bytearray = b""  # what records are read from: fed bytes or the store
@@ -97,12 +97,14 @@ class RecordBuffer:
         self._end = 0  # the end of what _data holds
         self._store: bytearray | None = None
         self._keep = False  # keep the store between reads (a transport reads into it)
+        self._view: memoryview | None = None  # of _data, made once for its records
 
     def feed(self, data: bytes) -> None:
         if not data:
             return
         if self._pos == self._end:  # everything read: start over on the new bytes
             self._data = data if type(data) is bytes else bytes(data)
+            self._view = None
             self._pos, self._end = 0, len(self._data)
             return
         size = len(data)  # an incomplete record waits: gather from here on
@@ -140,7 +142,9 @@ class RecordBuffer:
             store = self._store = grown
         elif unread:
             store[:unread] = data[pos:end]  # a copy first: the two ranges may overlap
-        self._data, self._pos, self._end = store, 0, unread
+        if self._data is not store:
+            self._data, self._view = store, None
+        self._pos, self._end = 0, unread
         return store
 
     def _consumed(self, pos: int) -> None:
@@ -149,7 +153,7 @@ class RecordBuffer:
             self._pos = pos
             return
         # all read: drop the reference to the transport's bytes (and to a gathered store)
-        self._data, self._pos, self._end = b"", 0, 0
+        self._data, self._pos, self._end, self._view = b"", 0, 0, None
         if not self._keep:
             self._store = None
 
@@ -194,12 +198,14 @@ class RecordBuffer:
         stop = pos + HEADER_SIZE + length
         if stop > self._end or not _TAG_SIZE <= length <= MAX_PLAINTEXT + _TAG_SIZE:
             return None
-        plaintext = protection.open_payload(_APPLICATION_DATA,
-                                            memoryview(data)[pos + HEADER_SIZE:stop])
+        view = self._view
+        if view is None:
+            view = self._view = memoryview(data)
+        plaintext = protection.open_payload(_APPLICATION_DATA, view[pos + HEADER_SIZE:stop])
         if stop < self._end:
             self._pos = stop
         else:  # all read, as in _consumed (inlined: this is once per record)
-            self._data, self._pos, self._end = b"", 0, 0
+            self._data, self._pos, self._end, self._view = b"", 0, 0, None
             if not self._keep:
                 self._store = None
         return plaintext
@@ -215,7 +221,7 @@ class RecordBuffer:
         data, pos, end = self._data, self._pos, self._end
         room = len(out)
         written = 0
-        view = None
+        view = self._view
         while end - pos >= HEADER_SIZE and data[pos] == _APPLICATION_DATA:
             length = data[pos + 1] << 8 | data[pos + 2]
             size = length - _TAG_SIZE
@@ -223,7 +229,7 @@ class RecordBuffer:
             if stop > end or not 0 <= size <= MAX_PLAINTEXT or size > room - written:
                 break
             if view is None:
-                view = memoryview(data)
+                view = self._view = memoryview(data)
             try:
                 protection.open_payload_into(_APPLICATION_DATA, view[pos + HEADER_SIZE:stop],
                                              out[written:written + size])
