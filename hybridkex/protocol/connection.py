@@ -329,22 +329,24 @@ class Connection:
             data = memoryview(data)
         if type(out) is not memoryview:
             out = memoryview(out)
-        sealer, total, room = self._send, len(data), len(out)
+        sealer, total = self._send, len(data)
         interval = self.config.key_update_interval or sealer.limit
         consumed = written = 0
         while consumed < total:
-            stop = min(consumed + MAX_PLAINTEXT, total)
-            if room - written < sealed_size(stop - consumed) + _KEY_UPDATE_ROOM:
-                break
-            if sealer.seq + 1 >= interval:
+            if sealer.seq + 1 >= interval:  # a KeyUpdate first, as _seal sends one
+                if len(out) - written < _KEY_UPDATE_ROOM + sealed_size(1):
+                    break
                 self._send_key_update(request_peer=False)  # queued: moved into out
                 update = self.data_to_send()
                 out[written:written + len(update)] = update
                 written += len(update)
                 sealer = self._send
-            written += sealer.seal_into(ContentType.APPLICATION_DATA, data[consumed:stop],
-                                        out[written:])
-            consumed = stop
+            used, size = sealer.seal_many_into(_APPLICATION_DATA, data[consumed:],
+                                               out[written:], interval - 1 - sealer.seq)
+            if not used:
+                break
+            consumed += used
+            written += size
         return consumed, written
 
     def key_update(self, request_peer: bool = True) -> None:
