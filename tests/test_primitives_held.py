@@ -16,7 +16,7 @@ import pytest
 
 from hybridkex import primitives
 from hybridkex.errors import AuthenticationFailed, InvalidKey, InvalidParameter
-from hybridkex.primitives._held import HeldKey
+from hybridkex.primitives._held import HeldKey, held_key
 
 KEMS = ("X25519", "ML-KEM-768", "ML-KEM-1024")
 SIGNERS = ("ML-DSA-44", "ML-DSA-65", "ML-DSA-87", "Ed25519", "ECDSA-P256")
@@ -72,6 +72,37 @@ def test_schemes_without_a_held_form_prepare_to_plain_bytes() -> None:
     prepared = scheme.prepare_private_key(bytearray(private))
     assert type(prepared) is bytes and prepared == private
     assert scheme.verify(public, b"m", scheme.sign(prepared, b"m"))
+
+
+@pytest.mark.parametrize("name", ["ML-DSA-44", "ML-DSA-65", "ML-DSA-87"])
+def test_a_prepared_public_key_verifies_like_its_bytes(name: str) -> None:
+    scheme = primitives.signature(name)
+    public, private = scheme.generate_keypair()
+    signature = scheme.sign(private, b"message")
+    prepared = scheme.prepare_public_key(bytearray(public))
+    assert type(prepared) is HeldKey and prepared == public
+    assert scheme.verify(prepared, b"message", signature)
+    assert not scheme.verify(prepared, b"another message", signature)
+    with pytest.raises(InvalidKey):
+        scheme.prepare_public_key(public[:-1])
+    with pytest.raises(InvalidKey):
+        scheme.prepare_public_key(bytes(scheme.public_key_size + 1))
+
+
+def test_a_decoded_key_is_held_only_if_it_is_the_schemes_and_encodes_to_the_bytes() -> None:
+    scheme = primitives.signature("ML-DSA-65")
+    public, private = scheme.generate_keypair()
+    other_public, _ = scheme.generate_keypair()
+    signature = scheme.sign(private, b"message")
+    # a key object that is not the one the bytes encode is not used: the bytes decide
+    wrong = scheme.prepare_public_key(public, held_key(scheme.prepare_public_key(other_public)))
+    assert wrong == public and scheme.verify(wrong, b"message", signature)
+    # an ML-DSA-44 key object offered for ML-DSA-65 bytes is not used either
+    small = primitives.signature("ML-DSA-44").prepare_public_key(
+        primitives.signature("ML-DSA-44").generate_keypair()[0])
+    assert scheme.verify(scheme.prepare_public_key(public, held_key(small)), b"message",
+                         signature)
+    assert not scheme.verify(scheme.prepare_public_key(other_public), b"message", signature)
 
 
 def test_copies_of_a_held_key_are_plain_bytes() -> None:

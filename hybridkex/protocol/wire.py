@@ -167,8 +167,11 @@ class Writer:
         return self.vector(1, value.encode("utf-8"), 255)
 
     def key_ids(self, ids: tuple[bytes, ...]) -> Writer:
-        if len(ids) > MAX_KEY_IDS or any(len(i) != KEY_ID_SIZE for i in ids):
+        if len(ids) > MAX_KEY_IDS:
             raise ValueError("key IDs must be at most 64 values of 16 bytes")
+        for key_id in ids:
+            if len(key_id) != KEY_ID_SIZE:
+                raise ValueError("key IDs must be at most 64 values of 16 bytes")
         self._parts += (bytes((len(ids),)), *ids)
         return self
 
