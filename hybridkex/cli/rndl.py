@@ -15,7 +15,7 @@ from typing import Any
 
 from hybridkex import rndl
 from hybridkex.protocol import suite_by_name
-from hybridkex.qkd.link import SIMULATION_LABEL
+from hybridkex.qkd.labels import SIMULATION_LABEL
 
 AUTH = {"classical": "signature (Ed25519)", "pq-hybrid": "signature (Ed25519)",
         "pq+qkd": "psk (one-time MACs keyed from the pool)"}
