@@ -50,6 +50,37 @@ def hybridkex(*args: str, input: bytes = b"", timeout: float = TIMEOUT
                           capture_output=True, timeout=timeout, check=False)
 
 
+# -- what a site loads ----------------------------------------------------------------------
+
+_REPORT_LOADED = ("\nimport sys\nsys.stderr.write(repr(sorted(m for m in sys.modules "
+                  "if m == 'numpy' or m.startswith(('numpy.', 'hybridkex.qkd', "
+                  "'hybridkex.demos')))))\n")
+_RUN_CLI = "import contextlib\nfrom hybridkex.cli import main\n" \
+           "with contextlib.suppress(SystemExit):\n    main({argv!r})"
+
+
+@pytest.mark.parametrize("code", [
+    "import hybridkex.site",
+    "from hybridkex.site import Site, pair, PairReport, SIGNATURE_SCHEMES",
+    *(_RUN_CLI.format(argv=argv) for argv in (["serve", "--help"], ["connect", "--help"],
+                                              ["site", "pair", "--help"], ["--help"])),
+])
+def test_sites_serve_and_connect_load_no_qkd_link(code: str) -> None:
+    """The simulated link (numpy) loads when a site pairs, not for every serve/connect."""
+    result = subprocess.run([sys.executable, "-c", code + _REPORT_LOADED],
+                            capture_output=True, text=True, timeout=TIMEOUT, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == "[]"
+
+
+def test_the_qkd_commands_still_get_their_options() -> None:
+    result = hybridkex("qkd", "sweep", "--help")
+    assert result.returncode == 0 and b"--model {infinite-decoy," in result.stdout
+    result = hybridkex("qkd", "sweep", "--from-km", "0", "--to-km", "1", "--step-km", "1",
+                       "--model", "bogus")
+    assert result.returncode == 2 and b"invalid choice: 'bogus'" in result.stderr
+
+
 # -- site init ------------------------------------------------------------------------------
 
 

@@ -1,25 +1,53 @@
 """The ``hybridkex`` command line.  Each subcommand is a thin layer over the library;
-each group of subcommands lives in its own module here."""
+each group of subcommands lives in its own module here.
+
+Starting the command line imports no QKD simulator (numpy): the modules here import the
+link and the demos inside the commands that run them, and the ``qkd`` group, whose
+options name the simulator's defaults, gets its options only when it parses.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from hybridkex import __version__
 from hybridkex.cli import channel as channel_commands
 from hybridkex.cli import demo as demo_command
 from hybridkex.cli import kme as kme_commands
-from hybridkex.cli import qkd as qkd_commands
 from hybridkex.cli import rndl as rndl_command
 from hybridkex.cli import selftest as selftest_command
 from hybridkex.cli import site as site_commands
 from hybridkex.errors import HybridKexError
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser that may add its arguments when it first parses (``build``):
+    a command group that is slow to set up costs nothing when another command runs."""
+
+    def __init__(self, *args: Any,
+                 build: Callable[[argparse.ArgumentParser], None] | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._build = build
+
+    def parse_known_args(self, *args: Any, **kwargs: Any) -> Any:
+        if self._build is not None:
+            build, self._build = self._build, None
+            build(self)
+        return super().parse_known_args(*args, **kwargs)
+
+
+def _qkd_commands(parser: argparse.ArgumentParser) -> None:
+    from hybridkex.cli import qkd as qkd_commands
+
+    qkd_commands.register(parser)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="hybridkex",
         description="Hybrid X25519 + ML-KEM + QKD key exchange.",
     )
@@ -29,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     selftest_command.register(sub)
     site_commands.register(sub)
     channel_commands.register(sub)
-    qkd_commands.register(sub)
+    sub.add_parser("qkd", help="the simulated decoy-state BB84 link", build=_qkd_commands)
     kme_commands.register(sub)
     rndl_command.register(sub)
     return parser

@@ -32,7 +32,6 @@ from hybridkex.cli.channel import (
 )
 from hybridkex.errors import HybridKexError
 from hybridkex.protocol import SessionInfo
-from hybridkex.qkd.link import SIMULATION_LABEL
 from hybridkex.site import Site, pair
 from hybridkex.transport import SecureSocket
 
@@ -137,6 +136,8 @@ def _pools(a: Site, b: Site) -> dict[str, dict[str, int]]:
 def run_demo(directory: Path, psk_sessions: int = PSK_SESSIONS, *,
              progress: bool = False) -> dict[str, Any]:
     """Everything the demo does, as the JSON object ``--json`` prints."""
+    from hybridkex.qkd.labels import SIMULATION_LABEL  # not at import: serve/connect skip it
+
     started = time.perf_counter()
 
     def say(text: str) -> None:

@@ -14,21 +14,25 @@ from dataclasses import asdict, replace
 from functools import partial
 from typing import Any
 
+from hybridkex.cli.args import positive_count
 from hybridkex.errors import InvalidParameter
 from hybridkex.keydelivery.store import open_store
 from hybridkex.qkd import analytic, montecarlo
-from hybridkex.qkd.link import SIMULATION_LABEL, QKDLink, SiteIdentity
+from hybridkex.qkd.labels import SIMULATION_LABEL
+from hybridkex.qkd.link import QKDLink, SiteIdentity
 from hybridkex.qkd.parameters import Eavesdropper, LinkParameters, finite_key_parameters
 from hybridkex.qkd.postprocessing import DistillationConfig
 
 
-def register(sub: Any) -> None:
-    qkd = sub.add_parser("qkd", help="the simulated decoy-state BB84 link")
+def register(qkd: argparse.ArgumentParser) -> None:
+    """Add the ``qkd`` subcommands to the ``hybridkex qkd`` parser.  The command line
+    calls this only when that parser parses (:mod:`hybridkex.cli`), because these
+    options name the simulator's defaults, and importing it loads numpy."""
     qsub = qkd.add_subparsers(dest="qkd_command", required=True)
 
     p = qsub.add_parser("simulate", help="one link session end to end (simulation)")
     p.add_argument("--distance-km", type=float, required=True)
-    p.add_argument("--pulses", type=_count, required=True)
+    p.add_argument("--pulses", type=positive_count, required=True)
     p.add_argument("--eve", choices=["intercept-resend", "pns"])
     p.add_argument("--eve-fraction", type=float, default=1.0)
     p.add_argument("--seed", type=int)
@@ -51,10 +55,10 @@ def register(sub: Any) -> None:
     k.add_argument("--site-b", required=True)
     k.add_argument("--store-b", required=True)
     k.add_argument("--distance-km", type=float, default=25.0)
-    k.add_argument("--target-keys", type=_count,
+    k.add_argument("--target-keys", type=positive_count,
                    help="stop once this many 256-bit keys were deposited (default: run until "
                    "interrupted)")
-    k.add_argument("--pulses-per-round", type=_count, default=500_000_000)
+    k.add_argument("--pulses-per-round", type=positive_count, default=500_000_000)
     k.add_argument("--json", action="store_true", help="one JSON object per round on stdout")
     k.set_defaults(func=cmd_link)
 
@@ -65,20 +69,13 @@ def register(sub: Any) -> None:
     s.add_argument("--model", choices=list(analytic.MODELS), default="vacuum-weak")
     s.add_argument("--mu", type=float, default=LinkParameters.mu)
     s.add_argument("--nu", type=float, default=LinkParameters.nu)
-    s.add_argument("--pulses", type=_count,
+    s.add_argument("--pulses", type=positive_count,
                    help="also estimate the rate from this many simulated pulses per point")
     s.add_argument("--seed", type=int, default=1)
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.add_argument("--plot", metavar="FILE.png", help="draw rate against distance (needs "
                    "the plot extra: pip install 'hybridkex[plot]')")
     s.set_defaults(func=cmd_sweep)
-
-
-def _count(text: str) -> int:
-    value = float(text)  # accepts 1e8
-    if value != int(value) or value < 1:
-        raise argparse.ArgumentTypeError("must be a positive whole number")
-    return int(value)
 
 
 class _Progress:

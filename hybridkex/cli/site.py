@@ -13,11 +13,13 @@ import argparse
 import json
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from hybridkex.cli.qkd import _count
-from hybridkex.qkd.link import SIMULATION_LABEL, LinkReport
+from hybridkex.cli.args import positive_count
 from hybridkex.site import DEFAULT_PULSES_PER_ROUND, SIGNATURE_SCHEMES, Site, pair
+
+if TYPE_CHECKING:
+    from hybridkex.qkd.link import LinkReport
 
 
 def register(sub: Any) -> None:
@@ -50,10 +52,10 @@ def register(sub: Any) -> None:
     p.add_argument("dir_b", metavar="DIR_B")
     p.add_argument("--distance-km", type=float, default=25.0,
                    help="fibre length of the simulated link (default 25)")
-    p.add_argument("--keys", type=_count, default=500,
+    p.add_argument("--keys", type=positive_count, default=500,
                    help="run rounds until at least this many 256-bit keys were deposited, "
                    "both directions together (default 500)")
-    p.add_argument("--pulses-per-round", type=_count, default=DEFAULT_PULSES_PER_ROUND,
+    p.add_argument("--pulses-per-round", type=positive_count, default=DEFAULT_PULSES_PER_ROUND,
                    help="simulated pulses per round (default 5e8: about 370 keys per round "
                    "at 25 km)")
     p.add_argument("--seed", type=int, help="make the simulated rounds reproducible")
@@ -95,6 +97,8 @@ class _PairProgress:
         self.round = 1
         self.deposited = 0
         self.last = 0.0
+        from hybridkex.qkd.labels import SIMULATION_LABEL
+
         print(f"*** QKD link: {SIMULATION_LABEL} ***", file=sys.stderr)
 
     def pulses(self, done: int, total: int) -> None:
@@ -142,7 +146,7 @@ def cmd_pair(args: argparse.Namespace) -> int:
         for line in report.trust:
             print(f"    {line}")
         print("    (compare the key sha256 with each site's `hybridkex site show` output)")
-        print(f"  QKD link: {SIMULATION_LABEL}")
+        print(f"  QKD link: {report.simulation}")
         print(f"    {report.distance_km:g} km, {len(report.rounds)} rounds of "
               f"{_pulses(report.pulses_per_round)} pulses ({report.aborted_rounds} aborted), "
               f"{report.elapsed_s:.1f} s")

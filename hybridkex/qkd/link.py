@@ -35,6 +35,7 @@ from hybridkex.qkd.authentication import (
     WegmanCarterAuthenticator,
 )
 from hybridkex.qkd.channel import ClassicalChannel, queue_pair
+from hybridkex.qkd.labels import SIMULATION_LABEL
 from hybridkex.qkd.parameters import LinkParameters
 from hybridkex.qkd.postprocessing import (
     AliceData,
@@ -49,8 +50,6 @@ from hybridkex.qkd.simulator import simulate
 from hybridkex.qkd.wire import AuthenticatedChannel
 
 __all__ = ["LinkReport", "QKDLink", "SiteIdentity"]
-
-SIMULATION_LABEL = "SIMULATION (decoy-state BB84 Monte Carlo, not a physical QKD device)"
 
 
 @dataclass(frozen=True, repr=False)
