@@ -17,9 +17,9 @@ from typing import Any
 from hybridkex.errors import InvalidParameter
 from hybridkex.keydelivery.store import open_store
 from hybridkex.qkd import analytic, montecarlo
+from hybridkex.qkd.distillation import DistillationConfig
 from hybridkex.qkd.link import SIMULATION_LABEL, QKDLink, SiteIdentity
 from hybridkex.qkd.parameters import Eavesdropper, LinkParameters, finite_key_parameters
-from hybridkex.qkd.postprocessing import DistillationConfig
 
 
 def register(sub: Any) -> None:
