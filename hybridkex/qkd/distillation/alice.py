@@ -29,6 +29,8 @@ from hybridkex.qkd.distillation.data import (
     DistillationConfig,
     DistillationResult,
     Sifted,
+    X,
+    Z,
 )
 from hybridkex.qkd.distillation.messages import (
     NONCE_SIZE,
@@ -46,8 +48,6 @@ from hybridkex.qkd.distillation.messages import (
     VerifyResult,
 )
 from hybridkex.qkd.distillation.session import (
-    X,
-    Z,
     check_reconcilable,
     confirmation_tag,
     run_guarded,

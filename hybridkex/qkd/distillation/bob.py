@@ -24,7 +24,14 @@ from hybridkex.keydelivery.keys import UNIT_BITS
 from hybridkex.qkd.distillation import estimation
 from hybridkex.qkd.distillation.cascade import MIN_QBER, CascadeBob
 from hybridkex.qkd.distillation.channel import AuthenticatedChannel
-from hybridkex.qkd.distillation.data import BobData, DistillationConfig, DistillationResult, Sifted
+from hybridkex.qkd.distillation.data import (
+    BobData,
+    DistillationConfig,
+    DistillationResult,
+    Sifted,
+    X,
+    Z,
+)
 from hybridkex.qkd.distillation.messages import (
     NONCE_SIZE,
     SAMPLE_SEED_SIZE,
@@ -43,8 +50,6 @@ from hybridkex.qkd.distillation.messages import (
 from hybridkex.qkd.distillation.session import (
     CASCADE_FRAME_BITS,
     CASCADE_SEED_SIZE,
-    X,
-    Z,
     check_reconcilable,
     confirmation_tag,
     run_guarded,

@@ -29,6 +29,7 @@ __all__ = [
 
 Bits = npt.NDArray[np.uint8]
 Mask = npt.NDArray[np.bool_]
+Z, X = 0, 1  # basis values in the records and on the wire
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,6 @@ __all__ = [
     "verification_input",
 ]
 
-Z, X = 0, 1  # basis values in the records and on the wire
 CONFIRM_LABEL = b"hybridkex qkd key confirmation v1"
 SESSION_LABEL = b"hybridkex qkd session"
 # Cascade frames reconciled side by side over shared messages (bench/qkd_cascade.py:
