@@ -9,7 +9,7 @@ from hybridkex.keydelivery.store import MemoryKeyStore
 from hybridkex.qkd.distillation import DistillationConfig
 from hybridkex.qkd.distillation.transport import ClassicalChannel
 from hybridkex.qkd.ends import Role
-from hybridkex.qkd.link import LinkReport, QKDLink, SiteIdentity
+from hybridkex.qkd.link import LinkReport, QKDLink, SiteIdentity, stored_keys
 from hybridkex.qkd.parameters import Eavesdropper, finite_key_parameters
 from hybridkex.qkd.simulator import pns_matching_fraction
 
@@ -175,3 +175,17 @@ def test_an_initial_psk_authenticates_the_first_round() -> None:
     report = link.run_round(PULSES // 2, seed=4)
     assert report.auth_mode == "wegman-carter-poly1305" and not report.aborted
     assert report.auth_bits_consumed > 0
+
+
+def test_units_alternate_between_the_sites_starting_with_alice() -> None:
+    ids = [f"00000000-0000-4000-8000-00000000000{i}" for i in range(5)]
+    material = b"".join(bytes([i]) * 32 for i in range(5))
+    keys = stored_keys(material, ids, "site-of-alice", "site-of-bob")
+    assert [k.initiator for k in keys] == ["site-of-alice", "site-of-bob"] * 2 + [
+        "site-of-alice"]
+    assert [k.key for k in keys] == [bytes([i]) * 32 for i in range(5)]
+    assert [k.key_id for k in keys] == ids
+    from hybridkex.errors import InvalidParameter
+
+    with pytest.raises(InvalidParameter):
+        stored_keys(material[:-1], ids, "site-of-alice", "site-of-bob")

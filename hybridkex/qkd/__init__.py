@@ -4,8 +4,8 @@
   :mod:`.analytic` (the GLLP model), :mod:`.montecarlo` (rates from simulated pulses);
 - :mod:`.distillation`: the two-party protocol that turns both ends' records into
   identical keys over an authenticated classical channel;
-- the link itself: :mod:`.link` (one simulated link, round by round), :mod:`.ends`
-  (Alice and Bob, and which site may take which distilled unit), :mod:`.errors`.
+- the link itself: :mod:`.link` (one simulated link, round by round, and which site
+  may take which distilled unit), :mod:`.ends` (Alice and Bob), :mod:`.errors`.
 
 The simulator is a simulation: it models the physics of a real link (see
 docs/qkd.md) so that the key pool a session draws on is produced the way a real

@@ -5,7 +5,7 @@ followed by the real two-party distillation protocol
 (:mod:`hybridkex.qkd.distillation`).  Alice and Bob run in separate threads and
 exchange only authenticated byte messages.  Site A runs Alice, site B runs Bob; both
 deposit the distilled units under the same key IDs, each unit assigned to the site that
-may take it by :func:`hybridkex.qkd.ends.unit_initiator`.
+may take it by :func:`unit_initiator`.
 
 Authentication across rounds: the first round of a link is authenticated by the two
 sites' signatures (or by an initial pre-shared key).  Every successful round sets
@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -27,6 +27,7 @@ import numpy as np
 
 from hybridkex import primitives
 from hybridkex.errors import InvalidParameter
+from hybridkex.keydelivery.keys import UNIT_BYTES, StoredKey
 from hybridkex.keydelivery.store import KeyStore
 from hybridkex.qkd.distillation import (
     AliceData,
@@ -45,13 +46,42 @@ from hybridkex.qkd.distillation.authentication import (
 )
 from hybridkex.qkd.distillation.channel import AuthenticatedChannel
 from hybridkex.qkd.distillation.transport import ClassicalChannel, queue_pair
-from hybridkex.qkd.ends import Role, stored_keys
+from hybridkex.qkd.ends import Role
 from hybridkex.qkd.parameters import LinkParameters
 from hybridkex.qkd.simulator import simulate
 
-__all__ = ["SIMULATION_LABEL", "LinkReport", "QKDLink", "SiteIdentity"]
+__all__ = ["SIMULATION_LABEL", "LinkReport", "QKDLink", "SiteIdentity", "stored_keys",
+           "unit_initiator"]
 
 SIMULATION_LABEL = "SIMULATION (decoy-state BB84 Monte Carlo, not a physical QKD device)"
+
+
+def unit_initiator(index: int, alice_site: str, bob_site: str) -> str:
+    """The site that may take unit ``index`` of a round as session initiator.
+
+    The rule: units alternate, starting with Alice's site (even indices to Alice's
+    site, odd ones to Bob's).  The other site can only fetch the unit by its key ID,
+    as a session's responder.
+
+    Why split at all: if either site could take any unit, two sites opening sessions
+    to each other at the same moment could both hand out the same unit.  Why
+    alternate: sessions may be opened from either side, so each site gets half of
+    every round, and both sites derive the same split from the unit's position alone.
+    """
+    return alice_site if index % 2 == 0 else bob_site
+
+
+def stored_keys(material: bytes, key_ids: Sequence[str], alice_site: str,
+                bob_site: str) -> list[StoredKey]:
+    """A round's distilled units as the key stores take them: one per key ID, in order,
+    each assigned by :func:`unit_initiator`."""
+    if len(material) != UNIT_BYTES * len(key_ids):
+        raise InvalidParameter("distilled key material does not match its key IDs")
+    return [
+        StoredKey(key_id, material[i * UNIT_BYTES:(i + 1) * UNIT_BYTES],
+                  unit_initiator(i, alice_site, bob_site))
+        for i, key_id in enumerate(key_ids)
+    ]
 
 
 @dataclass(frozen=True, repr=False)

@@ -25,7 +25,7 @@ authenticated messages.  The steps, in protocol order (each is one function in
 Any failure raises :class:`~hybridkex.qkd.errors.LinkAborted` and neither side keeps
 a key from the round; the authentication key it spent stays spent.  The output is the
 final key (:class:`~.data.DistillationResult`); which site may take which unit of it
-is the link's rule (:mod:`hybridkex.qkd.ends`).
+is the link's rule (:func:`hybridkex.qkd.link.unit_initiator`).
 
 Where things are:
 

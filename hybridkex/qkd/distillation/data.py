@@ -116,7 +116,7 @@ class DistillationResult(RoundMetrics):
 
     ``key_material`` is the final key after the authentication reserve: one 256-bit
     unit per key ID, in order.  Which site may take which unit is the link's business
-    (:func:`hybridkex.qkd.ends.unit_initiator`), not distillation's.
+    (:func:`hybridkex.qkd.link.unit_initiator`), not distillation's.
     """
 
     role: Role
