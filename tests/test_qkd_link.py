@@ -6,10 +6,11 @@ from __future__ import annotations
 import pytest
 
 from hybridkex.keydelivery.store import MemoryKeyStore
-from hybridkex.qkd.channel import ClassicalChannel
-from hybridkex.qkd.link import LinkReport, QKDLink, SiteIdentity
+from hybridkex.qkd.distillation import DistillationConfig
+from hybridkex.qkd.distillation.transport import ClassicalChannel
+from hybridkex.qkd.ends import Role
+from hybridkex.qkd.link import LinkReport, QKDLink, SiteIdentity, stored_keys
 from hybridkex.qkd.parameters import Eavesdropper, finite_key_parameters
-from hybridkex.qkd.postprocessing import DistillationConfig
 from hybridkex.qkd.simulator import pns_matching_fraction
 
 PULSES = 400_000_000  # enough for a positive finite-size key at 25 km with the preset
@@ -119,13 +120,14 @@ class _Tamper:
 
 
 @pytest.mark.parametrize("mode", ["flip", "replay"])
-@pytest.mark.parametrize(("role", "frame_number"), [(0, 0), (1, 0), (1, 3), (0, 5)])
-def test_tampered_or_replayed_message_aborts_the_round(mode: str, role: int,
+@pytest.mark.parametrize(("role", "frame_number"), [(Role.ALICE, 0), (Role.BOB, 0),
+                                                    (Role.BOB, 3), (Role.ALICE, 5)])
+def test_tampered_or_replayed_message_aborts_the_round(mode: str, role: Role,
                                                        frame_number: int) -> None:
     link, a, b = _link()
 
-    def hook(end: ClassicalChannel, who: int) -> ClassicalChannel:
-        return _Tamper(end, frame_number, mode) if who == role else end
+    def hook(end: ClassicalChannel, who: Role) -> ClassicalChannel:
+        return _Tamper(end, frame_number, mode) if who is role else end
 
     report = link.run_round(PULSES // 2, seed=9, channel_hook=hook)
     assert report.aborted
@@ -137,8 +139,8 @@ def test_tampered_parity_message_is_caught_by_the_covering_tag() -> None:
     link, _, _ = _link()
     link.run_round(PULSES // 2, seed=9)  # bootstrap; the next round uses one-time MACs
 
-    def hook(end: ClassicalChannel, who: int) -> ClassicalChannel:
-        return _Tamper(end, 8, "flip") if who == 1 else end  # one of Bob's parity requests
+    def hook(end: ClassicalChannel, who: Role) -> ClassicalChannel:
+        return _Tamper(end, 8, "flip") if who is Role.BOB else end  # a parity request
 
     report = link.run_round(PULSES // 2, seed=10, channel_hook=hook)
     assert report.aborted and "authentication" in report.abort_reason
@@ -149,8 +151,8 @@ def test_after_an_aborted_round_the_link_rebootstraps_with_signatures() -> None:
     link, _, _ = _link()
     link.run_round(PULSES // 2, seed=1)
 
-    def hook(end: ClassicalChannel, who: int) -> ClassicalChannel:
-        return _Tamper(end, 2, "flip") if who == 0 else end
+    def hook(end: ClassicalChannel, who: Role) -> ClassicalChannel:
+        return _Tamper(end, 2, "flip") if who is Role.ALICE else end
 
     assert link.run_round(PULSES // 2, seed=2, channel_hook=hook).aborted
     report = link.run_round(PULSES // 2, seed=3)
@@ -173,3 +175,17 @@ def test_an_initial_psk_authenticates_the_first_round() -> None:
     report = link.run_round(PULSES // 2, seed=4)
     assert report.auth_mode == "wegman-carter-poly1305" and not report.aborted
     assert report.auth_bits_consumed > 0
+
+
+def test_units_alternate_between_the_sites_starting_with_alice() -> None:
+    ids = [f"00000000-0000-4000-8000-00000000000{i}" for i in range(5)]
+    material = b"".join(bytes([i]) * 32 for i in range(5))
+    keys = stored_keys(material, ids, "site-of-alice", "site-of-bob")
+    assert [k.initiator for k in keys] == ["site-of-alice", "site-of-bob"] * 2 + [
+        "site-of-alice"]
+    assert [k.key for k in keys] == [bytes([i]) * 32 for i in range(5)]
+    assert [k.key_id for k in keys] == ids
+    from hybridkex.errors import InvalidParameter
+
+    with pytest.raises(InvalidParameter):
+        stored_keys(material[:-1], ids, "site-of-alice", "site-of-bob")

@@ -18,10 +18,10 @@ from hybridkex.cli.args import positive_count
 from hybridkex.errors import InvalidParameter
 from hybridkex.keydelivery.store import open_store
 from hybridkex.qkd import analytic, montecarlo
+from hybridkex.qkd.distillation import DistillationConfig
 from hybridkex.qkd.labels import SIMULATION_LABEL
 from hybridkex.qkd.link import QKDLink, SiteIdentity
 from hybridkex.qkd.parameters import Eavesdropper, LinkParameters, finite_key_parameters
-from hybridkex.qkd.postprocessing import DistillationConfig
 
 
 def register(qkd: argparse.ArgumentParser) -> None:

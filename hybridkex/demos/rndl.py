@@ -59,7 +59,7 @@ from hybridkex.protocol.randomness import Randomness
 from hybridkex.protocol.record import Record, RecordBuffer, RecordProtection
 from hybridkex.protocol.suites import SUITES, AlertDescription, ContentType, HandshakeType, Suite
 from hybridkex.protocol.wire import ClientHello, KeyUpdate, ServerHello
-from hybridkex.qkd.channel import ClassicalChannel
+from hybridkex.qkd.distillation.transport import ClassicalChannel
 from hybridkex.qkd.labels import SIMULATION_LABEL
 from hybridkex.qkd.link import LinkReport, QKDLink, SiteIdentity
 from hybridkex.qkd.parameters import finite_key_parameters

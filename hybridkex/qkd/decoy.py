@@ -149,9 +149,12 @@ def y1_lower(q_mu: float, q_nu: float, y0: float, mu: float, nu: float) -> float
     q_mu = _check_probability("q_mu", q_mu)
     q_nu = _check_probability("q_nu", q_nu)
     y0 = _check_probability("y0", y0)
+    denominator = mu * nu - nu * nu
+    if denominator <= 0.0:  # mu > nu > 0, but the product can underflow
+        raise InvalidParameter("intensities too small for the vacuum + weak bound")
     bound = (
         mu
-        / (mu * nu - nu * nu)
+        / denominator
         * (
             q_nu * math.exp(nu)
             - q_mu * math.exp(mu) * nu * nu / (mu * mu)
@@ -182,7 +185,7 @@ def e1_upper(
     y0 = _check_probability("y0", y0)
     y1_l = _check_probability("y1_l", y1_l)
     e0 = _check_probability("e0", e0)
-    if y1_l <= 0.0:
+    if y1_l * nu <= 0.0:  # y1_l zero, or the product underflows
         return E0_BACKGROUND
     numerator = e_nu * q_nu * math.exp(nu) - e0 * y0
     if numerator < 0.0:
@@ -405,6 +408,8 @@ def finite_gamma(a: float, b: float, c: float, d: float) -> float:
         raise InvalidParameter("gamma needs 0 <= b < 1")
     if b == 0.0:
         return 0.0
+    if c * d == 0.0:  # the counts' product underflows: the correction is unbounded
+        return math.inf
     log_inner = (
         math.log2(c + d)
         - math.log2(c)
@@ -458,6 +463,8 @@ def _single_lower(
     n_mu2_minus, _ = hoeffding_bounds(counts.n[1], n_tot, mu2, ps[1], eps)
     _, n_mu3_plus = hoeffding_bounds(counts.n[2], n_tot, mu3, ps[2], eps)
     denominator = mu1 * (mu2 - mu3) - mu2 * mu2 + mu3 * mu3
+    if denominator <= 0.0:  # positive when mu1 > mu2 + mu3, unless rounding cancels it
+        raise InvalidParameter("intensities too close for the single-photon bound")
     bound = (
         mu1
         * tau1

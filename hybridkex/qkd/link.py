@@ -2,8 +2,10 @@
 
 This is a **simulation** of the optical layer (:mod:`hybridkex.qkd.simulator`)
 followed by the real two-party distillation protocol
-(:mod:`hybridkex.qkd.postprocessing`).  Alice and Bob run in separate threads and
-exchange only authenticated byte messages.
+(:mod:`hybridkex.qkd.distillation`).  Alice and Bob run in separate threads and
+exchange only authenticated byte messages.  Site A runs Alice, site B runs Bob; both
+deposit the distilled units under the same key IDs, each unit assigned to the site that
+may take it by :func:`unit_initiator`.
 
 Authentication across rounds: the first round of a link is authenticated by the two
 sites' signatures (or by an initial pre-shared key).  Every successful round sets
@@ -17,7 +19,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -25,19 +27,9 @@ import numpy as np
 
 from hybridkex import primitives
 from hybridkex.errors import InvalidParameter
+from hybridkex.keydelivery.keys import UNIT_BYTES, StoredKey
 from hybridkex.keydelivery.store import KeyStore
-from hybridkex.qkd.authentication import (
-    ALICE,
-    BOB,
-    AuthKeyPool,
-    MessageAuthenticator,
-    SignatureAuthenticator,
-    WegmanCarterAuthenticator,
-)
-from hybridkex.qkd.channel import ClassicalChannel, queue_pair
-from hybridkex.qkd.labels import SIMULATION_LABEL
-from hybridkex.qkd.parameters import LinkParameters
-from hybridkex.qkd.postprocessing import (
+from hybridkex.qkd.distillation import (
     AliceData,
     BobData,
     DistillationConfig,
@@ -46,10 +38,49 @@ from hybridkex.qkd.postprocessing import (
     run_alice,
     run_bob,
 )
+from hybridkex.qkd.distillation.authentication import (
+    AuthKeyPool,
+    MessageAuthenticator,
+    SignatureAuthenticator,
+    WegmanCarterAuthenticator,
+)
+from hybridkex.qkd.distillation.channel import AuthenticatedChannel
+from hybridkex.qkd.distillation.transport import ClassicalChannel, queue_pair
+from hybridkex.qkd.ends import Role
+from hybridkex.qkd.labels import SIMULATION_LABEL
+from hybridkex.qkd.parameters import LinkParameters
 from hybridkex.qkd.simulator import simulate
-from hybridkex.qkd.wire import AuthenticatedChannel
 
-__all__ = ["LinkReport", "QKDLink", "SiteIdentity"]
+__all__ = ["LinkReport", "QKDLink", "SiteIdentity", "stored_keys",
+           "unit_initiator"]
+
+
+def unit_initiator(index: int, alice_site: str, bob_site: str) -> str:
+    """The site that may take unit ``index`` of a round as session initiator.
+
+    The rule: units alternate, starting with Alice's site (even indices to Alice's
+    site, odd ones to Bob's).  The other site can only fetch the unit by its key ID,
+    as a session's responder.
+
+    Why split at all: if either site could take any unit, two sites opening sessions
+    to each other at the same moment could both hand out the same unit.  Why
+    alternate: sessions may be opened from either side, so each site gets half of
+    every round, and both sites derive the same split from the unit's position alone.
+    """
+    return alice_site if index % 2 == 0 else bob_site
+
+
+def stored_keys(material: bytes, key_ids: Sequence[str], alice_site: str,
+                bob_site: str) -> list[StoredKey]:
+    """A round's distilled units as the key stores take them: one per key ID, in order,
+    each assigned by :func:`unit_initiator`."""
+    if len(material) != UNIT_BYTES * len(key_ids):
+        raise InvalidParameter("distilled key material does not match its key IDs")
+    return [
+        StoredKey(key_id, material[i * UNIT_BYTES:(i + 1) * UNIT_BYTES],
+                  unit_initiator(i, alice_site, bob_site))
+        for i, key_id in enumerate(key_ids)
+    ]
 
 
 @dataclass(frozen=True, repr=False)
@@ -122,8 +153,8 @@ class QKDLink:
 
     def _authenticators(self) -> tuple[MessageAuthenticator, MessageAuthenticator, str]:
         if self._pool_a and self._pool_b:
-            return (WegmanCarterAuthenticator(AuthKeyPool(self._pool_a), ALICE),
-                    WegmanCarterAuthenticator(AuthKeyPool(self._pool_b), BOB),
+            return (WegmanCarterAuthenticator(AuthKeyPool(self._pool_a), Role.ALICE),
+                    WegmanCarterAuthenticator(AuthKeyPool(self._pool_b), Role.BOB),
                     WegmanCarterAuthenticator.kind)
         ia, ib = self._identity_a, self._identity_b
         if ia is None or ib is None:
@@ -135,7 +166,7 @@ class QKDLink:
 
     def run_round(self, pulses: int, seed: int | None = None,
                   progress: Callable[[int, int], None] | None = None,
-                  channel_hook: Callable[[ClassicalChannel, int], ClassicalChannel] | None = None,
+                  channel_hook: Callable[[ClassicalChannel, Role], ClassicalChannel] | None = None,
                   ) -> LinkReport:
         """Simulate ``pulses`` pulses, distil, and deposit the keys into both stores.
 
@@ -157,34 +188,33 @@ class QKDLink:
         end_b: ClassicalChannel
         end_a, end_b = queue_pair()
         if channel_hook is not None:
-            end_a, end_b = channel_hook(end_a, ALICE), channel_hook(end_b, BOB)
-        chan_a = AuthenticatedChannel(end_a, auth_a, ALICE)
-        chan_b = AuthenticatedChannel(end_b, auth_b, BOB)
-        results: dict[int, DistillationResult] = {}
-        initiators = (self.site_a, self.site_b)
+            end_a, end_b = channel_hook(end_a, Role.ALICE), channel_hook(end_b, Role.BOB)
+        chan_a = AuthenticatedChannel(end_a, auth_a, Role.ALICE)
+        chan_b = AuthenticatedChannel(end_b, auth_b, Role.BOB)
+        results: dict[Role, DistillationResult] = {}
 
         randomness_a, randomness_b = os.urandom, os.urandom
         if reproducible:
             # A given seed makes the whole simulated round reproducible, the protocol's
             # public random choices included.  Never outside a simulation.
-            gen_a, gen_b = (np.random.Generator(np.random.PCG64([seed, 0x5EED, role]))
-                            for role in (ALICE, BOB))
+            gen_a, gen_b = (np.random.Generator(np.random.PCG64([seed, 0x5EED, int(role)]))
+                            for role in (Role.ALICE, Role.BOB))
             randomness_a, randomness_b = gen_a.bytes, gen_b.bytes
 
         def bob_side() -> None:
             try:
-                results[BOB] = run_bob(chan_b, bob, self.config, initiators, randomness_b)
+                results[Role.BOB] = run_bob(chan_b, bob, self.config, randomness_b)
             finally:
-                if BOB not in results:  # an unexpected error: Bob keeps nothing
-                    results[BOB] = DistillationResult(role=BOB, aborted=True,
-                                                      abort_reason="internal error at Bob")
+                if Role.BOB not in results:  # an unexpected error: Bob keeps nothing
+                    results[Role.BOB] = DistillationResult(
+                        role=Role.BOB, aborted=True, abort_reason="internal error at Bob")
                     end_b.close()
 
         thread = threading.Thread(target=bob_side, name="qkd-bob", daemon=True)
         thread.start()
-        results[ALICE] = run_alice(chan_a, alice, self.config, initiators, randomness_a)
+        results[Role.ALICE] = run_alice(chan_a, alice, self.config, randomness_a)
         thread.join()
-        ra, rb = results[ALICE], results[BOB]
+        ra, rb = results[Role.ALICE], results[Role.BOB]
         self.rounds += 1
 
         report.auth_bits_consumed = max(auth_a.bits_consumed, auth_b.bits_consumed)
@@ -241,11 +271,14 @@ class QKDLink:
 
     def _deposit(self, ra: DistillationResult, rb: DistillationResult,
                  report: LinkReport) -> None:
-        if [k.key_id for k in ra.keys] != [k.key_id for k in rb.keys]:
+        """Both sites store the same units under the same IDs (Alice's site is site A)."""
+        if ra.key_ids != rb.key_ids:
             raise AssertionError("distillation ended with different key IDs")  # confirmed above
+        keys_a = stored_keys(ra.key_material, ra.key_ids, self.site_a, self.site_b)
+        keys_b = stored_keys(rb.key_material, rb.key_ids, self.site_a, self.site_b)
         if self.store_a is not None:
-            self.store_a.add(self.site_b, ra.keys)
+            self.store_a.add(self.site_b, keys_a)
         if self.store_b is not None:
-            self.store_b.add(self.site_a, rb.keys)
-        report.keys_deposited = len(ra.keys)
-        report.key_ids = [k.key_id for k in ra.keys]
+            self.store_b.add(self.site_a, keys_b)
+        report.keys_deposited = len(ra.key_ids)
+        report.key_ids = list(ra.key_ids)

@@ -23,22 +23,18 @@ from __future__ import annotations
 import abc
 
 from hybridkex import primitives
-from hybridkex.errors import HybridKexError, InvalidParameter
+from hybridkex.errors import InvalidParameter
+from hybridkex.qkd.ends import Role
+from hybridkex.qkd.errors import AuthKeysExhausted
 
 __all__ = [
     "AuthKeyPool",
-    "AuthKeysExhausted",
     "MessageAuthenticator",
     "SignatureAuthenticator",
     "WegmanCarterAuthenticator",
 ]
 
-ALICE, BOB = 0, 1
 SIGNATURE_CONTEXT = b"hybridkex qkd classical channel v1"
-
-
-class AuthKeysExhausted(HybridKexError):
-    """The authentication pool has too few bits left to authenticate another message."""
 
 
 class AuthKeyPool:
@@ -140,11 +136,11 @@ class WegmanCarterAuthenticator(MessageAuthenticator):
     HASH_KEY_BYTES = 16
     PAD_BYTES = 16
 
-    def __init__(self, pool: AuthKeyPool, role: int) -> None:
-        if role not in (ALICE, BOB):
-            raise InvalidParameter("role must be ALICE or BOB")
+    def __init__(self, pool: AuthKeyPool, role: Role) -> None:
+        if not isinstance(role, Role):
+            raise InvalidParameter("role must be Role.ALICE or Role.BOB")
         alice_to_bob, bob_to_alice = pool.split()
-        self._send, self._receive = ((alice_to_bob, bob_to_alice) if role == ALICE
+        self._send, self._receive = ((alice_to_bob, bob_to_alice) if role is Role.ALICE
                                      else (bob_to_alice, alice_to_bob))
         self._role = role
         self._send_r: bytes | None = None
@@ -176,6 +172,6 @@ class WegmanCarterAuthenticator(MessageAuthenticator):
         """The undrawn bits, in the same order on both sides (A->B half, then B->A half),
         to carry into the next round's pool.  Only valid after a round both sides
         completed: after an abort the two sides may have drawn different amounts."""
-        alice_to_bob, bob_to_alice = ((self._send, self._receive) if self._role == ALICE
+        alice_to_bob, bob_to_alice = ((self._send, self._receive) if self._role is Role.ALICE
                                       else (self._receive, self._send))
         return alice_to_bob.take_remaining() + bob_to_alice.take_remaining()

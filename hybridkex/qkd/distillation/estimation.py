@@ -1,0 +1,175 @@
+"""Parameter estimation: the Z sample, error counts, and how long a secret key the data allow.
+
+Both ends call these functions on the same disclosed data and get the same answers, which
+is what lets Bob refuse a privacy amplification length that differs from his own.  The
+bounds themselves live in :mod:`hybridkex.qkd.decoy`; this module feeds them the
+counts of one round and turns their result into a number of bits.
+
+The values Alice announced in her hello enter the bounds.  Those the bounds cannot
+work with (intensities out of order, probabilities that do not sum to one) make
+:mod:`~hybridkex.qkd.decoy` raise :class:`~hybridkex.errors.InvalidParameter`; here that
+ends the round with its message as the reason.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from hybridkex.errors import InvalidParameter
+from hybridkex.keydelivery.keys import UNIT_BITS
+from hybridkex.qkd import decoy
+from hybridkex.qkd.distillation.data import DistillationConfig
+from hybridkex.qkd.distillation.messages import Hello
+from hybridkex.qkd.errors import LinkAborted
+
+__all__ = [
+    "Estimates",
+    "SecretLength",
+    "check_output_length",
+    "check_worth_reconciling",
+    "estimate",
+    "output_plan",
+    "sample_z",
+    "secret_length",
+]
+
+Bits = npt.NDArray[np.uint8]
+Mask = npt.NDArray[np.bool_]
+
+
+def sample_z(n_z: int, seed: bytes, config: DistillationConfig) -> Mask:
+    """The Z positions disclosed for QBER estimation, chosen from Bob's public seed."""
+    rng = np.random.Generator(np.random.PCG64(int.from_bytes(seed, "big")))
+    size = min(n_z, max(config.z_sample_minimum, math.ceil(config.z_sample_fraction * n_z)))
+    mask = np.zeros(n_z, dtype=bool)
+    mask[rng.choice(n_z, size=size, replace=False)] = True
+    return mask
+
+
+@dataclass(frozen=True)
+class Estimates:
+    """Counts per basis and intensity, and the two error rates the disclosed bits show.
+
+    The Z counts are those of the key positions (the sample left out); their errors are
+    not known before reconciliation, so ``z.m`` is zero.
+    """
+
+    z: decoy.BasisCounts
+    x: decoy.BasisCounts
+    qber_sample: float
+    qber_x: float
+
+
+def _counts(intensity: Bits, errors: Bits) -> decoy.BasisCounts:
+    n = tuple(float(np.count_nonzero(intensity == k)) for k in range(3))
+    m = tuple(float(np.count_nonzero(errors[intensity == k])) for k in range(3))
+    return decoy.BasisCounts(n, m)  # type: ignore[arg-type]
+
+
+def estimate(intensity_z: Bits, intensity_x: Bits, sample: Mask, z_errors_sample: Bits,
+             x_errors: Bits) -> Estimates:
+    keep = ~sample
+    n_sample = int(np.count_nonzero(sample))
+    qber_sample = float(np.count_nonzero(z_errors_sample)) / n_sample if n_sample else 0.5
+    qber_x = float(np.count_nonzero(x_errors)) / len(x_errors) if len(x_errors) else 0.5
+    z = decoy.BasisCounts(
+        tuple(float(np.count_nonzero(intensity_z[keep] == k)) for k in range(3)),  # type: ignore[arg-type]
+        (0.0, 0.0, 0.0))
+    return Estimates(z, _counts(intensity_x, x_errors), qber_sample, qber_x)
+
+
+@dataclass(frozen=True)
+class SecretLength:
+    """The secret key length of a block, and the bounds behind it, as reported."""
+
+    bits: int
+    bound: decoy.FiniteKeyResult | None
+    y1_lower: float
+    e1_upper: float
+
+
+def secret_length(est: Estimates, hello: Hello, detected_intensity: Bits, lambda_ec: float,
+                  config: DistillationConfig) -> SecretLength:
+    """How many secret bits the key block allows once ``lambda_ec`` bits were disclosed."""
+    try:
+        if config.finite_key:
+            return _finite_length(est, hello, detected_intensity, lambda_ec, config)
+        return _asymptotic_length(est, hello, detected_intensity, lambda_ec)
+    except InvalidParameter as exc:  # announced values the bounds do not accept
+        raise LinkAborted(str(exc)) from None
+
+
+def _whole_bits(ell: float) -> int:
+    if not math.isfinite(ell):
+        raise LinkAborted("the announced values give no finite key length")
+    return max(0, math.floor(ell))
+
+
+def _finite_length(est: Estimates, hello: Hello, detected_intensity: Bits, lambda_ec: float,
+                   config: DistillationConfig) -> SecretLength:
+    """Lim et al. (2014).  The reported Y1 bound is s_Z1 over the single-photon pulses
+    behind the key block, N_block * tau_1 with N_block = n_key / Q (Q the overall gain,
+    the same in both bases) and tau_1 = sum_k p_k mu_k e^-mu_k."""
+    bound = decoy.finite_key(est.z, est.x, hello.intensities, hello.probabilities,
+                             lambda_ec, config.eps_sec, config.eps_cor)
+    n_key = est.z.n_total
+    gain = len(detected_intensity) / sum(hello.sent) if sum(hello.sent) else 0.0
+    tau1 = sum(p * mu * math.exp(-mu)
+               for p, mu in zip(hello.probabilities, hello.intensities, strict=True))
+    y1 = min(1.0, bound.s_z1_l * gain / (n_key * tau1)) if n_key and tau1 else 0.0
+    return SecretLength(_whole_bits(bound.ell), bound, y1, bound.phi_u)
+
+
+def _asymptotic_length(est: Estimates, hello: Hello, detected_intensity: Bits,
+                       lambda_ec: float) -> SecretLength:
+    """Asymptotic length (sampling fluctuations ignored; for comparison with the analytic
+    model): gains per intensity from all detections, error rates from the X basis, the
+    vacuum + weak bounds, and ell = sum_k n_Z,k * (Y1 k e^-k / Q_k) * (1 - h2(e1)) - leak.
+
+    Intensities the vacuum + weak bounds do not apply to give no key (not an abort of
+    their own): the round then ends because the length is not positive.
+    """
+    detections = [float(np.count_nonzero(detected_intensity == k)) for k in range(3)]
+    qber_x = [est.x.m[k] / est.x.n[k] if est.x.n[k] else 0.5 for k in range(3)]
+    try:
+        a = decoy.asymptotic_from_counts(
+            detections, [qber_x[k] * detections[k] for k in range(3)], hello.sent,
+            hello.intensities)
+    except InvalidParameter:
+        return SecretLength(0, None, 0.0, 0.5)
+    gains = (a.q_mu, a.q_nu)
+    singles = sum(
+        est.z.n[k] * min(1.0, a.y1_l * mu * math.exp(-mu) / gains[k])
+        for k, mu in enumerate(hello.intensities[:2]) if gains[k] > 0
+    )
+    ell = singles * (1.0 - decoy.h2(a.e1_u)) - lambda_ec
+    return SecretLength(_whole_bits(ell), None, a.y1_l, a.e1_u)
+
+
+def check_worth_reconciling(est: Estimates, hello: Hello, detected_intensity: Bits,
+                            config: DistillationConfig) -> None:
+    """Abort before reconciliation when no key can come out of this block."""
+    if est.qber_sample > config.qber_abort:
+        raise LinkAborted(f"QBER {est.qber_sample:.3f} above the threshold {config.qber_abort}")
+    n_key = est.z.n_total
+    leak = decoy.ec_leakage(n_key, est.qber_sample * n_key, config.f_ec_estimate)
+    if secret_length(est, hello, detected_intensity, leak, config).bits <= 0:
+        raise LinkAborted("the estimated secret key length is not positive")
+
+
+def output_plan(secret_bits: int, config: DistillationConfig) -> tuple[int, int]:
+    """(authentication reserve bits, number of 256-bit units) from a secret length."""
+    reserve = min(config.auth_reserve_bits, (secret_bits // 8) * 8)
+    return reserve, (secret_bits - reserve) // UNIT_BITS
+
+
+def check_output_length(out_bits: int, key_bits: int) -> None:
+    """Refuse an output privacy amplification cannot produce from a ``key_bits`` block."""
+    if out_bits <= 0:
+        raise LinkAborted("the secret key length after reconciliation is not positive")
+    if out_bits > key_bits:
+        raise LinkAborted("the secret key length exceeds the reconciled key")
