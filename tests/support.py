@@ -36,7 +36,7 @@ import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -122,7 +122,10 @@ class OneWayPools:
         return f"OneWayPools(units={len(self.units)})"
 
 
-def one_way_pools(count: int = 8, *, server: str = "same") -> OneWayPools:
+ServerHolds = Literal["same", "other IDs", "other keys"]
+
+
+def one_way_pools(count: int = 8, *, server: ServerHolds = "same") -> OneWayPools:
     """``count`` units initiated by the client.  ``server`` says what the server holds:
     ``"same"`` (a working link), ``"other IDs"`` (other units altogether) or
     ``"other keys"`` (the same IDs with other material)."""
@@ -132,10 +135,8 @@ def one_way_pools(count: int = 8, *, server: str = "same") -> OneWayPools:
         return OneWayPools(pools.store_a, pools.store_b, pools.units, pools.units)
     if server == "other IDs":
         theirs = random_units(CLIENT, SERVER, count, 0)
-    elif server == "other keys":
-        theirs = [StoredKey(u.key_id, os.urandom(UNIT_BYTES), u.initiator) for u in units]
     else:
-        raise ValueError(f"server must be 'same', 'other IDs' or 'other keys', not {server!r}")
+        theirs = [StoredKey(u.key_id, os.urandom(UNIT_BYTES), u.initiator) for u in units]
     return OneWayPools(one_end(CLIENT, units), one_end(SERVER, theirs), tuple(units),
                        tuple(theirs))
 
