@@ -69,8 +69,10 @@ ALL_ROOMS = frozenset({*STACK, "qkd", "site", "selftest", PACKAGE_ROOM, "demos",
 # Room -> the other rooms its modules may import (its own always).
 MAY_IMPORT: dict[str, frozenset[str]] = {
     **{room: _below(room) for room in STACK},
-    # The QKD link: physics and distillation; it deposits into key delivery's stores.
-    # Nothing of the channel (protocol, transport, tls, asyncio) imports it.
+    # The QKD link: physics and distillation.  DESIGN.md draws it under keydelivery, but
+    # the link deposits into key delivery's stores and key delivery imports nothing of
+    # the link, so it stands beside the channel, above keydelivery; nothing of the
+    # channel (protocol, transport, tls, asyncio) imports it.
     "qkd": frozenset({"errors", "primitives", "combiner", "keydelivery"}),
     # A site directory: credentials, site.toml, pairing (which runs the link, lazily).
     "site": _below("asyncio") | {"qkd"},
