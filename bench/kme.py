@@ -37,9 +37,7 @@ ceiling.
 from __future__ import annotations
 
 import argparse
-import datetime
 import http.client
-import ipaddress
 import json
 import os
 import platform
@@ -59,16 +57,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import aiohttp
 import cryptography
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from hybridkex.keydelivery.keys import DeliveredKey, StoredKey, new_key_id
-from hybridkex.keydelivery.kme import BackgroundKME, KMEServer, server_ssl_context
-from hybridkex.keydelivery.kme.client import KMEClient
+from hybridkex.keydelivery import DeliveredKey, linked_pools, random_units
+from hybridkex.keydelivery.kme import BackgroundKME, KMEServer
 from hybridkex.keydelivery.sqlite import SQLiteKeyStore
 from hybridkex.keydelivery.store import KeyStore, MemoryKeyStore
+from tests.support import KMEFiles
 
 SAE_MAP = {"sae-a": "A", "sae-b": "B"}
 OPERATIONS = ("enc_keys", "dec_keys", "status", "status keep-alive")
@@ -78,88 +72,9 @@ BACKENDS = ("memory", "sqlite")
 # -- a throw-away PKI ---------------------------------------------------------------------
 
 
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def _issue(subject: str, key: ec.EllipticCurvePrivateKey, issuer: str,
-           issuer_key: ec.EllipticCurvePrivateKey, *, ca: bool = False,
-           usage: x509.ObjectIdentifier | None = None,
-           san: list[x509.GeneralName] | None = None) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.UTC)
-    builder = (x509.CertificateBuilder()
-               .subject_name(_name(subject)).issuer_name(_name(issuer))
-               .public_key(key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(now - datetime.timedelta(hours=1))
-               .not_valid_after(now + datetime.timedelta(days=1))
-               .add_extension(x509.BasicConstraints(ca=ca, path_length=0 if ca else None),
-                              critical=True)
-               .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
-                              critical=False)
-               .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
-                   issuer_key.public_key()), critical=False))
-    if ca:
-        builder = builder.add_extension(x509.KeyUsage(
-            digital_signature=True, content_commitment=False, key_encipherment=False,
-            data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-            encipher_only=False, decipher_only=False), critical=True)
-    if usage is not None:
-        builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-    if san:
-        builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
-    return builder.sign(issuer_key, hashes.SHA256())
-
-
-def _write(directory: Path, name: str, cert: x509.Certificate,
-           key: ec.EllipticCurvePrivateKey) -> None:
-    (directory / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (directory / f"{name}.key").write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
-
-
-@dataclass(frozen=True)
-class PKI:
+def make_pki(directory: Path) -> KMEFiles:
     """A CA, the KMEs' server certificate (127.0.0.1) and one client certificate per SAE."""
-
-    dir: Path
-
-    @classmethod
-    def make(cls, directory: Path) -> PKI:
-        ca_key = ec.generate_private_key(ec.SECP256R1())
-        ca_name = "hybridkex bench CA"
-        _write(directory, "ca", _issue(ca_name, ca_key, ca_name, ca_key, ca=True), ca_key)
-        kme_key = ec.generate_private_key(ec.SECP256R1())
-        san: list[x509.GeneralName] = [x509.DNSName("localhost"),
-                                       x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-        _write(directory, "kme", _issue("kme", kme_key, ca_name, ca_key,
-                                        usage=ExtendedKeyUsageOID.SERVER_AUTH, san=san), kme_key)
-        for sae in SAE_MAP:
-            key = ec.generate_private_key(ec.SECP256R1())
-            _write(directory, sae, _issue(sae, key, ca_name, ca_key,
-                                          usage=ExtendedKeyUsageOID.CLIENT_AUTH), key)
-        return cls(directory)
-
-    @property
-    def ca(self) -> Path:
-        return self.dir / "ca.pem"
-
-    def pair(self, name: str) -> tuple[Path, Path]:
-        return self.dir / f"{name}.pem", self.dir / f"{name}.key"
-
-    def server_context(self) -> ssl.SSLContext:
-        return server_ssl_context(*self.pair("kme"), self.ca)
-
-    def client(self, url: str, sae: str) -> KMEClient:
-        return KMEClient(url, *self.pair(sae), self.ca)
-
-    def raw_context(self, sae: str) -> ssl.SSLContext:
-        """A client context like KMEClient's, for the keep-alive diagnostic."""
-        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(self.ca))
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        cert, key = self.pair(sae)
-        ctx.load_cert_chain(str(cert), str(key))
-        return ctx
+    return KMEFiles.create(directory, SAE_MAP, ca_name="hybridkex bench CA")
 
 
 # -- timing -------------------------------------------------------------------------------
@@ -229,14 +144,13 @@ def open_stores(backend: str, workdir: Path) -> tuple[KeyStore, KeyStore]:
     return SQLiteKeyStore("A", run / "a.db"), SQLiteKeyStore("B", run / "b.db")
 
 
-def run_once(backend: str, pki: PKI, workdir: Path, threads: int,
+def run_once(backend: str, pki: KMEFiles, workdir: Path, threads: int,
              requests: int) -> dict[str, Sample]:
     """Fresh stores holding ``requests`` keys (taken at A), two fresh KMEs, four phases."""
     store_a, store_b = open_stores(backend, workdir)
     try:
-        deposit = [StoredKey(new_key_id(), os.urandom(32), "A") for _ in range(requests)]
-        store_a.add("B", deposit)
-        store_b.add("A", deposit)
+        linked_pools("A", "B", random_units("A", "B", requests, 0),
+                     store_a=store_a, store_b=store_b)
         ctx_a, ctx_b = pki.server_context(), pki.server_context()
         with (BackgroundKME(KMEServer(store_a, "A", SAE_MAP, ctx_a)) as kme_a,
               BackgroundKME(KMEServer(store_b, "B", SAE_MAP, ctx_b)) as kme_b):
@@ -268,7 +182,7 @@ def run_once(backend: str, pki: PKI, workdir: Path, threads: int,
 
             samples["status"] = timed(threads, requests, ctx_a, status)
 
-            raw_ctx = pki.raw_context("sae-a")
+            raw_ctx = pki.ssl_context("sae-a")
 
             def status_keepalive(index: int) -> None:
                 conn = http.client.HTTPSConnection("127.0.0.1", kme_a.port, timeout=10.0,
@@ -324,10 +238,10 @@ class Result:
         }
 
 
-def tls_probe(pki: PKI, port: int) -> str:
+def tls_probe(pki: KMEFiles, port: int) -> str:
     """The protocol and cipher a client with sae-a's certificate negotiates."""
     conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=10.0,
-                                       context=pki.raw_context("sae-a"))
+                                       context=pki.ssl_context("sae-a"))
     try:
         conn.connect()
         sock = conn.sock
@@ -411,7 +325,7 @@ def main(argv: Sequence[str]) -> int:
         workdir = Path(tmp)
         pki_dir = workdir / "pki"
         pki_dir.mkdir()
-        pki = PKI.make(pki_dir)
+        pki = make_pki(pki_dir)
         with BackgroundKME(KMEServer(MemoryKeyStore("A"), "A", SAE_MAP,
                                      pki.server_context())) as probe:
             tls = tls_probe(pki, probe.port)

@@ -1,17 +1,15 @@
 """The ETSI GS QKD 014 KME: real HTTPS servers with mutual TLS on loopback.
 
-Certificates are made here with cryptography's x509: a CA, the KMEs' server
-certificate (127.0.0.1 / localhost), SAE client certificates (CN = SAE ID) and a
-certificate of another CA for the wrong-certificate case.  Two KMEs (sites A and B)
-serve stores holding the same keys, as the two ends of a QKD link would.
+Certificates come from tests/support.KMEFiles: a CA, the KMEs' server certificate
+(127.0.0.1 / localhost), SAE client certificates (CN = SAE ID) and a certificate of
+another CA for the wrong-certificate case.  Two KMEs (sites A and B) serve stores
+holding the same keys (``linked_pools``), as the two ends of a QKD link would.
 """
 
 from __future__ import annotations
 
 import base64
-import datetime
 import http.client
-import ipaddress
 import json
 import logging
 import os
@@ -38,10 +36,7 @@ import pytest
 # aiohttp (the kme extra) and schemathesis are test dependencies ('.[test]'): a missing
 # one is an import error here, never a skip.
 import schemathesis
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.generation import GenerationMode
@@ -52,9 +47,9 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from hybridkex.cli import main
+from hybridkex.keydelivery import StoredKey, linked_pools, random_units
 from hybridkex.keydelivery.errors import KeyNotAvailable, KeysExhausted, KeySourceError
-from hybridkex.keydelivery.keys import StoredKey, new_key_id
-from hybridkex.keydelivery.kme import BackgroundKME, KMELimits, KMEServer, server_ssl_context
+from hybridkex.keydelivery.kme import BackgroundKME, KMELimits, KMEServer
 from hybridkex.keydelivery.kme.client import (
     KMEAuthenticationError,
     KMEClient,
@@ -64,6 +59,7 @@ from hybridkex.keydelivery.kme.client import (
 from hybridkex.keydelivery.source import KeySource, StoreKeySource
 from hybridkex.keydelivery.sqlite import SQLiteKeyStore
 from hybridkex.keydelivery.store import KeyStore, MemoryKeyStore
+from tests.support import KMEFiles, alternating_units, self_signed
 
 REPO = Path(__file__).resolve().parent.parent
 SAE_MAP = {"sae-a": "A", "sae-c": "A", "sae-b": "B"}
@@ -75,93 +71,24 @@ STATUS_MEMBERS = {"source_KME_ID", "target_KME_ID", "master_SAE_ID", "slave_SAE_
 # -- certificates ---------------------------------------------------------------------------
 
 
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def _issue(subject: str, key: ec.EllipticCurvePrivateKey, issuer: str,
-           issuer_key: ec.EllipticCurvePrivateKey, *, ca: bool = False,
-           usage: x509.ObjectIdentifier | None = None,
-           san: list[x509.GeneralName] | None = None) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.UTC)
-    builder = (x509.CertificateBuilder()
-               .subject_name(_name(subject)).issuer_name(_name(issuer))
-               .public_key(key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(now - datetime.timedelta(hours=1))
-               .not_valid_after(now + datetime.timedelta(days=1))
-               .add_extension(x509.BasicConstraints(ca=ca, path_length=0 if ca else None),
-                              critical=True)
-               .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
-                              critical=False)
-               .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
-                   issuer_key.public_key()), critical=False))
-    if ca:
-        builder = builder.add_extension(x509.KeyUsage(
-            digital_signature=True, content_commitment=False, key_encipherment=False,
-            data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-            encipher_only=False, decipher_only=False), critical=True)
-    if usage is not None:
-        builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-    if san:
-        builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
-    return builder.sign(issuer_key, hashes.SHA256())
-
-
-@dataclass(frozen=True)
-class PKI:
-    dir: Path
-    ca: Path
-
-    def pair(self, name: str) -> tuple[Path, Path]:
-        return self.dir / f"{name}.pem", self.dir / f"{name}.key"
-
-    def server_context(self) -> ssl.SSLContext:
-        cert, key = self.pair("kme")
-        return server_ssl_context(cert, key, self.ca)
-
-    def client(self, url: str, sae: str, timeout: float = 10.0) -> KMEClient:
-        cert, key = self.pair(sae)
-        return KMEClient(url, cert, key, self.ca, timeout=timeout)
-
-
-def _write(pki_dir: Path, name: str, cert: x509.Certificate,
-           key: ec.EllipticCurvePrivateKey) -> None:
-    (pki_dir / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (pki_dir / f"{name}.key").write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
-
-
 @pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
+def pki(tmp_path_factory: pytest.TempPathFactory) -> KMEFiles:
+    """The CA, the KMEs' certificate, one per SAE, and an SAE certificate from another CA
+    under the name of a known SAE."""
     d = tmp_path_factory.mktemp("pki")
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = _issue("hybridkex test CA", ca_key, "hybridkex test CA", ca_key, ca=True)
-    _write(d, "ca", ca, ca_key)
-    kme_key = ec.generate_private_key(ec.SECP256R1())
-    san: list[x509.GeneralName] = [x509.DNSName("localhost"),
-                                   x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-    _write(d, "kme", _issue("kme", kme_key, "hybridkex test CA", ca_key,
-                            usage=ExtendedKeyUsageOID.SERVER_AUTH, san=san), kme_key)
-    for sae in ("sae-a", "sae-b", "sae-c", "sae-x"):
-        key = ec.generate_private_key(ec.SECP256R1())
-        _write(d, sae, _issue(sae, key, "hybridkex test CA", ca_key,
-                              usage=ExtendedKeyUsageOID.CLIENT_AUTH), key)
-    rogue_key = ec.generate_private_key(ec.SECP256R1())
-    key = ec.generate_private_key(ec.SECP256R1())
-    _write(d, "rogue-sae-a", _issue("sae-a", key, "rogue CA", rogue_key,
-                                    usage=ExtendedKeyUsageOID.CLIENT_AUTH), key)
-    return PKI(d, d / "ca.pem")
+    rogue = self_signed("ECDSA-P256", "rogue CA", tls=True)
+    rogue.issue("sae-a", tls=True, usage=ExtendedKeyUsageOID.CLIENT_AUTH).write(
+        d, "rogue-sae-a")
+    return KMEFiles.create(d, ("sae-a", "sae-b", "sae-c", "sae-x"))
 
 
 # -- two KMEs over stores holding the same keys ------------------------------------------------
 
 
 def _fill(a: KeyStore, b: KeyStore, n: int) -> list[StoredKey]:
-    keys = [StoredKey(new_key_id(), os.urandom(32), "A" if i % 2 == 0 else "B") for i in range(n)]
-    a.add("B", keys)
-    b.add("A", keys)
-    return keys
+    """``n`` units into both sites' stores, initiated by A and B in turn."""
+    return list(linked_pools("A", "B", alternating_units("A", "B", n // 2),
+                             store_a=a, store_b=b).units)
 
 
 @dataclass
@@ -174,7 +101,7 @@ class Link:
 
 
 @pytest.fixture
-def link(pki: PKI) -> Iterator[Link]:
+def link(pki: KMEFiles) -> Iterator[Link]:
     a, b = MemoryKeyStore("A"), MemoryKeyStore("B")
     keys = _fill(a, b, 400)
     with (BackgroundKME(KMEServer(a, "A", SAE_MAP, pki.server_context())) as kme_a,
@@ -182,12 +109,10 @@ def link(pki: PKI) -> Iterator[Link]:
         yield Link(a, b, kme_a, kme_b, keys)
 
 
-def raw(pki: PKI, url: str, sae: str, method: str, path: str,
+def raw(pki: KMEFiles, url: str, sae: str, method: str, path: str,
         body: bytes | None = None) -> tuple[int, Any, str]:
     """One request with the SAE's certificate: (status, decoded JSON, content type)."""
-    cert, key = pki.pair(sae)
-    ctx = ssl.create_default_context(cafile=str(pki.ca))
-    ctx.load_cert_chain(str(cert), str(key))
+    ctx = pki.ssl_context(sae)
     parts = urlsplit(url)
     assert parts.hostname is not None
     conn = http.client.HTTPSConnection(parts.hostname, parts.port, context=ctx, timeout=10)
@@ -202,7 +127,7 @@ def raw(pki: PKI, url: str, sae: str, method: str, path: str,
         conn.close()
 
 
-def _post(pki: PKI, url: str, sae: str, path: str, body: Any) -> tuple[int, Any]:
+def _post(pki: KMEFiles, url: str, sae: str, path: str, body: Any) -> tuple[int, Any]:
     status, decoded, _ = raw(pki, url, sae, "POST", path, json.dumps(body).encode())
     return status, decoded
 
@@ -210,7 +135,7 @@ def _post(pki: PKI, url: str, sae: str, path: str, body: Any) -> tuple[int, Any]
 # -- the three methods -------------------------------------------------------------------------
 
 
-def test_status_reports_the_link_to_the_slave_site(link: Link, pki: PKI) -> None:
+def test_status_reports_the_link_to_the_slave_site(link: Link, pki: KMEFiles) -> None:
     status = pki.client(link.kme_a.url, "sae-a").status("sae-b")
     assert set(status.raw) == STATUS_MEMBERS
     assert (status.source_kme_id, status.target_kme_id) == ("A", "B")
@@ -223,7 +148,7 @@ def test_status_reports_the_link_to_the_slave_site(link: Link, pki: PKI) -> None
     assert pki.client(link.kme_b.url, "sae-b").status("sae-a").stored_key_count == 200
 
 
-def test_enc_keys_then_dec_keys_give_the_same_keys(link: Link, pki: PKI) -> None:
+def test_enc_keys_then_dec_keys_give_the_same_keys(link: Link, pki: KMEFiles) -> None:
     taken = pki.client(link.kme_a.url, "sae-a").get_keys("sae-b", 3)
     initiated_by_a = [k for k in link.keys if k.initiator == "A"]
     assert [k.key_id for k in taken] == [k.key_id for k in initiated_by_a[:3]]
@@ -234,7 +159,7 @@ def test_enc_keys_then_dec_keys_give_the_same_keys(link: Link, pki: PKI) -> None
     assert link.store_a.status("B").delivered == 3 == link.store_b.status("A").delivered
 
 
-def test_the_get_forms(link: Link, pki: PKI) -> None:
+def test_the_get_forms(link: Link, pki: KMEFiles) -> None:
     status, body, ctype = raw(pki, link.kme_b.url, "sae-b", "GET",
                               "/api/v1/keys/sae-a/enc_keys?number=2&size=256")
     assert status == 200 and ctype.startswith("application/json")
@@ -249,7 +174,7 @@ def test_the_get_forms(link: Link, pki: PKI) -> None:
 
 
 @pytest.mark.parametrize("size", [64, 128, 264, 512, 1024, 2048])
-def test_keys_of_other_sizes_round_trip(link: Link, pki: PKI, size: int) -> None:
+def test_keys_of_other_sizes_round_trip(link: Link, pki: KMEFiles, size: int) -> None:
     status, body = _post(pki, link.kme_a.url, "sae-a", "/api/v1/keys/sae-b/enc_keys",
                          {"number": 2, "size": size})
     assert status == 200
@@ -276,7 +201,7 @@ def test_keys_of_other_sizes_round_trip(link: Link, pki: PKI, size: int) -> None
 
 
 def test_unknown_or_delivered_key_ids_are_400_and_nothing_is_delivered(link: Link,
-                                                                       pki: PKI) -> None:
+                                                                       pki: KMEFiles) -> None:
     taken = pki.client(link.kme_a.url, "sae-a").get_keys("sae-b", 2)
     b = pki.client(link.kme_b.url, "sae-b")
     before = link.store_b.status("A")
@@ -300,7 +225,7 @@ def test_unknown_or_delivered_key_ids_are_400_and_nothing_is_delivered(link: Lin
     assert status == 400 and body["message"] == "one or more keys specified are not found on KME"
 
 
-def test_empty_store_is_503(pki: PKI) -> None:
+def test_empty_store_is_503(pki: KMEFiles) -> None:
     with BackgroundKME(KMEServer(MemoryKeyStore("A"), "A", SAE_MAP,
                                  pki.server_context())) as kme:
         client = pki.client(kme.url, "sae-a")
@@ -313,13 +238,13 @@ def test_empty_store_is_503(pki: PKI) -> None:
                         "details": [{"stored_key_count": 0}]}
 
 
-def test_more_keys_than_stored_is_503_and_takes_nothing(link: Link, pki: PKI) -> None:
+def test_more_keys_than_stored_is_503_and_takes_nothing(link: Link, pki: KMEFiles) -> None:
     with pytest.raises(KeysExhausted):
         pki.client(link.kme_a.url, "sae-a").get_keys("sae-b", 101, 512)  # 202 units > 200
     assert link.store_a.status("B").available_to_take == 200
 
 
-def test_a_certificate_from_another_ca_is_refused(link: Link, pki: PKI) -> None:
+def test_a_certificate_from_another_ca_is_refused(link: Link, pki: KMEFiles) -> None:
     with pytest.raises(KeySourceError) as caught:
         pki.client(link.kme_a.url, "rogue-sae-a").get_keys("sae-b")
     # refused in the handshake: the client usually sees the alert (certificate unknown
@@ -331,8 +256,8 @@ def test_a_certificate_from_another_ca_is_refused(link: Link, pki: PKI) -> None:
     assert link.store_a.status("B").delivered == 0
 
 
-def _request_without_certificate(pki: PKI, url: str) -> None:
-    ctx = ssl.create_default_context(cafile=str(pki.ca))
+def _request_without_certificate(pki: KMEFiles, url: str) -> None:
+    ctx = pki.ssl_context(None)
     parts = urlsplit(url)
     assert parts.hostname is not None
     conn = http.client.HTTPSConnection(parts.hostname, parts.port, context=ctx, timeout=5)
@@ -343,7 +268,7 @@ def _request_without_certificate(pki: PKI, url: str) -> None:
         conn.close()
 
 
-def test_unknown_or_foreign_saes_are_401(link: Link, pki: PKI) -> None:
+def test_unknown_or_foreign_saes_are_401(link: Link, pki: KMEFiles) -> None:
     with pytest.raises(KMEAuthenticationError):  # certificate from the CA, SAE not in the map
         pki.client(link.kme_a.url, "sae-x").get_keys("sae-b")
     with pytest.raises(KMEAuthenticationError):  # SAE attached to the other site
@@ -373,14 +298,14 @@ def test_unknown_or_foreign_saes_are_401(link: Link, pki: PKI) -> None:
      "not all extension_mandatory parameters are supported"),
     (b'{"extension_optional": "x"}', "extension_optional must be an array of objects"),
 ])
-def test_bad_key_requests_are_400(link: Link, pki: PKI, body: bytes, message: str) -> None:
+def test_bad_key_requests_are_400(link: Link, pki: KMEFiles, body: bytes, message: str) -> None:
     status, decoded, _ = raw(pki, link.kme_a.url, "sae-a", "POST",
                              "/api/v1/keys/sae-b/enc_keys", body)
     assert status == 400 and decoded["message"] == message
     assert link.store_a.status("B").delivered == 0
 
 
-def test_request_details_and_accepted_extras(link: Link, pki: PKI) -> None:
+def test_request_details_and_accepted_extras(link: Link, pki: KMEFiles) -> None:
     status, body = _post(pki, link.kme_a.url, "sae-a", "/api/v1/keys/sae-b/enc_keys",
                          {"extension_mandatory": [{"abc_route_type": "direct", "x": 1}]})
     assert status == 400 and body["details"] == [
@@ -408,7 +333,7 @@ def test_request_details_and_accepted_extras(link: Link, pki: PKI) -> None:
 
 
 def test_an_unexpected_failure_is_a_generic_503_logged_without_data(
-        pki: PKI, caplog: pytest.LogCaptureFixture) -> None:
+        pki: KMEFiles, caplog: pytest.LogCaptureFixture) -> None:
     class Broken(MemoryKeyStore):
         def _take(self, peer: str, units: int) -> list[tuple[str, bytes]]:
             raise RuntimeError("secret material 0123456789abcdef")
@@ -420,7 +345,7 @@ def test_an_unexpected_failure_is_a_generic_503_logged_without_data(
     assert "RuntimeError" in caplog.text and "0123456789abcdef" not in caplog.text
 
 
-def test_logs_carry_no_key_material(link: Link, pki: PKI,
+def test_logs_carry_no_key_material(link: Link, pki: KMEFiles,
                                     caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.DEBUG):
         taken = pki.client(link.kme_a.url, "sae-a").get_keys("sae-b", 2, 512)
@@ -432,13 +357,11 @@ def test_logs_carry_no_key_material(link: Link, pki: PKI,
         assert k.key.hex()[:16] not in caplog.text
 
 
-def test_the_openapi_document_is_served_with_the_limits(pki: PKI) -> None:
+def test_the_openapi_document_is_served_with_the_limits(pki: KMEFiles) -> None:
     limits = KMELimits(max_key_size=512, max_key_per_request=4)
     with BackgroundKME(KMEServer(MemoryKeyStore("A"), "A", SAE_MAP, pki.server_context(),
                                  limits=limits)) as kme:
-        cert, key = pki.pair("sae-x")  # any certificate from the CA may read it
-        ctx = ssl.create_default_context(cafile=str(pki.ca))
-        ctx.load_cert_chain(str(cert), str(key))
+        ctx = pki.ssl_context("sae-x")  # any certificate from the CA may read it
         conn = http.client.HTTPSConnection("127.0.0.1", kme.port, context=ctx, timeout=10)
         conn.request("GET", "/api/v1/openapi.yaml")
         response = conn.getresponse()
@@ -450,7 +373,7 @@ def test_the_openapi_document_is_served_with_the_limits(pki: PKI) -> None:
     assert "maximum: 128" not in text and "/api/v1/keys/{master_SAE_ID}/dec_keys" in text
 
 
-def test_client_timeouts_and_unreachable_kmes(pki: PKI) -> None:
+def test_client_timeouts_and_unreachable_kmes(pki: KMEFiles) -> None:
     with socket.socket() as silent:  # accepts connections (backlog) but never speaks TLS
         silent.bind(("127.0.0.1", 0))
         silent.listen(1)
@@ -466,7 +389,7 @@ def test_client_timeouts_and_unreachable_kmes(pki: PKI) -> None:
 # -- concurrency -------------------------------------------------------------------------------
 
 
-def test_fifty_concurrent_saes_never_share_a_key(pki: PKI, tmp_path: Path) -> None:
+def test_fifty_concurrent_saes_never_share_a_key(pki: KMEFiles, tmp_path: Path) -> None:
     a, b = SQLiteKeyStore("A", tmp_path / "a.db"), SQLiteKeyStore("B", tmp_path / "b.db")
     _fill(a, b, 600)
     with (BackgroundKME(KMEServer(a, "A", SAE_MAP, pki.server_context())) as kme_a,
@@ -504,7 +427,7 @@ def test_fifty_concurrent_saes_never_share_a_key(pki: PKI, tmp_path: Path) -> No
 # -- the key-source adapters -------------------------------------------------------------------
 
 
-def test_store_and_kme_key_sources_are_interchangeable(link: Link, pki: PKI) -> None:
+def test_store_and_kme_key_sources_are_interchangeable(link: Link, pki: KMEFiles) -> None:
     via_kme = KMEKeySource(pki.client(link.kme_a.url, "sae-a"), {"B": "sae-b"})
     via_store = StoreKeySource(link.store_b)
     assert isinstance(via_kme, KeySource) and isinstance(via_store, KeySource)
@@ -526,17 +449,15 @@ def test_store_and_kme_key_sources_are_interchangeable(link: Link, pki: PKI) -> 
 
 
 @pytest.fixture(scope="module")
-def fuzz_kme(pki: PKI) -> Iterator[BackgroundKME]:
-    a = MemoryKeyStore("A")
-    a.add("B", [StoredKey(new_key_id(), os.urandom(32), "A" if i % 4 else "B")
-                for i in range(12_000)])
+def fuzz_kme(pki: KMEFiles) -> Iterator[BackgroundKME]:
+    a = linked_pools("A", "B", random_units("A", "B", 9_000, 3_000)).store_a
     limits = KMELimits(max_key_size=512, max_key_per_request=4)  # at most 8 units a request
     with BackgroundKME(KMEServer(a, "A", SAE_MAP, pki.server_context(), limits=limits)) as kme:
         yield kme
 
 
 @pytest.fixture(scope="module")
-def kme_schema(fuzz_kme: BackgroundKME, pki: PKI) -> Any:
+def kme_schema(fuzz_kme: BackgroundKME, pki: KMEFiles) -> Any:
     cert, key = pki.pair("sae-a")  # the document is fetched from the server, over mutual TLS
     return schemathesis.openapi.from_url(fuzz_kme.url + "/api/v1/openapi.yaml",
                                          cert=(str(cert), str(key)), verify=str(pki.ca))
@@ -556,7 +477,7 @@ FUZZ_RUNS = [(*op, GenerationMode.POSITIVE) for op in OPERATIONS] + [
 
 @pytest.mark.parametrize(("method", "path", "mode"), FUZZ_RUNS)
 def test_fuzzing_the_api_finds_no_server_errors(kme_schema: Any, fuzz_kme: BackgroundKME,
-                                                pki: PKI, method: str, path: str,
+                                                pki: KMEFiles, method: str, path: str,
                                                 mode: GenerationMode) -> None:
     operations = [r.ok() for r in kme_schema.get_all_operations()]
     assert {(o.method.upper(), o.path) for o in operations} == set(OPERATIONS)
@@ -608,7 +529,7 @@ def _wait_for(lines: queue.Queue[str], needle: str, timeout: float = 20.0) -> st
     raise AssertionError(f"{needle!r} not seen in: {''.join(seen)}")
 
 
-def _serve(pki: PKI, site: str, store: Path, sae_map: Path) -> subprocess.Popen[str]:
+def _serve(pki: KMEFiles, site: str, store: Path, sae_map: Path) -> subprocess.Popen[str]:
     cert, key = pki.pair("kme")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.Popen(
@@ -618,7 +539,7 @@ def _serve(pki: PKI, site: str, store: Path, sae_map: Path) -> subprocess.Popen[
         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
 
 
-def test_cli_serves_two_sites_end_to_end(pki: PKI, tmp_path: Path) -> None:
+def test_cli_serves_two_sites_end_to_end(pki: KMEFiles, tmp_path: Path) -> None:
     a, b = SQLiteKeyStore("A", tmp_path / "a.db"), SQLiteKeyStore("B", tmp_path / "b.db")
     _fill(a, b, 20)
     a.close()
@@ -648,7 +569,7 @@ def test_cli_serves_two_sites_end_to_end(pki: PKI, tmp_path: Path) -> None:
         assert reopened.status("B").delivered == 4
 
 
-def test_cli_errors_are_one_line(pki: PKI, tmp_path: Path,
+def test_cli_errors_are_one_line(pki: KMEFiles, tmp_path: Path,
                                  capsys: pytest.CaptureFixture[str]) -> None:
     cert, key = pki.pair("kme")
     sae_map = tmp_path / "saes.json"
@@ -685,7 +606,7 @@ def test_cli_errors_are_one_line(pki: PKI, tmp_path: Path,
 
 
 def test_kmes_filled_by_the_qkd_link_survive_sigkill_without_delivering_twice(
-        pki: PKI, tmp_path: Path) -> None:
+        pki: KMEFiles, tmp_path: Path) -> None:
     """The issue's end-to-end check: `hybridkex qkd link` fills the stores of sites A and
     B; two `hybridkex kme serve` processes hand the same keys to SAE A (enc_keys) and
     SAE B (dec_keys), refuse a second dec_keys of an ID, and are killed with SIGKILL

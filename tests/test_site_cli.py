@@ -8,7 +8,6 @@ client's stream for replay.
 from __future__ import annotations
 
 import contextlib
-import datetime
 import json
 import os
 import re
@@ -39,6 +38,7 @@ from hybridkex.errors import InvalidParameter
 from hybridkex.protocol import SessionInfo
 from hybridkex.site import COMPOSITE, Site, SiteSettings, load_pin, pair
 from hybridkex.transport import Context
+from tests.support import self_signed
 
 TIMEOUT = 60
 ID_ML_DSA_65 = bytes.fromhex("0609608648016503040312")  # OID 2.16.840.1.101.3.4.3.18, DER
@@ -177,18 +177,8 @@ def test_site_toml_round_trips_awkward_strings(tmp_path: Path) -> None:
 
 
 def test_ca_issued_sites_trust_the_ca(tmp_path: Path) -> None:
-    ca_key = ed25519.Ed25519PrivateKey.generate()
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test network CA")])
-    now = datetime.datetime.now(datetime.UTC)
-    ca = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-          .public_key(ca_key.public_key()).serial_number(1)
-          .not_valid_before(now - datetime.timedelta(hours=1))
-          .not_valid_after(now + datetime.timedelta(days=1))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .sign(ca_key, None))
-    (tmp_path / "ca.pem").write_bytes(ca.public_bytes(Encoding.PEM))
-    (tmp_path / "ca.key").write_bytes(ca_key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8,
-                                                           NoEncryption()))
+    ca = self_signed("Ed25519", "test network CA")
+    ca.write(tmp_path, "ca")
     for site_name in ("alpha", "beta"):
         assert cli.main(["site", "init", str(tmp_path / site_name), "--name", site_name,
                          "--ca-cert", str(tmp_path / "ca.pem"),
@@ -198,7 +188,7 @@ def test_ca_issued_sites_trust_the_ca(tmp_path: Path) -> None:
     with Site.load(tmp_path / "alpha") as a, Site.load(tmp_path / "beta") as b:
         assert a.peers() == [] and len(a.trust_store().anchors) == 1
         leaf = x509.load_pem_x509_certificate((tmp_path / "alpha" / "identity.crt").read_bytes())
-        assert leaf.issuer == name
+        assert leaf.issuer == ca.certificate.subject
         # No QKD keys: a policy that accepts ML-KEM alone lets the CA chain be tested.
         client, server = _session_pair(a.context(security="at-least-pq", auth="signature"),
                                        b.context(security="at-least-pq"), "beta")
