@@ -58,7 +58,6 @@ ROOMS: dict[str, str] = {
     "hybridkex.site": "site",
     "hybridkex.selftest": "selftest",
     "hybridkex.demos": "demos",
-    "hybridkex.rndl": "demos",  # the RNDL demo, until it moves into hybridkex/demos/
     "hybridkex.cli": "cli",
     "hybridkex.__main__": "cli",
 }
@@ -97,8 +96,7 @@ LAZY_ONLY: dict[tuple[str, str], str] = {
 # What importing a channel layer must not load: heavy or network-facing dependencies,
 # and the rooms above or beside the channel.
 HEAVY = ("numpy", "sqlite3", "http.client", "aiohttp")
-NOT_THE_CHANNEL = ("hybridkex.qkd", "hybridkex.site", "hybridkex.demos", "hybridkex.rndl",
-                   "hybridkex.cli")
+NOT_THE_CHANNEL = ("hybridkex.qkd", "hybridkex.site", "hybridkex.demos", "hybridkex.cli")
 LIGHT_LAYERS = ("hybridkex.protocol", "hybridkex.transport", "hybridkex.tls",
                 "hybridkex.asyncio", "hybridkex.keydelivery")
 
