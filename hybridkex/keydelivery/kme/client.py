@@ -88,6 +88,19 @@ class _Connection(http.client.HTTPSConnection):
 
     wrote = False
 
+    def _send_output(self, message_body: Any = None, encode_chunked: bool = False) -> None:
+        # http.client writes the head and the body separately: two TLS records, two
+        # segments and two wake-ups of the KME per request.  Our bodies are small JSON
+        # bytes, so they go out with the head in one write.
+        if not isinstance(message_body, bytes) or encode_chunked:
+            super()._send_output(message_body, encode_chunked)  # type: ignore[misc]
+            return
+        buffer: list[bytes] = self._buffer  # type: ignore[attr-defined]
+        buffer.extend((b"", message_body))
+        message = b"\r\n".join(buffer)
+        del buffer[:]
+        self.send(message)
+
     def send(self, data: Any) -> None:
         sock = self.sock
         if sock is None or not isinstance(data, bytes | bytearray):
