@@ -80,6 +80,7 @@ class Relay:
     bytes from the KME, without passing them back; both act once, on whatever comes
     next (on a new connection, that is its TLS handshake).
     ``stall()`` swallows everything from then on, in both directions, without closing;
+    ``hold()`` keeps the KME's answers back until ``release()``;
     ``cut()`` closes every open connection (an orderly close, as a KME's idle time-out
     would).  ``accepted`` counts the client's connections.
     """
@@ -88,6 +89,9 @@ class Relay:
         self.target = target
         self.accepted = 0
         self.stalled = False
+        self.requests_seen = threading.Semaphore(0)  # one release per chunk from a client
+        self._answers = threading.Event()
+        self._answers.set()
         self._drop: str | None = None
         self._lock = threading.Lock()
         self._pairs: list[tuple[socket.socket, socket.socket]] = []
@@ -110,6 +114,12 @@ class Relay:
     def stall(self) -> None:
         self.stalled = True
 
+    def hold(self) -> None:
+        self._answers.clear()
+
+    def release(self) -> None:
+        self._answers.set()
+
     def cut(self) -> None:
         with self._lock:
             pairs, self._pairs = self._pairs, []
@@ -117,6 +127,7 @@ class Relay:
             self._close(pair)
 
     def close(self) -> None:
+        self.release()
         with contextlib.suppress(OSError):
             self._listener.shutdown(socket.SHUT_RDWR)
         self._listener.close()
@@ -157,6 +168,10 @@ class Relay:
                 if drop:
                     self._close(pair)
                     return
+                if direction == "request":
+                    self.requests_seen.release()
+                else:
+                    self._answers.wait()
                 if not self.stalled:
                     dst.sendall(data)
             dst.shutdown(socket.SHUT_WR)
@@ -219,6 +234,24 @@ def test_a_client_waits_for_a_free_connection_at_most_its_timeout(link: Link,
     assert 0.25 < time.monotonic() - started < 3
     alice._slots.release()
     assert alice.status("sae-b").stored_key_count == 200
+
+
+def test_close_also_closes_the_connections_in_use(link: Link, pki: PKI,
+                                                  relay_a: Relay) -> None:
+    alice = pki.client(relay_a.url, "sae-a")
+    alice.status("sae-b")
+    while relay_a.requests_seen.acquire(timeout=0.2):  # the handshake's and the request's
+        pass
+    relay_a.hold()
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(alice.get_keys, "sae-b")  # on the kept-alive connection
+        assert relay_a.requests_seen.acquire(timeout=5)  # the request went through
+        alice.close()
+        relay_a.release()
+        assert len(pending.result(timeout=10)) == 1  # the call in flight completes
+    assert relay_a.accepted == 1
+    alice.status("sae-b")  # ... but its connection was closed, not kept
+    assert relay_a.accepted == 2
 
 
 # -- the blocking client: dropped connections --------------------------------------------------

@@ -87,6 +87,7 @@ class _Connection(http.client.HTTPSConnection):
     """
 
     wrote = False
+    closes = 0  # the client's close() count when this connection was opened
 
     def _send_output(self, message_body: Any = None, encode_chunked: bool = False) -> None:
         # http.client writes the head and the body separately: two TLS records, two
@@ -155,6 +156,7 @@ class KMEClient:
         self._slots = threading.BoundedSemaphore(self.connections)
         self._lock = threading.Lock()
         self._idle: list[_Connection] = []
+        self._closes = 0  # how often close() ran: a connection opened before goes too
 
     def __repr__(self) -> str:
         return f"KMEClient({self.base_url!r})"
@@ -185,6 +187,7 @@ class KMEClient:
         """Close the idle connections (those in use close when their call ends)."""
         with self._lock:
             idle, self._idle = self._idle, []
+            self._closes += 1
         for conn in idle:
             conn.close()
 
@@ -235,6 +238,7 @@ class KMEClient:
     def _connect(self, call: Call) -> _Connection:
         conn = _Connection(self._endpoint.host, self._endpoint.port, timeout=self.timeout,
                            context=self._ssl)
+        conn.closes = self._closes
         try:
             conn.connect()
         except (OSError, http.client.HTTPException) as exc:
@@ -268,11 +272,13 @@ class KMEClient:
         except BaseException:
             conn.close()
             raise
-        if conn.sock is None or response.will_close or not response.isclosed():
-            conn.close()
-        else:
-            with self._lock:
+        with self._lock:
+            keep = (conn.sock is not None and not response.will_close and response.isclosed()
+                    and conn.closes == self._closes)
+            if keep:
                 self._idle.append(conn)
+        if not keep:
+            conn.close()
         return response.status, raw
 
     def _read(self, response: http.client.HTTPResponse) -> bytes:
