@@ -98,19 +98,9 @@ better at every QBER we tried (0.5-8%), so the default (:func:`default_schedule`
   0.1); every halving pass halves both.  That makes 17-18 passes for frames of 10^4 and
   10^5 bits.
 
-Measured with ``bench/qkd_cascade.py`` (binary symmetric channel, ``f`` with the
-nominal QBER, median / mean over the frames):
+Measured efficiency, frame error rate and speed of this schedule, and of option (8)
+for comparison, are in docs/performance.md (QKD link).
 
-==========  =============  =============  =============
-frame bits  QBER 1%        QBER 2%        QBER 5%
-==========  =============  =============  =============
-10^4        1.068 / 1.071  1.061 / 1.066  1.061 / 1.063
-10^5        1.037 / 1.038  1.041 / 1.041  1.045 / 1.045
-==========  =============  =============  =============
-
-Option (8) as published (16 passes, ``concurrency=1``) gives 1.108, 1.081, 1.065 at
-10^4 bits and 1.040, 1.039, 1.044 at 10^5 bits.  No frame failed: 0 in 30000 frames of
-10^4 bits at QBER 2% (FER < 1.0e-4 at 95% confidence), 0 in 3000 of 10^5 bits.
 ``passes`` may instead give the number of passes, or a sequence of codes for the whole
 schedule.
 
@@ -121,7 +111,7 @@ bit per query (bits Bob infers -- right children, the inferred block -- are not 
 and not counted).  ``leaked_bits`` is the same on both sides; Bob also has it per frame
 (``frame_leaked_bits``).  Privacy amplification must subtract it (plus whatever the
 verification hash reveals).  Reconciliation efficiency is
-``f = leaked_bits / (n * h2(qber))``; see ``bench/qkd_cascade.py`` for measured values.
+``f = leaked_bits / (n * h2(qber))``; docs/performance.md gives measured values.
 Cascade can fail silently (an even number of errors left in every block of every pass);
 a verification hash after Cascade must catch that.
 """

@@ -28,9 +28,9 @@ __all__ = [
 
 CONFIRM_LABEL = b"hybridkex qkd key confirmation v1"
 SESSION_LABEL = b"hybridkex qkd session"
-# Cascade frames reconciled side by side over shared messages (bench/qkd_cascade.py:
-# 1e5-bit frames reach f ~1.04 at 2 Mbit/s); one failed frame fails verification of
-# the whole block, which is then discarded.
+# Cascade frames reconciled side by side over shared messages: 1e5-bit frames leak
+# less than 1e4-bit ones and are no slower (docs/performance.md, QKD link); one
+# failed frame fails verification of the whole block, which is then discarded.
 CASCADE_FRAME_BITS = 100_000
 CASCADE_SEED_SIZE = 32  # Bob's public seed of Cascade's permutations
 
