@@ -85,7 +85,14 @@ from hybridkex.keydelivery.errors import (
     ReservationRefused,
 )
 from hybridkex.keydelivery.keys import StoredKey
-from hybridkex.keydelivery.store import BoundRow, KeyStore, RecordRow, StoreStatus, check_access
+from hybridkex.keydelivery.store import (
+    BoundRow,
+    Expected,
+    KeyStore,
+    RecordRow,
+    StoreStatus,
+    check_access,
+)
 
 try:
     import psycopg
@@ -571,7 +578,8 @@ class PostgresKeyStore(KeyStore):
             except psycopg.errors.UniqueViolation:
                 raise ReservationRefused("a key ID is already bound here") from None
 
-    def _deliver(self, peer: str, sae: str, master: str, key_ids: list[str]) -> list[BoundRow]:
+    def _deliver(self, peer: str, sae: str, masters: frozenset[str], key_ids: list[str],
+                 expected: Expected | None) -> list[BoundRow]:
         with self._transaction() as conn:
             found = conn.execute(self._q(
                 "SELECT seq, key_id, size_bits, units, material, binding, waiting FROM {bound} "
@@ -582,7 +590,8 @@ class PostgresKeyStore(KeyStore):
                 raise KeyNotAvailable("a requested key ID is unknown or already delivered")
             by_id = {str(r[1]): r for r in found}
             rows = [by_id[k] for k in key_ids]
-            check_access([(Binding.from_tag(r[5]), sae in r[6]) for r in rows], sae, master)
+            check_access([(Binding.from_tag(r[5]), sae in r[6], r[2],
+                           tuple(str(u) for u in r[3])) for r in rows], sae, masters, expected)
             out: list[BoundRow] = []
             for row in rows:
                 still = [s for s in row[6] if s != sae]

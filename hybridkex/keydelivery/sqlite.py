@@ -27,6 +27,7 @@ from hybridkex.keydelivery.store import (
     OPEN,
     PENDING,
     BoundRow,
+    Expected,
     KeyStore,
     RecordRow,
     StoreStatus,
@@ -332,7 +333,8 @@ class SQLiteKeyStore(KeyStore):
                 except sqlite3.IntegrityError:
                     raise ReservationRefused("a key ID is already bound here") from None
 
-    def _deliver(self, peer: str, sae: str, master: str, key_ids: list[str]) -> list[BoundRow]:
+    def _deliver(self, peer: str, sae: str, masters: frozenset[str], key_ids: list[str],
+                 expected: Expected | None) -> list[BoundRow]:
         with self._transaction() as db:
             rows = []
             for key_id in key_ids:
@@ -344,9 +346,8 @@ class SQLiteKeyStore(KeyStore):
                     raise KeyNotAvailable("a requested key ID is unknown or already delivered")
                 rows.append(row)
             waiting = [json.loads(r[6]) for r in rows]
-            check_access([(Binding.from_tag(r[5]), sae in w) for r, w in zip(rows, waiting,
-                                                                            strict=True)],
-                         sae, master)
+            check_access([(Binding.from_tag(r[5]), sae in w, r[2], tuple(json.loads(r[3])))
+                          for r, w in zip(rows, waiting, strict=True)], sae, masters, expected)
             out: list[BoundRow] = []
             now = time.time()
             for row, still in zip(rows, waiting, strict=True):

@@ -30,7 +30,7 @@ import collections
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,16 +87,25 @@ RecordRow = tuple[str, str, int, tuple[str, ...], tuple[str, ...]]
 """A reservation as a backend records it: key ID, binding tag, size, units, slave SAEs."""
 
 
-def check_access(rows: Sequence[tuple[Binding, bool]], sae: str, master: str) -> None:
-    """For each requested key (its binding, and whether ``sae`` still waits for it):
-    refuse the whole request if any key is bound to other SAEs or another master
-    (KeyAccessDenied first, so a refused SAE learns nothing about delivery state),
-    then if ``sae`` already has any of them (KeyNotAvailable)."""
-    for binding, _ in rows:
-        if binding.master != master or sae not in binding.slaves:
+Expected = Sequence[tuple[int, tuple[str, ...]] | None]
+"""Per requested key, the (size, units) the caller claims for it, or None."""
+
+
+def check_access(rows: Sequence[tuple[Binding, bool, int, tuple[str, ...]]], sae: str,
+                 masters: Collection[str], expected: Expected | None) -> None:
+    """For each requested key (its binding, whether ``sae`` still waits for it, its
+    size and units): refuse the whole request if any key is bound to other SAEs or to
+    a master not in ``masters`` (KeyAccessDenied first, so a refused SAE learns
+    nothing about delivery state), then if ``sae`` already has any of them, or the
+    size and units the caller claims differ from the key's (KeyNotAvailable)."""
+    for binding, _, _, _ in rows:
+        if binding.master not in masters or sae not in binding.slaves:
             raise KeyAccessDenied("a requested key is bound to other SAEs")
-    if not all(waiting for _, waiting in rows):
+    if not all(waiting for _, waiting, _, _ in rows):
         raise KeyNotAvailable("a requested key ID is unknown or already delivered")
+    for (_, _, size, units), claim in zip(rows, expected or [None] * len(rows), strict=True):
+        if claim is not None and claim != (size, units):
+            raise KeyNotAvailable("a key_ID_extension does not match the key's size and units")
 
 
 def bound_key(row: BoundRow) -> DeliveredKey:
@@ -242,21 +251,26 @@ class KeyStore(abc.ABC):
         self._record(peer, [(r.key_id, r.binding.tag, r.size_bits, r.units,
                              r.binding.slaves) for r in batch])
 
-    def deliver(self, peer: str, sae: str, master: str,
-                key_ids: Sequence[str]) -> list[DeliveredKey]:
-        """Slave side: the keys ``master`` (at ``peer``) took, for slave SAE ``sae``;
-        all or nothing.  Each key goes to each of its slave SAEs exactly once, and its
-        material is erased when the last has it.
+    def deliver(self, peer: str, sae: str, masters: Collection[str], key_ids: Sequence[str],
+                expected: Expected | None = None) -> list[DeliveredKey]:
+        """Slave side: the keys a master SAE at ``peer`` took, for slave SAE ``sae``;
+        all or nothing.  Each key's master must be in ``masters`` (ETSI names one in
+        the path; SKIP names only the remote site).  Each key goes to each of its
+        slave SAEs exactly once, and its material is erased when the last has it.
+        ``expected`` optionally gives, per key, the (size, units) the caller claims.
 
         KeyAccessDenied if a key is bound to other SAEs or another master (nothing is
         delivered, the key stays deliverable to its SAEs); KeyNotAvailable if a key
-        is unknown, or ``sae`` already has it.
+        is unknown, ``sae`` already has it, or a claim does not match.
         """
         ids = [check_key_id(k) for k in key_ids]
         check_count(len(ids))
         if len(set(ids)) != len(ids):
             raise KeyNotAvailable("a key ID appears twice in the request")
-        return [bound_key(row) for row in self._deliver(peer, sae, master, ids)]
+        if expected is not None and len(expected) != len(ids):
+            raise InvalidParameter("expected must give one claim (or None) per key")
+        return [bound_key(row) for row in self._deliver(peer, sae, frozenset(masters), ids,
+                                                        expected)]
 
     def purge_delivered(self, older_than_s: float) -> int:
         """Delete the rows of units and keys delivered (or left pending) more than
@@ -287,8 +301,8 @@ class KeyStore(abc.ABC):
     def _record(self, peer: str, rows: list[RecordRow]) -> None: ...
 
     @abc.abstractmethod
-    def _deliver(self, peer: str, sae: str, master: str,
-                 key_ids: list[str]) -> list[BoundRow]: ...
+    def _deliver(self, peer: str, sae: str, masters: frozenset[str], key_ids: list[str],
+                 expected: Expected | None) -> list[BoundRow]: ...
 
     @abc.abstractmethod
     def _purge(self, cutoff: float) -> int: ...
@@ -484,7 +498,8 @@ class MemoryKeyStore(KeyStore):
                 self._bound[key_id] = _Bound(peer, False, tag, size, units, list(slaves),
                                              material[: size // 8])
 
-    def _deliver(self, peer: str, sae: str, master: str, key_ids: list[str]) -> list[BoundRow]:
+    def _deliver(self, peer: str, sae: str, masters: frozenset[str], key_ids: list[str],
+                 expected: Expected | None) -> list[BoundRow]:
         with self._lock:
             rows = []
             for key_id in key_ids:
@@ -492,8 +507,8 @@ class MemoryKeyStore(KeyStore):
                 if row is None or row.peer != peer or row.master_side:
                     raise KeyNotAvailable("a requested key ID is unknown or already delivered")
                 rows.append(row)
-            check_access([(Binding.from_tag(r.tag), sae in r.waiting) for r in rows],
-                         sae, master)
+            check_access([(Binding.from_tag(r.tag), sae in r.waiting, r.size, r.units)
+                          for r in rows], sae, masters, expected)
             out: list[BoundRow] = []
             for key_id, row in zip(key_ids, rows, strict=True):
                 row.waiting.remove(sae)
