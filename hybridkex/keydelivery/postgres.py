@@ -6,7 +6,13 @@ key's material is erased in the transaction that delivers it.  Open one with
 ``open_store("postgresql://user@host/db", site_id)`` or construct it directly; it
 needs psycopg 3 (``pip install 'hybridkex[postgres]'``).
 
-Schema.  Two tables, created if absent (in ``schema`` if given, else the first
+Counts.  ``status`` reads counter rows (``hybridkex_qkd_counts``) that every take,
+fetch and deposit updates in its own transaction, spread over 16 shards per pool so
+concurrent takers rarely wait for one row; it never reads the delivered rows.
+Keys bound to SAEs (:mod:`hybridkex.keydelivery.binding`) live in
+``hybridkex_qkd_bound``, changed in one transaction per operation with row locks.
+
+Schema.  Tables created if absent (in ``schema`` if given, else the first
 schema of the connection's ``search_path``): ``hybridkex_qkd_keys`` holds one row
 per unit *per site*, keyed by ``(site_id, key_id)``, and ``hybridkex_qkd_meta`` the
 schema version.  Every query names the store's ``site_id``, so the two sites of a

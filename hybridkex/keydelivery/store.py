@@ -15,6 +15,12 @@ A request for another size than 256 bits is served as ETSI GS QKD 014 allows: a
 shorter key is the first bits of one unit (the rest is erased with it), a longer one
 the concatenation of consecutive units cut to length (:mod:`hybridkex.keydelivery.keys`).
 
+A KME does not hand out units directly: it binds each key to the SAEs that may have
+it (:meth:`KeyStore.reserve` and the methods after it; :mod:`hybridkex.keydelivery.
+binding`).  The binding moves units out of the pool in the same transaction.
+:meth:`KeyStore.status` reads counters, never the delivered rows, and
+:meth:`KeyStore.purge_delivered` deletes delivered rows after a retention.
+
 Backends: :class:`MemoryKeyStore` (tests), :class:`~hybridkex.keydelivery.sqlite.
 SQLiteKeyStore` (the embedded default: WAL, ``synchronous=FULL``, ``secure_delete``),
 and :class:`~hybridkex.keydelivery.postgres.PostgresKeyStore` for a KME run as several

@@ -3,18 +3,24 @@
 One KME serves the SAEs attached to one site.  The caller is identified by the subject
 common name of its client certificate (issued by the configured CA); the SAE map
 (SAE ID -> site ID) says where every SAE is attached.  Keys come from the site's
-:class:`~hybridkex.keydelivery.store.KeyStore`:
+:class:`~hybridkex.keydelivery.store.KeyStore`, bound to SAEs
+(:mod:`hybridkex.keydelivery.binding`):
 
-* ``enc_keys`` from master SAE *M* (here) for slave SAE *S*:
-  ``store.take(peer=site_of(S), number, size)``;
-* ``dec_keys`` from slave SAE *S* (here) with master SAE *M*:
-  ``store.fetch(peer=site_of(M), key_ids)``, all or nothing;
-* ``status``: the counts of the link to ``site_of(S)``.
+* ``enc_keys`` from master SAE *M* (here) for slave SAE *S* (at a peer site): keys
+  reserved ahead for (M, S) if there are enough (``store.take_bound``), else
+  ``store.reserve``, the reservation sent to S's KME (:mod:`.peers`, :mod:`.sync`),
+  and ``store.confirm`` once that KME recorded it;
+* ``dec_keys`` from slave SAE *S* (here) naming *M*: ``store.deliver``, only keys bound
+  to M and S, each once to each slave SAE, all or nothing;
+* ``status``: the free units of the link plus the keys reserved for (M, S);
+* ``POST /kme-sync/v1/reservations`` from a peer KME: ``store.record``;
+* SKIP (:mod:`.skip`): ``/capabilities``, ``/key``, ``/key/{keyId}``, ``/entropy``.
 
-Key store calls block, so they run in a thread pool.  Every error is an Error body
-(clause 6.5) with 400, 401 or 503 (404/405 for paths and methods the API does not
-have); an unexpected failure is logged (type and traceback, never a message that could
-carry data) and answered 503 with a generic message, never 500.
+Key store calls block, so they run in a thread pool (a memory store is called inline).
+Every error is an Error body (clause 6.5) with 400, 401 or 503 (404/405 for paths and
+methods the API does not have, 409 for a refused sync); an unexpected failure is
+logged (type and traceback, never a message that could carry data) and answered 503
+with a generic message, never 500.
 """
 
 from __future__ import annotations
