@@ -442,11 +442,11 @@ def test_request_details_and_accepted_extras(link: Link, pki: PKI) -> None:
 def test_an_unexpected_failure_is_a_generic_503_logged_without_data(
         pki: PKI, caplog: pytest.LogCaptureFixture) -> None:
     class Broken(MemoryKeyStore):
-        def _take_bound(self, peer: str, tag: str, size_bits: int,
-                        count: int) -> list[tuple[str, int, tuple[str, ...], bytes]]:
+        def _reserve(self, peer: str, tag: str, size_bits: int, units: int,
+                     count: int) -> list[tuple[str, ...]]:
             raise RuntimeError("secret material 0123456789abcdef")
 
-    with BackgroundKME(pki.server(Broken("A"), "A")) as kme, \
+    with BackgroundKME(pki.server(Broken("A"), "A", peers={"B": "https://127.0.0.1:9"})) as kme, \
             caplog.at_level(logging.INFO, logger="hybridkex.kme"):
         status, body, _ = raw(pki, kme.url, "sae-a", "POST", "/api/v1/keys/sae-b/enc_keys")
     assert status == 503 and body == {"message": "the KME could not serve the request"}

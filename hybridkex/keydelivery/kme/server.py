@@ -6,10 +6,12 @@ common name of its client certificate (issued by the configured CA); the SAE map
 :class:`~hybridkex.keydelivery.store.KeyStore`, bound to SAEs
 (:mod:`hybridkex.keydelivery.binding`):
 
-* ``enc_keys`` from master SAE *M* (here) for slave SAE *S* (at a peer site): keys
-  reserved ahead for (M, S) if there are enough (``store.take_bound``), else
+* ``enc_keys`` from master SAE *M* (here) for slave SAE *S* (at a peer site):
   ``store.reserve``, the reservation sent to S's KME (:mod:`.peers`, :mod:`.sync`),
-  and ``store.confirm`` once that KME recorded it;
+  and ``store.confirm`` once that KME recorded it.  Reserving ahead, one round
+  reserves up to ``reserve_ahead`` keys more, which this process claims at once
+  (the store counts them delivered) and hands out from memory, so most calls touch
+  neither the store nor the peer; a crash loses the keys held, never repeats them;
 * ``dec_keys`` from slave SAE *S* (here) naming *M*: ``store.deliver``, only keys bound
   to M and S, each once to each slave SAE, all or nothing;
 * ``status``: the free units of the link plus the keys reserved for (M, S);
@@ -26,6 +28,7 @@ with a generic message, never 500.
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import json
 import logging
@@ -35,6 +38,7 @@ import signal
 import ssl
 import threading
 import traceback
+import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
@@ -276,6 +280,10 @@ class KMEServer:
         self._tasks: set[asyncio.Task[None]] = set()
         self._refilling: set[tuple[str, str, int]] = set()
         self._locks: dict[tuple[str, str, int], asyncio.Lock] = {}
+        # keys reserved at both KMEs and claimed by this process, by (peer, tag, size)
+        self._held: dict[tuple[str, str, int], collections.deque[DeliveredKey]] = {}
+        self._bindings: dict[tuple[str, tuple[str, ...]], Binding] = {}
+        self._names: weakref.WeakKeyDictionary[Any, str | None] = weakref.WeakKeyDictionary()
         self.address: tuple[str, int] | None = None
 
     def _check_names(self) -> None:
@@ -407,10 +415,20 @@ class KMEServer:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
 
-    @staticmethod
-    def _common_name(request: web.Request) -> str | None:
+    def _common_name(self, request: web.Request) -> str | None:
+        """The client certificate's CN, read once per connection (a kept-alive
+        connection keeps its certificate)."""
         transport = request.transport
-        return sae_id_of(transport.get_extra_info("peercert") if transport else None)
+        if transport is None:
+            return None
+        try:
+            return self._names[transport]
+        except KeyError:
+            pass
+        except TypeError:  # a transport that cannot be weakly referenced
+            return sae_id_of(transport.get_extra_info("peercert"))
+        name = self._names[transport] = sae_id_of(transport.get_extra_info("peercert"))
+        return name
 
     def _caller(self, request: web.Request) -> str:
         """The calling SAE (from its client certificate); it must be attached to this site."""
@@ -437,11 +455,12 @@ class KMEServer:
         slave = request.match_info["slave_SAE_ID"]
         peer = self._peer_site(slave)
         status = await self._run(self.store.status, peer)
-        ready = await self._run(self.store.ready_count, peer, Binding(master, (slave,)),
-                                DEFAULT_KEY_SIZE)
+        binding = self._binding(master, (slave,))
+        ready = await self._run(self.store.ready_count, peer, binding, DEFAULT_KEY_SIZE)
+        held = len(self._held.get((peer, binding.tag, DEFAULT_KEY_SIZE), ()))
         return _json(status_body(source_kme=self.site_id, target_kme=peer, master_sae=master,
                                  slave_sae=slave,
-                                 available_units=status.available_to_take + ready,
+                                 available_units=status.available_to_take + ready + held,
                                  limits=self.limits))
 
     # -- Get key (clause 5.3)
@@ -463,39 +482,49 @@ class KMEServer:
                                 wanted.size)
         return _json(key_container(keys))
 
+    def _binding(self, master: str, slaves: tuple[str, ...]) -> Binding:
+        key = (master, slaves)
+        binding = self._bindings.get(key)
+        if binding is None:
+            try:
+                binding = Binding(master, slaves)
+            except InvalidParameter as exc:
+                raise BadRequest(str(exc)) from None
+            if len(self._bindings) < 10_000:
+                self._bindings[key] = binding
+        return binding
+
     async def _take(self, master: str, slave: str, extra: tuple[str, ...], number: int,
                     size: int) -> list[DeliveredKey]:
-        """Keys bound to (master, slave, extra...): from the keys reserved ahead at both
-        KMEs, else reserved now and recorded by the slave's KME before they are
-        handed out."""
+        """Keys bound to (master, slave, extra...): from the keys this process holds,
+        reserved ahead at both KMEs, else reserved now and recorded by the slave's KME
+        before they are handed out."""
         peer = self._peer_site(slave)
-        if any(self._peer_site(s) != peer for s in extra):
+        if extra and any(self._peer_site(s) != peer for s in extra):
             raise BadRequest("every slave SAE must be attached to the same site")
-        try:
-            binding = Binding(master, (slave, *extra))
-        except InvalidParameter as exc:
-            raise BadRequest(str(exc)) from None
-        try:
-            try:
-                keys = await self._run(self.store.take_bound, peer, binding, size, number)
-            except KeysExhausted:
-                # one reservation at a time per binding and size: requests that queue
-                # here are served from what the one before them reserved ahead
-                async with self._reserving(peer, binding, size):
+        binding = self._binding(master, (slave, *extra))
+        job = (peer, binding.tag, size)
+        held = self._held.get(job)
+        if held is None or len(held) < number:
+            # one reservation at a time per binding and size: requests that queue here
+            # are served from what the one before them reserved ahead
+            async with self._reserving(job):
+                held = self._held.setdefault(job, collections.deque())
+                if len(held) < number:
                     try:
-                        keys = await self._run(self.store.take_bound, peer, binding, size,
-                                               number)
-                    except KeysExhausted:
-                        keys = await self._reserve_now(peer, binding, size, number)
-        except (InvalidParameter, KeySourceError) as exc:
-            raise BadRequest(str(exc)) from None
-        self._refill_soon(peer, binding, size)
+                        held.extend(await self._reserve_now(peer, binding, size,
+                                                            number - len(held)))
+                    except (InvalidParameter, KeySourceError) as exc:
+                        raise BadRequest(str(exc)) from None
+        keys = [held.popleft() for _ in range(number)]
+        if len(held) < self.reserve_ahead // 2:
+            self._refill_soon(peer, binding, size)
         log.info("delivered %d key(s) of %d bits to master SAE %s for %s", len(keys), size,
                  master, ", ".join(binding.slaves))
         return keys
 
-    def _reserving(self, peer: str, binding: Binding, size: int) -> asyncio.Lock:
-        return self._locks.setdefault((peer, binding.tag, size), asyncio.Lock())
+    def _reserving(self, job: tuple[str, str, int]) -> asyncio.Lock:
+        return self._locks.setdefault(job, asyncio.Lock())
 
     def _ahead(self, free_units: int, units: int, number: int) -> int:
         """How many keys to reserve beyond ``number``: ``reserve_ahead`` at most, no
@@ -506,6 +535,17 @@ class KMEServer:
         return max(0, min(self.reserve_ahead, MAX_KEYS_PER_REQUEST // units - number,
                           free_units // units // 4 - number))
 
+    async def _reserve(self, peer: str, binding: Binding, size: int,
+                       count: int) -> list[DeliveredKey]:
+        """Reserve ``count`` keys, have the peer KME record them, then claim them all
+        for this process in one transaction (the store counts them delivered: held
+        here, a key a crash loses is never handed out by anyone)."""
+        reserved = await self._run(self.store.reserve, peer, binding, size, count)
+        # a failure here leaves the reservation pending: its keys are never handed out
+        await self._peers.send(peer, reserved)
+        return await self._run(self.store.confirm, peer, [r.key_id for r in reserved],
+                               len(reserved))
+
     async def _reserve_now(self, peer: str, binding: Binding, size: int,
                            number: int) -> list[DeliveredKey]:
         if peer not in self._peers.urls:
@@ -513,25 +553,19 @@ class KMEServer:
         status = await self._run(self.store.status, peer)
         extra = self._ahead(status.available_to_take, units_for(size), number)
         try:
-            reserved = await self._run(self.store.reserve, peer, binding, size, number + extra)
+            return await self._reserve(peer, binding, size, number + extra)
         except KeysExhausted:
             try:
                 if not extra:
                     raise
-                reserved = await self._run(self.store.reserve, peer, binding, size, number)
+                return await self._reserve(peer, binding, size, number)
             except KeysExhausted:
                 status = await self._run(self.store.status, peer)
                 raise ServerError("not enough keys available",
                                   [{"stored_key_count": status.available_to_take}]) from None
-        except (InvalidParameter, KeySourceError) as exc:
-            raise BadRequest(str(exc)) from None
-        # a failure here leaves the reservation pending: its keys are never handed out
-        await self._peers.send(peer, reserved)
-        return await self._run(self.store.confirm, peer, [r.key_id for r in reserved], number)
 
     def _refill_soon(self, peer: str, binding: Binding, size: int) -> None:
-        """Top up the keys reserved ahead for this binding in the background once they
-        fall below half of ``reserve_ahead``."""
+        """Top up the keys held for this binding in the background."""
         job = (peer, binding.tag, size)
         if self.reserve_ahead == 0 or job in self._refilling or peer not in self._peers.urls:
             return
@@ -539,17 +573,14 @@ class KMEServer:
 
         async def refill() -> None:
             try:
-                ready = await self._run(self.store.ready_count, peer, binding, size)
-                if ready >= self.reserve_ahead // 2:
-                    return
-                async with self._reserving(peer, binding, size):
+                async with self._reserving(job):
+                    held = self._held.setdefault(job, collections.deque())
+                    if len(held) >= self.reserve_ahead // 2:
+                        return
                     status = await self._run(self.store.status, peer)
                     count = self._ahead(status.available_to_take, units_for(size), 0)
-                    if count <= 0:
-                        return
-                    reserved = await self._run(self.store.reserve, peer, binding, size, count)
-                    await self._peers.send(peer, reserved)
-                    await self._run(self.store.confirm, peer, [r.key_id for r in reserved], 0)
+                    if count > 0:
+                        held.extend(await self._reserve(peer, binding, size, count))
             except (KMEError, KeySourceError, InvalidParameter) as exc:
                 log.warning("reserving ahead for site %s failed: %s", peer, exc)
             finally:
