@@ -74,10 +74,11 @@ import cryptography
 from aiohttp import web
 
 from hybridkex.keydelivery import DeliveredKey, linked_pools, random_units
-from hybridkex.keydelivery.kme import BackgroundKME, KMEServer
+from hybridkex.keydelivery.kme import BackgroundKME, KMEServer, server_ssl_context
 from hybridkex.keydelivery.kme.aio_client import AsyncKMEClient
 from hybridkex.keydelivery.kme.calls import Call
 from hybridkex.keydelivery.kme.client import KMEClient
+from hybridkex.keydelivery.kme.peers import peer_tls
 from hybridkex.keydelivery.sqlite import SQLiteKeyStore
 from hybridkex.keydelivery.store import KeyStore, MemoryKeyStore
 from tests.support import KMEFiles
@@ -101,7 +102,8 @@ class PKI(KMEFiles):
 
     @classmethod
     def make(cls, directory: Path) -> PKI:
-        return cls(KMEFiles.create(directory, SAE_MAP, ca_name="hybridkex bench CA").dir)
+        return cls(KMEFiles.create(directory, SAE_MAP, ca_name="hybridkex bench CA",
+                                   kme_sites=("A", "B")).dir)
 
     def kme_client(self, url: str, sae: str, connections: int = 1,
                    cls: type[KMEClient] = KMEClient) -> KMEClient:
@@ -169,12 +171,19 @@ def serve(kind: str, pki_dir: str, run_dir: str, keys: int, pipe: Connection) ->
         contexts["A"], ports["A"] = plain.ctx, plain.port
         closers.append(plain.close)
     else:
+        # Two KMEs that sync, as deployed: each site's certificate (CN = site ID) serves
+        # its SAEs and authenticates it to the other KME.
         stores = _fill(kind, Path(run_dir), keys)
+        kmes: dict[str, BackgroundKME] = {}
         for site, store in zip(("A", "B"), stores, strict=True):
-            ctx = pki.server_context()
-            kme = BackgroundKME(KMEServer(store, site, SAE_MAP, ctx)).start()
-            contexts[site], ports[site] = ctx, kme.port
-            closers += [kme.close, store.close]
+            cert, key = pki.pair(f"kme-{site}")
+            ctx = server_ssl_context(cert, key, pki.ca)
+            kmes[site] = BackgroundKME(KMEServer(store, site, SAE_MAP, ctx,
+                                                 peer_tls=peer_tls(cert, key, pki.ca))).start()
+            contexts[site], ports[site] = ctx, kmes[site].port
+            closers += [kmes[site].close, store.close]
+        kmes["A"].server.set_peer("B", kmes["B"].url)
+        kmes["B"].server.set_peer("A", kmes["A"].url)
     pipe.send(ports)
     while (command := pipe.recv()) != "stop":
         assert command == "stats"

@@ -173,17 +173,21 @@ def _name(common_name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
+# One ExtendedKeyUsage purpose, or several (a KME's certificate serves and syncs).
+Usage = x509.ObjectIdentifier | Sequence[x509.ObjectIdentifier]
+
+
 def certificate(subject: str, key: CertificateKey, issuer: x509.Certificate | None,
                 issuer_key: CertificateKey, *, ca: bool, serial: int | None = None,
                 not_before: datetime.datetime | None = None, days: float = 1,
-                tls: bool = False, usage: x509.ObjectIdentifier | None = None,
+                tls: bool = False, usage: Usage | None = None,
                 san: Sequence[x509.GeneralName] = ()) -> x509.Certificate:
     """A certificate for ``key``, CN = ``subject``, signed by ``issuer_key`` (self-signed
     when ``issuer`` is None), with BasicConstraints and nothing else unless asked:
 
     * ``tls``: also KeyUsage, SubjectKeyIdentifier and AuthorityKeyIdentifier, which
       strict X.509 verifiers (OpenSSL's X509_STRICT, Python's ssl from 3.13) require;
-    * ``usage``: an ExtendedKeyUsage (server or client authentication);
+    * ``usage``: ExtendedKeyUsage purposes (server and/or client authentication);
     * ``san``: a SubjectAlternativeName (what a TLS client checks the host name against).
 
     Valid from ``not_before`` (default five minutes ago) for ``days``.  With a fixed key,
@@ -211,7 +215,8 @@ def certificate(subject: str, key: CertificateKey, issuer: x509.Certificate | No
                    .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
                        issuer_key.public_key()), critical=False))
     if usage is not None:
-        builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        purposes = [usage] if isinstance(usage, x509.ObjectIdentifier) else list(usage)
+        builder = builder.add_extension(x509.ExtendedKeyUsage(purposes), critical=False)
     if san:
         builder = builder.add_extension(x509.SubjectAlternativeName(list(san)), critical=False)
     # ECDSA signs a SHA-256 digest; Ed25519 and ML-DSA sign the whole TBSCertificate.
@@ -230,7 +235,7 @@ class Issued:
 
     def issue(self, subject: str, *, ca: bool = False, key: CertificateKey | None = None,
               serial: int | None = None, not_before: datetime.datetime | None = None,
-              days: float = 1, tls: bool = False, usage: x509.ObjectIdentifier | None = None,
+              days: float = 1, tls: bool = False, usage: Usage | None = None,
               san: Sequence[x509.GeneralName] = ()) -> Issued:
         """A certificate for ``key`` (default: a new key of this issuer's scheme)."""
         key = new_key(self.scheme) if key is None else key
@@ -346,8 +351,14 @@ class KMEFiles:
 
     @classmethod
     def create(cls, directory: Path, saes: Iterable[str], *,
-               ca_name: str = "hybridkex test CA") -> KMEFiles:
-        tls_files(directory, ca_name=ca_name, server="kme", clients=saes)
+               ca_name: str = "hybridkex test CA", kme_sites: Iterable[str] = ()) -> KMEFiles:
+        """``kme_sites``: also a certificate per site, ``kme-<site>`` (CN = the site ID,
+        which is the KME ID), for server and client use, as KMEs that sync present."""
+        ca = tls_files(directory, ca_name=ca_name, server="kme", clients=saes)
+        for site in kme_sites:
+            ca.issue(site, tls=True, san=LOCALHOST,
+                     usage=[ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
+                     ).write(directory, f"kme-{site}")
         return cls(directory)
 
     @property

@@ -1,9 +1,9 @@
 """The ETSI GS QKD 014 KME: real HTTPS servers with mutual TLS on loopback.
 
-Certificates come from tests/support.KMEFiles: a CA, the KMEs' server certificate
-(127.0.0.1 / localhost), SAE client certificates (CN = SAE ID) and a certificate of
-another CA for the wrong-certificate case.  Two KMEs (sites A and B) serve stores
-holding the same keys (``linked_pools``), as the two ends of a QKD link would.
+Certificates are made here with cryptography's x509: a CA, the KMEs' server
+certificate (127.0.0.1 / localhost), SAE client certificates (CN = SAE ID) and a
+certificate of another CA for the wrong-certificate case.  Two KMEs (sites A and B)
+serve stores holding the same keys, as the two ends of a QKD link would.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import queue
 import random
 import signal
 import socket
+import sqlite3
 import ssl
 import subprocess
 import sys
@@ -24,8 +25,9 @@ import threading
 import time
 import uuid
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,9 +49,9 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from hybridkex.cli import main
-from hybridkex.keydelivery import StoredKey, linked_pools, random_units
 from hybridkex.keydelivery.errors import KeyNotAvailable, KeysExhausted, KeySourceError
-from hybridkex.keydelivery.kme import BackgroundKME, KMELimits, KMEServer
+from hybridkex.keydelivery.keys import StoredKey, new_key_id
+from hybridkex.keydelivery.kme import BackgroundKME, KMELimits, KMEServer, server_ssl_context
 from hybridkex.keydelivery.kme.client import (
     KMEAuthenticationError,
     KMEClient,
@@ -57,13 +59,15 @@ from hybridkex.keydelivery.kme.client import (
     KMEOutcomeUnknown,
     KMERequestError,
 )
+from hybridkex.keydelivery.kme.peers import PeerTLS, peer_tls
+from hybridkex.keydelivery.pools import linked_pools
 from hybridkex.keydelivery.source import KeySource, StoreKeySource
 from hybridkex.keydelivery.sqlite import SQLiteKeyStore
 from hybridkex.keydelivery.store import KeyStore, MemoryKeyStore
 from tests.support import KMEFiles, alternating_units, self_signed
 
 REPO = Path(__file__).resolve().parent.parent
-SAE_MAP = {"sae-a": "A", "sae-c": "A", "sae-b": "B"}
+SAE_MAP = {"sae-a": "A", "sae-c": "A", "sae-b": "B", "sae-c2": "B"}
 STATUS_MEMBERS = {"source_KME_ID", "target_KME_ID", "master_SAE_ID", "slave_SAE_ID", "key_size",
                   "stored_key_count", "max_key_count", "max_key_per_request", "max_key_size",
                   "min_key_size", "max_SAE_ID_count"}
@@ -72,15 +76,35 @@ STATUS_MEMBERS = {"source_KME_ID", "target_KME_ID", "master_SAE_ID", "slave_SAE_
 # -- certificates ---------------------------------------------------------------------------
 
 
+class PKI(KMEFiles):
+    """The shared test PKI's KME files, with a KME certificate per site (CN = KME ID =
+    site ID, server and client use: the KME-to-KME sync presents it as a client)."""
+
+    def site_context(self, site: str = "A") -> ssl.SSLContext:
+        cert, key = self.pair(f"kme-{site}")
+        return server_ssl_context(cert, key, self.ca)
+
+    def peer_tls(self, site: str) -> PeerTLS:
+        cert, key = self.pair(f"kme-{site}")
+        return peer_tls(cert, key, self.ca)
+
+    def server(self, store: KeyStore, site: str, **options: Any) -> KMEServer:
+        """A KME for ``site`` whose certificate is the site's (CN = site ID)."""
+        return KMEServer(store, site, options.pop("sae_map", SAE_MAP), self.site_context(site),
+                         peer_tls=self.peer_tls(site), **options)
+
+
 @pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> KMEFiles:
-    """The CA, the KMEs' certificate, one per SAE, and an SAE certificate from another CA
-    under the name of a known SAE."""
+def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
+    """The CA, a KME certificate per site ("C": one of the same CA that no KME has as a
+    peer), one per SAE, and an SAE certificate from another CA under a known SAE's name."""
     d = tmp_path_factory.mktemp("pki")
     rogue = self_signed("ECDSA-P256", "rogue CA", tls=True)
     rogue.issue("sae-a", tls=True, usage=ExtendedKeyUsageOID.CLIENT_AUTH).write(
         d, "rogue-sae-a")
-    return KMEFiles.create(d, ("sae-a", "sae-b", "sae-c", "sae-x"))
+    files = KMEFiles.create(d, ("sae-a", "sae-b", "sae-c", "sae-c2", "sae-x"),
+                            kme_sites=("A", "B", "C"))
+    return PKI(files.dir)
 
 
 # -- two KMEs over stores holding the same keys ------------------------------------------------
@@ -101,19 +125,32 @@ class Link:
     keys: list[StoredKey]
 
 
+@contextmanager
+def two_kmes(pki: PKI, a: KeyStore, b: KeyStore,
+             **options: Any) -> Iterator[tuple[BackgroundKME, BackgroundKME]]:
+    """KMEs for sites A and B, each the other's peer."""
+    with (BackgroundKME(pki.server(a, "A", **options)) as kme_a,
+          BackgroundKME(pki.server(b, "B", **options)) as kme_b):
+        kme_a.server.set_peer("B", kme_b.url)
+        kme_b.server.set_peer("A", kme_a.url)
+        yield kme_a, kme_b
+
+
 @pytest.fixture
-def link(pki: KMEFiles) -> Iterator[Link]:
+def link(pki: PKI) -> Iterator[Link]:
+    """Two KMEs over memory stores, reserving nothing ahead (so counts are exact)."""
     a, b = MemoryKeyStore("A"), MemoryKeyStore("B")
     keys = _fill(a, b, 400)
-    with (BackgroundKME(KMEServer(a, "A", SAE_MAP, pki.server_context())) as kme_a,
-          BackgroundKME(KMEServer(b, "B", SAE_MAP, pki.server_context())) as kme_b):
+    with two_kmes(pki, a, b, reserve_ahead=0) as (kme_a, kme_b):
         yield Link(a, b, kme_a, kme_b, keys)
 
 
-def raw(pki: KMEFiles, url: str, sae: str, method: str, path: str,
+def raw(pki: PKI, url: str, sae: str, method: str, path: str,
         body: bytes | None = None) -> tuple[int, Any, str]:
     """One request with the SAE's certificate: (status, decoded JSON, content type)."""
-    ctx = pki.ssl_context(sae)
+    cert, key = pki.pair(sae)
+    ctx = ssl.create_default_context(cafile=str(pki.ca))
+    ctx.load_cert_chain(str(cert), str(key))
     parts = urlsplit(url)
     assert parts.hostname is not None
     conn = http.client.HTTPSConnection(parts.hostname, parts.port, context=ctx, timeout=10)
@@ -128,7 +165,7 @@ def raw(pki: KMEFiles, url: str, sae: str, method: str, path: str,
         conn.close()
 
 
-def _post(pki: KMEFiles, url: str, sae: str, path: str, body: Any) -> tuple[int, Any]:
+def _post(pki: PKI, url: str, sae: str, path: str, body: Any) -> tuple[int, Any]:
     status, decoded, _ = raw(pki, url, sae, "POST", path, json.dumps(body).encode())
     return status, decoded
 
@@ -136,12 +173,12 @@ def _post(pki: KMEFiles, url: str, sae: str, path: str, body: Any) -> tuple[int,
 # -- the three methods -------------------------------------------------------------------------
 
 
-def test_status_reports_the_link_to_the_slave_site(link: Link, pki: KMEFiles) -> None:
+def test_status_reports_the_link_to_the_slave_site(link: Link, pki: PKI) -> None:
     status = pki.client(link.kme_a.url, "sae-a").status("sae-b")
     assert set(status.raw) == STATUS_MEMBERS
     assert (status.source_kme_id, status.target_kme_id) == ("A", "B")
     assert (status.master_sae_id, status.slave_sae_id) == ("sae-a", "sae-b")
-    assert status.key_size == 256 and status.max_sae_id_count == 0
+    assert status.key_size == 256 and status.max_sae_id_count == KMELimits().max_sae_id_count > 0
     assert status.stored_key_count == 200 == link.store_a.status("B").available_to_take
     limits = KMELimits()
     assert (status.min_key_size, status.max_key_size, status.max_key_per_request) == (
@@ -149,7 +186,7 @@ def test_status_reports_the_link_to_the_slave_site(link: Link, pki: KMEFiles) ->
     assert pki.client(link.kme_b.url, "sae-b").status("sae-a").stored_key_count == 200
 
 
-def test_enc_keys_then_dec_keys_give_the_same_keys(link: Link, pki: KMEFiles) -> None:
+def test_enc_keys_then_dec_keys_give_the_same_keys(link: Link, pki: PKI) -> None:
     taken = pki.client(link.kme_a.url, "sae-a").get_keys("sae-b", 3)
     initiated_by_a = [k for k in link.keys if k.initiator == "A"]
     assert [k.key_id for k in taken] == [k.key_id for k in initiated_by_a[:3]]
@@ -160,7 +197,7 @@ def test_enc_keys_then_dec_keys_give_the_same_keys(link: Link, pki: KMEFiles) ->
     assert link.store_a.status("B").delivered == 3 == link.store_b.status("A").delivered
 
 
-def test_the_get_forms(link: Link, pki: KMEFiles) -> None:
+def test_the_get_forms(link: Link, pki: PKI) -> None:
     status, body, ctype = raw(pki, link.kme_b.url, "sae-b", "GET",
                               "/api/v1/keys/sae-a/enc_keys?number=2&size=256")
     assert status == 200 and ctype.startswith("application/json")
@@ -175,7 +212,7 @@ def test_the_get_forms(link: Link, pki: KMEFiles) -> None:
 
 
 @pytest.mark.parametrize("size", [64, 128, 264, 512, 1024, 2048])
-def test_keys_of_other_sizes_round_trip(link: Link, pki: KMEFiles, size: int) -> None:
+def test_keys_of_other_sizes_round_trip(link: Link, pki: PKI, size: int) -> None:
     status, body = _post(pki, link.kme_a.url, "sae-a", "/api/v1/keys/sae-b/enc_keys",
                          {"number": 2, "size": size})
     assert status == 200
@@ -202,7 +239,7 @@ def test_keys_of_other_sizes_round_trip(link: Link, pki: KMEFiles, size: int) ->
 
 
 def test_unknown_or_delivered_key_ids_are_400_and_nothing_is_delivered(link: Link,
-                                                                       pki: KMEFiles) -> None:
+                                                                       pki: PKI) -> None:
     taken = pki.client(link.kme_a.url, "sae-a").get_keys("sae-b", 2)
     b = pki.client(link.kme_b.url, "sae-b")
     before = link.store_b.status("A")
@@ -226,9 +263,9 @@ def test_unknown_or_delivered_key_ids_are_400_and_nothing_is_delivered(link: Lin
     assert status == 400 and body["message"] == "one or more keys specified are not found on KME"
 
 
-def test_empty_store_is_503(pki: KMEFiles) -> None:
-    with BackgroundKME(KMEServer(MemoryKeyStore("A"), "A", SAE_MAP,
-                                 pki.server_context())) as kme:
+def test_empty_store_is_503(pki: PKI) -> None:
+    with BackgroundKME(pki.server(MemoryKeyStore("A"), "A",
+                                  peers={"B": "https://127.0.0.1:9"})) as kme:
         client = pki.client(kme.url, "sae-a")
         assert client.status("sae-b").stored_key_count == 0
         with pytest.raises(KeysExhausted):
@@ -239,13 +276,13 @@ def test_empty_store_is_503(pki: KMEFiles) -> None:
                         "details": [{"stored_key_count": 0}]}
 
 
-def test_more_keys_than_stored_is_503_and_takes_nothing(link: Link, pki: KMEFiles) -> None:
+def test_more_keys_than_stored_is_503_and_takes_nothing(link: Link, pki: PKI) -> None:
     with pytest.raises(KeysExhausted):
         pki.client(link.kme_a.url, "sae-a").get_keys("sae-b", 101, 512)  # 202 units > 200
     assert link.store_a.status("B").available_to_take == 200
 
 
-def test_a_certificate_from_another_ca_is_refused(link: Link, pki: KMEFiles) -> None:
+def test_a_certificate_from_another_ca_is_refused(link: Link, pki: PKI) -> None:
     with pytest.raises(KeySourceError) as caught:
         pki.client(link.kme_a.url, "rogue-sae-a").get_keys("sae-b")
     # refused in the handshake: the client usually sees the alert (certificate unknown
@@ -258,8 +295,8 @@ def test_a_certificate_from_another_ca_is_refused(link: Link, pki: KMEFiles) -> 
     assert link.store_a.status("B").delivered == 0
 
 
-def _request_without_certificate(pki: KMEFiles, url: str) -> None:
-    ctx = pki.ssl_context(None)
+def _request_without_certificate(pki: PKI, url: str) -> None:
+    ctx = ssl.create_default_context(cafile=str(pki.ca))
     parts = urlsplit(url)
     assert parts.hostname is not None
     conn = http.client.HTTPSConnection(parts.hostname, parts.port, context=ctx, timeout=5)
@@ -270,7 +307,7 @@ def _request_without_certificate(pki: KMEFiles, url: str) -> None:
         conn.close()
 
 
-def test_unknown_or_foreign_saes_are_401(link: Link, pki: KMEFiles) -> None:
+def test_unknown_or_foreign_saes_are_401(link: Link, pki: PKI) -> None:
     with pytest.raises(KMEAuthenticationError):  # certificate from the CA, SAE not in the map
         pki.client(link.kme_a.url, "sae-x").get_keys("sae-b")
     with pytest.raises(KMEAuthenticationError):  # SAE attached to the other site
@@ -294,20 +331,23 @@ def test_unknown_or_foreign_saes_are_401(link: Link, pki: KMEFiles) -> None:
     (b'{"size": 260}', "size shall be a multiple of 8"),
     (b'{"size": 4096}', "size must be between min_key_size (64) and max_key_size (2048)"),
     (b'{"size": NaN}', "the request body is not valid JSON"),
-    (b'{"additional_slave_SAE_IDs": ["sae-b"]}',
-     "additional_slave_SAE_IDs are not supported: max_SAE_ID_count is 0"),
+    (b'{"additional_slave_SAE_IDs": ["sae-b"]}', "an SAE ID appears twice in a binding"),
+    (b'{"additional_slave_SAE_IDs": ["sae-c"]}',
+     "both SAEs are attached to this KME: keys are shared between sites"),
+    (json.dumps({"additional_slave_SAE_IDs": [f"s{i}" for i in range(9)]}).encode(),
+     "additional_slave_SAE_IDs may name at most max_SAE_ID_count (8) SAEs"),
     (b'{"extension_mandatory": [{"abc_route_type": "direct"}]}',
      "not all extension_mandatory parameters are supported"),
     (b'{"extension_optional": "x"}', "extension_optional must be an array of objects"),
 ])
-def test_bad_key_requests_are_400(link: Link, pki: KMEFiles, body: bytes, message: str) -> None:
+def test_bad_key_requests_are_400(link: Link, pki: PKI, body: bytes, message: str) -> None:
     status, decoded, _ = raw(pki, link.kme_a.url, "sae-a", "POST",
                              "/api/v1/keys/sae-b/enc_keys", body)
     assert status == 400 and decoded["message"] == message
     assert link.store_a.status("B").delivered == 0
 
 
-def test_request_details_and_accepted_extras(link: Link, pki: KMEFiles) -> None:
+def test_request_details_and_accepted_extras(link: Link, pki: PKI) -> None:
     status, body = _post(pki, link.kme_a.url, "sae-a", "/api/v1/keys/sae-b/enc_keys",
                          {"extension_mandatory": [{"abc_route_type": "direct", "x": 1}]})
     assert status == 400 and body["details"] == [
@@ -335,19 +375,20 @@ def test_request_details_and_accepted_extras(link: Link, pki: KMEFiles) -> None:
 
 
 def test_an_unexpected_failure_is_a_generic_503_logged_without_data(
-        pki: KMEFiles, caplog: pytest.LogCaptureFixture) -> None:
+        pki: PKI, caplog: pytest.LogCaptureFixture) -> None:
     class Broken(MemoryKeyStore):
-        def _take(self, peer: str, units: int) -> list[tuple[str, bytes]]:
+        def _reserve(self, peer: str, tag: str, size_bits: int, units: int,
+                     count: int) -> list[tuple[str, ...]]:
             raise RuntimeError("secret material 0123456789abcdef")
 
-    with BackgroundKME(KMEServer(Broken("A"), "A", SAE_MAP, pki.server_context())) as kme, \
+    with BackgroundKME(pki.server(Broken("A"), "A", peers={"B": "https://127.0.0.1:9"})) as kme, \
             caplog.at_level(logging.INFO, logger="hybridkex.kme"):
         status, body, _ = raw(pki, kme.url, "sae-a", "POST", "/api/v1/keys/sae-b/enc_keys")
     assert status == 503 and body == {"message": "the KME could not serve the request"}
     assert "RuntimeError" in caplog.text and "0123456789abcdef" not in caplog.text
 
 
-def test_logs_carry_no_key_material(link: Link, pki: KMEFiles,
+def test_logs_carry_no_key_material(link: Link, pki: PKI,
                                     caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.DEBUG):
         taken = pki.client(link.kme_a.url, "sae-a").get_keys("sae-b", 2, 512)
@@ -359,11 +400,12 @@ def test_logs_carry_no_key_material(link: Link, pki: KMEFiles,
         assert k.key.hex()[:16] not in caplog.text
 
 
-def test_the_openapi_document_is_served_with_the_limits(pki: KMEFiles) -> None:
+def test_the_openapi_document_is_served_with_the_limits(pki: PKI) -> None:
     limits = KMELimits(max_key_size=512, max_key_per_request=4)
-    with BackgroundKME(KMEServer(MemoryKeyStore("A"), "A", SAE_MAP, pki.server_context(),
-                                 limits=limits)) as kme:
-        ctx = pki.ssl_context("sae-x")  # any certificate from the CA may read it
+    with BackgroundKME(pki.server(MemoryKeyStore("A"), "A", limits=limits)) as kme:
+        cert, key = pki.pair("sae-x")  # any certificate from the CA may read it
+        ctx = ssl.create_default_context(cafile=str(pki.ca))
+        ctx.load_cert_chain(str(cert), str(key))
         conn = http.client.HTTPSConnection("127.0.0.1", kme.port, context=ctx, timeout=10)
         conn.request("GET", "/api/v1/openapi.yaml")
         response = conn.getresponse()
@@ -375,7 +417,7 @@ def test_the_openapi_document_is_served_with_the_limits(pki: KMEFiles) -> None:
     assert "maximum: 128" not in text and "/api/v1/keys/{master_SAE_ID}/dec_keys" in text
 
 
-def test_client_timeouts_and_unreachable_kmes(pki: KMEFiles) -> None:
+def test_client_timeouts_and_unreachable_kmes(pki: PKI) -> None:
     with socket.socket() as silent:  # accepts connections (backlog) but never speaks TLS
         silent.bind(("127.0.0.1", 0))
         silent.listen(1)
@@ -391,11 +433,10 @@ def test_client_timeouts_and_unreachable_kmes(pki: KMEFiles) -> None:
 # -- concurrency -------------------------------------------------------------------------------
 
 
-def test_fifty_concurrent_saes_never_share_a_key(pki: KMEFiles, tmp_path: Path) -> None:
+def test_fifty_concurrent_saes_never_share_a_key(pki: PKI, tmp_path: Path) -> None:
     a, b = SQLiteKeyStore("A", tmp_path / "a.db"), SQLiteKeyStore("B", tmp_path / "b.db")
     _fill(a, b, 600)
-    with (BackgroundKME(KMEServer(a, "A", SAE_MAP, pki.server_context())) as kme_a,
-          BackgroundKME(KMEServer(b, "B", SAE_MAP, pki.server_context())) as kme_b):
+    with two_kmes(pki, a, b) as (kme_a, kme_b):  # reserving ahead, under load
         urls = {"A": kme_a.url, "B": kme_b.url}
         saes = {"A": "sae-a", "B": "sae-b"}
         barrier = threading.Barrier(50)
@@ -420,7 +461,8 @@ def test_fifty_concurrent_saes_never_share_a_key(pki: KMEFiles, tmp_path: Path) 
         assert all(mine == theirs for _, mine, theirs in results)  # equal at both sites
         assert a.status("B").delivered + a.status("B").available_to_fetch + (
             a.status("B").available_to_take) == 600
-        assert a.status("B").delivered == 300  # 25 sessions x 6 units taken, 25 x 6 fetched
+        # every key B delivered came from a reservation A made
+        assert b.status("A").delivered <= a.status("B").delivered
     finally:
         a.close()
         b.close()
@@ -429,37 +471,38 @@ def test_fifty_concurrent_saes_never_share_a_key(pki: KMEFiles, tmp_path: Path) 
 # -- the key-source adapters -------------------------------------------------------------------
 
 
-def test_store_and_kme_key_sources_are_interchangeable(link: Link, pki: KMEFiles) -> None:
+def test_store_and_kme_key_sources_are_interchangeable(link: Link, pki: PKI) -> None:
     via_kme = KMEKeySource(pki.client(link.kme_a.url, "sae-a"), {"B": "sae-b"})
+    at_b = KMEKeySource(pki.client(link.kme_b.url, "sae-b"), {"A": "sae-a"})
     via_store = StoreKeySource(link.store_b)
     assert isinstance(via_kme, KeySource) and isinstance(via_store, KeySource)
     taken = via_kme.take("B", 2, 768)
-    assert [k.key for k in via_store.fetch("A", [k.ids for k in taken], 768)] == [
+    assert [k.key for k in at_b.fetch("A", [k.ids for k in taken], 768)] == [
         k.key for k in taken]
-    # and the other way: take from a store, fetch through the other site's KME
-    taken = StoreKeySource(link.store_b).take("A", 3)
-    fetched = KMEKeySource(pki.client(link.kme_a.url, "sae-a")).fetch(
-        "sae-b", [k.key_id for k in taken])
-    assert [k.key for k in fetched] == [k.key for k in taken]
+    # a key a KME handed out is bound to its SAEs: the plain store never delivers it
+    with pytest.raises(KeyNotAvailable):
+        via_store.fetch("A", [taken[0].key_id])
     with pytest.raises(KeySourceError, match="no SAE ID"):
         via_kme.take("C")
-    with pytest.raises(KeyNotAvailable):
-        via_store.fetch("A", [k.key_id for k in taken])
 
 
 # -- property-based API fuzzing against the served OpenAPI ----------------------------------
 
 
 @pytest.fixture(scope="module")
-def fuzz_kme(pki: KMEFiles) -> Iterator[BackgroundKME]:
-    a = linked_pools("A", "B", random_units("A", "B", 9_000, 3_000)).store_a
+def fuzz_kme(pki: PKI) -> Iterator[BackgroundKME]:
+    a, b = MemoryKeyStore("A"), MemoryKeyStore("B")
+    units = [StoredKey(new_key_id(), os.urandom(32), "A" if i % 4 else "B")
+             for i in range(12_000)]
+    a.add("B", units)
+    b.add("A", units)
     limits = KMELimits(max_key_size=512, max_key_per_request=4)  # at most 8 units a request
-    with BackgroundKME(KMEServer(a, "A", SAE_MAP, pki.server_context(), limits=limits)) as kme:
+    with two_kmes(pki, a, b, limits=limits) as (kme, _):
         yield kme
 
 
 @pytest.fixture(scope="module")
-def kme_schema(fuzz_kme: BackgroundKME, pki: KMEFiles) -> Any:
+def kme_schema(fuzz_kme: BackgroundKME, pki: PKI) -> Any:
     cert, key = pki.pair("sae-a")  # the document is fetched from the server, over mutual TLS
     return schemathesis.openapi.from_url(fuzz_kme.url + "/api/v1/openapi.yaml",
                                          cert=(str(cert), str(key)), verify=str(pki.ca))
@@ -479,7 +522,7 @@ FUZZ_RUNS = [(*op, GenerationMode.POSITIVE) for op in OPERATIONS] + [
 
 @pytest.mark.parametrize(("method", "path", "mode"), FUZZ_RUNS)
 def test_fuzzing_the_api_finds_no_server_errors(kme_schema: Any, fuzz_kme: BackgroundKME,
-                                                pki: KMEFiles, method: str, path: str,
+                                                pki: PKI, method: str, path: str,
                                                 mode: GenerationMode) -> None:
     operations = [r.ok() for r in kme_schema.get_all_operations()]
     assert {(o.method.upper(), o.path) for o in operations} == set(OPERATIONS)
@@ -531,25 +574,42 @@ def _wait_for(lines: queue.Queue[str], needle: str, timeout: float = 20.0) -> st
     raise AssertionError(f"{needle!r} not seen in: {''.join(seen)}")
 
 
-def _serve(pki: KMEFiles, site: str, store: Path, sae_map: Path) -> subprocess.Popen[str]:
-    cert, key = pki.pair("kme")
+def free_ports(n: int) -> list[int]:
+    """``n`` loopback ports free right now (for KMEs that must know each other's URL
+    before they start)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _serve(pki: PKI, site: str, store: Path | str, sae_map: Path, port: int = 0,
+           peers: dict[str, int] | None = None, *extra: str) -> subprocess.Popen[str]:
+    cert, key = pki.pair(f"kme-{site}")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    url = store if isinstance(store, str) else f"sqlite:///{store}"
+    peer_args = [x for s, p in (peers or {}).items() for x in ("--peer", f"{s}=https://127.0.0.1:{p}")]
     return subprocess.Popen(
         [sys.executable, "-m", "hybridkex", "kme", "serve", "--site-id", site,
-         "--store", f"sqlite:///{store}", "--listen", "127.0.0.1:0", "--cert", str(cert),
-         "--key", str(key), "--ca", str(pki.ca), "--sae-map", str(sae_map)],
+         "--store", url, "--listen", f"127.0.0.1:{port}", "--cert", str(cert),
+         "--key", str(key), "--ca", str(pki.ca), "--sae-map", str(sae_map), *peer_args, *extra],
         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
 
 
-def test_cli_serves_two_sites_end_to_end(pki: KMEFiles, tmp_path: Path) -> None:
+def test_cli_serves_two_sites_end_to_end(pki: PKI, tmp_path: Path) -> None:
     a, b = SQLiteKeyStore("A", tmp_path / "a.db"), SQLiteKeyStore("B", tmp_path / "b.db")
     _fill(a, b, 20)
     a.close()
     b.close()
     sae_map = tmp_path / "saes.json"
     sae_map.write_text(json.dumps(SAE_MAP))
-    procs = [_serve(pki, "A", tmp_path / "a.db", sae_map),
-             _serve(pki, "B", tmp_path / "b.db", sae_map)]
+    port_a, port_b = free_ports(2)
+    procs = [_serve(pki, "A", tmp_path / "a.db", sae_map, port_a, {"B": port_b}),
+             _serve(pki, "B", tmp_path / "b.db", sae_map, port_b, {"A": port_a})]
     try:
         outputs = [_stderr_lines(p) for p in procs]
         urls = [_wait_for(o, "listening on https://").rsplit(" ", 1)[1].strip() for o in outputs]
@@ -557,6 +617,8 @@ def test_cli_serves_two_sites_end_to_end(pki: KMEFiles, tmp_path: Path) -> None:
         fetched = pki.client(urls[1], "sae-b").get_keys_with_ids("sae-a", [k.ids for k in taken],
                                                                  512)
         assert [k.key for k in fetched] == [k.key for k in taken]
+        with pytest.raises(KMEAuthenticationError):  # bound to sae-b, and delivered
+            pki.client(urls[1], "sae-c2").get_keys_with_ids("sae-a", [k.ids for k in taken], 512)
         for p in procs:
             p.send_signal(signal.SIGTERM)
         assert [p.wait(timeout=20) for p in procs] == [0, 0]
@@ -568,12 +630,16 @@ def test_cli_serves_two_sites_end_to_end(pki: KMEFiles, tmp_path: Path) -> None:
                 p.kill()
                 p.wait()
     with SQLiteKeyStore("A", tmp_path / "a.db") as reopened:  # the deliveries were durable
+        # 2 keys of 2 units; a pool of 10 units is too small to reserve ahead from
         assert reopened.status("B").delivered == 4
+    for name in ("a.db", "a.db-wal", "a.db-shm", "b.db"):
+        path = tmp_path / name
+        assert not path.exists() or path.stat().st_mode & 0o777 == 0o600, name
 
 
-def test_cli_errors_are_one_line(pki: KMEFiles, tmp_path: Path,
+def test_cli_errors_are_one_line(pki: PKI, tmp_path: Path,
                                  capsys: pytest.CaptureFixture[str]) -> None:
-    cert, key = pki.pair("kme")
+    cert, key = pki.pair("kme-A")
     sae_map = tmp_path / "saes.json"
     sae_map.write_text(json.dumps(SAE_MAP))
     good = {"--site-id": "A", "--store": "memory:", "--listen": "127.0.0.1:0",
@@ -596,6 +662,11 @@ def test_cli_errors_are_one_line(pki: KMEFiles, tmp_path: Path,
             ({"--ca": str(sae_map)}, "cannot load the CA certificate"),
             ({"--store": "nosuch://x"}, "--store nosuch://x"),
             ({"--store": f"sqlite:///{tmp_path}/no/such/dir/k.db"}, "cannot open key store"),
+            ({"--peer": "B"}, "--peer must be SITE_ID=https://HOST:PORT"),
+            ({"--peer": "B=http://127.0.0.1:1"}, "the URL of peer KME 'B' must be https://"),
+            ({"--peer": "sae-b=https://127.0.0.1:1"}, "is both a peer KME ID and an SAE ID"),
+            ({"--reserve-ahead": "-1"}, "--reserve-ahead must not be negative"),
+            ({"--retention": "nan"}, "--retention must be a non-negative number"),
         ]
         for change, expected in cases:
             argv = ["kme", "serve", *(x for k, v in {**good, **change}.items() for x in (k, v))]
@@ -608,7 +679,7 @@ def test_cli_errors_are_one_line(pki: KMEFiles, tmp_path: Path,
 
 
 def test_kmes_filled_by_the_qkd_link_survive_sigkill_without_delivering_twice(
-        pki: KMEFiles, tmp_path: Path) -> None:
+        pki: PKI, tmp_path: Path) -> None:
     """The issue's end-to-end check: `hybridkex qkd link` fills the stores of sites A and
     B; two `hybridkex kme serve` processes hand the same keys to SAE A (enc_keys) and
     SAE B (dec_keys), refuse a second dec_keys of an ID, and are killed with SIGKILL
@@ -630,8 +701,10 @@ def test_kmes_filled_by_the_qkd_link_survive_sigkill_without_delivering_twice(
     pending: list[str] = []           # taken, not yet fetched
     rng = random.Random(7)
 
+    port_a, port_b = free_ports(2)
     for cycle in range(5):
-        procs = [_serve(pki, "A", a_db, sae_map), _serve(pki, "B", b_db, sae_map)]
+        procs = [_serve(pki, "A", a_db, sae_map, port_a, {"B": port_b}),
+                 _serve(pki, "B", b_db, sae_map, port_b, {"A": port_a})]
         try:
             urls = [_wait_for(_stderr_lines(p), "listening on https://").rsplit(" ", 1)[1]
                     .strip() for p in procs]
@@ -678,8 +751,12 @@ def test_kmes_filled_by_the_qkd_link_survive_sigkill_without_delivering_twice(
     assert not duplicates
     assert len(taken) > 5
     assert all(fetched[k] == taken[k] for k in fetched)
-    with SQLiteKeyStore("A", a_db) as a, SQLiteKeyStore("B", b_db) as b:
-        # B never delivered a key A did not hand out, and the stores agree on the rest
-        assert a.status("B").delivered >= b.status("A").delivered >= len(fetched)
-        assert a.status("B").available_to_take == b.status("A").available_to_fetch - (
-            a.status("B").delivered - b.status("A").delivered)
+    # every key A handed out is bound at B: delivered, or still deliverable to sae-b
+    assert not set(taken) - bound_at(b_db, taken)
+
+
+def bound_at(db: Path, key_ids: Iterable[str]) -> set[str]:
+    """The key IDs that a slave site's SQLite store holds a reservation for."""
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        rows = conn.execute("SELECT key_id FROM bound_keys WHERE master_side = 0").fetchall()
+    return {r[0] for r in rows} & set(key_ids)
