@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -24,9 +25,25 @@ from hybridkex.keydelivery.errors import KeySourceError
 from hybridkex.keydelivery.keys import UNIT_BITS, DeliveredKey
 from hybridkex.keydelivery.source import AsyncKeySource, KeySource
 
-__all__ = ["FETCH", "TAKE", "KeyRequest"]
+__all__ = ["FETCH", "KEY_SOURCE_THREADS", "TAKE", "KeyRequest", "key_source_executor"]
 
 TAKE, FETCH = "take", "fetch"
+#: Threads of the shared executor that blocking key sources run in by default.  Their
+#: calls wait (a KME over the network, a store's fsync), they do not compute, so they
+#: get more threads than an event loop's default executor (which is sized for CPUs).
+KEY_SOURCE_THREADS = 64
+_executor: concurrent.futures.ThreadPoolExecutor | None = None
+_executor_lock = threading.Lock()
+
+
+def key_source_executor() -> concurrent.futures.ThreadPoolExecutor:
+    """The shared executor for blocking key source calls (threads start on demand)."""
+    global _executor
+    with _executor_lock:
+        if _executor is None:
+            _executor = concurrent.futures.ThreadPoolExecutor(
+                KEY_SOURCE_THREADS, thread_name_prefix="hybridkex-keys")
+        return _executor
 
 
 @dataclass(frozen=True)
@@ -70,7 +87,8 @@ class KeyRequest:
                             executor: concurrent.futures.Executor | None = None
                             ) -> list[DeliveredKey]:
         """Make the call without blocking the running event loop: awaited on an
-        :class:`AsyncKeySource`, in ``executor`` (default: the loop's) otherwise."""
+        :class:`AsyncKeySource`, in ``executor`` (default: :func:`key_source_executor`)
+        otherwise."""
         if isinstance(source, AsyncKeySource):
             if self.operation == TAKE:
                 keys = await source.take_async(self.peer, self.count, self.size_bits)
@@ -81,7 +99,8 @@ class KeyRequest:
             raise InvalidParameter("the key source has neither take/fetch nor "
                                    "take_async/fetch_async")
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(executor, self.perform, source)
+        return await loop.run_in_executor(executor or key_source_executor(), self.perform,
+                                          source)
 
     def check(self, keys: Sequence[DeliveredKey]) -> list[DeliveredKey]:
         """The keys, if they are what was asked for: the count, the size, and for a
