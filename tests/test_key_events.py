@@ -11,6 +11,7 @@ machine while failing any driver that waits on the source in the loop's thread.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -295,7 +296,7 @@ def test_the_loop_keeps_running_while_keys_are_fetched() -> None:
         return ticks
 
     ticks = asyncio.run(main())
-    gaps = [b - a for a, b in zip(ticks, ticks[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(ticks)]
     assert max(gaps) < DELAY, f"the loop stalled for {max(gaps):.3f} s"
 
 
