@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 from collections.abc import Sequence
+from typing import NoReturn
 
 from hybridkex import __version__
 from hybridkex.cli import channel as channel_commands
@@ -18,10 +20,29 @@ from hybridkex.cli import site as site_commands
 from hybridkex.errors import HybridKexError
 
 
+def _exit_codes() -> str:
+    lines = ["exit status (every command; docs/sites.md):"]
+    for code, meaning in channel_commands.EXIT_CODES:
+        lines += textwrap.wrap(meaning, 78, initial_indent=f"  {code:<5}",
+                               subsequent_indent=" " * 7)
+    lines.append("Every failure is one line on stderr that says what happened.")
+    return "\n".join(lines)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line too (argparse would print the whole usage first)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(channel_commands.EXIT_USAGE,
+                  f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="hybridkex",
         description="Hybrid X25519 + ML-KEM + QKD key exchange.",
+        epilog=_exit_codes(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"hybridkex {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -40,8 +61,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except HybridKexError as exc:
-        print(f"hybridkex: {exc}", file=sys.stderr)
-        return 1
+        print(f"hybridkex: {' '.join(str(exc).split())}", file=sys.stderr)
+        return channel_commands.EXIT_LOCAL
+    except OSError as exc:  # a file the command was pointed at: say which, and why
+        print(f"hybridkex: {_os_error(exc)}", file=sys.stderr)
+        return channel_commands.EXIT_LOCAL
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return channel_commands.EXIT_INTERRUPTED
+
+
+def _os_error(exc: OSError) -> str:
+    what = exc.strerror or type(exc).__name__
+    if exc.filename is not None:
+        return f"{exc.filename}: {what}"
+    return what

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 import time
 from dataclasses import asdict, replace
 from functools import partial
+from pathlib import Path
 from typing import Any
 
-from hybridkex.errors import InvalidParameter
-from hybridkex.keydelivery.store import open_store
+from hybridkex.errors import HybridKexError, InvalidParameter
+from hybridkex.keydelivery.store import KeyStore, open_store
 from hybridkex.qkd import analytic, montecarlo
 from hybridkex.qkd.link import SIMULATION_LABEL, QKDLink, SiteIdentity
 from hybridkex.qkd.parameters import Eavesdropper, LinkParameters, finite_key_parameters
@@ -27,10 +30,10 @@ def register(sub: Any) -> None:
     qsub = qkd.add_subparsers(dest="qkd_command", required=True)
 
     p = qsub.add_parser("simulate", help="one link session end to end (simulation)")
-    p.add_argument("--distance-km", type=float, required=True)
+    p.add_argument("--distance-km", type=_km, required=True)
     p.add_argument("--pulses", type=_count, required=True)
     p.add_argument("--eve", choices=["intercept-resend", "pns"])
-    p.add_argument("--eve-fraction", type=float, default=1.0)
+    p.add_argument("--eve-fraction", type=_fraction, default=1.0)
     p.add_argument("--seed", type=int)
     p.add_argument("--preset", choices=["finite-key", "gys"], default="finite-key",
                    help="intensities and probabilities: finite-key (default; see "
@@ -50,7 +53,7 @@ def register(sub: Any) -> None:
     k.add_argument("--store-a", required=True, help="memory:, sqlite:///path or postgresql://...")
     k.add_argument("--site-b", required=True)
     k.add_argument("--store-b", required=True)
-    k.add_argument("--distance-km", type=float, default=25.0)
+    k.add_argument("--distance-km", type=_km, default=25.0)
     k.add_argument("--target-keys", type=_count,
                    help="stop once this many 256-bit keys were deposited (default: run until "
                    "interrupted)")
@@ -59,9 +62,9 @@ def register(sub: Any) -> None:
     k.set_defaults(func=cmd_link)
 
     s = qsub.add_parser("sweep", help="key rate against distance: analytic, and simulated")
-    s.add_argument("--from-km", type=float, required=True)
-    s.add_argument("--to-km", type=float, required=True)
-    s.add_argument("--step-km", type=float, required=True)
+    s.add_argument("--from-km", type=_km, required=True)
+    s.add_argument("--to-km", type=_km, required=True)
+    s.add_argument("--step-km", type=_positive, required=True)
     s.add_argument("--model", choices=list(analytic.MODELS), default="vacuum-weak")
     s.add_argument("--mu", type=float, default=LinkParameters.mu)
     s.add_argument("--nu", type=float, default=LinkParameters.nu)
@@ -75,10 +78,86 @@ def register(sub: Any) -> None:
 
 
 def _count(text: str) -> int:
-    value = float(text)  # accepts 1e8
-    if value != int(value) or value < 1:
-        raise argparse.ArgumentTypeError("must be a positive whole number")
+    try:
+        value = float(text)  # accepts 1e8
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value) or value != int(value) or value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, not {text}")
     return int(value)
+
+
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, not {text}")
+    return value
+
+
+def _km(text: str) -> float:
+    value = _number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"a distance must be 0 km or more, not {text}")
+    return value
+
+
+def _positive(text: str) -> float:
+    value = _number(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, not {text}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = _number(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 1, not {text}")
+    return value
+
+
+def _open_store(url: str, site: str, option: str) -> KeyStore:
+    """The store ``url`` names, or one line saying why it cannot be opened."""
+    if url.startswith("sqlite:///"):
+        path = Path(url[len("sqlite:///"):])
+        if not path.parent.is_dir():
+            raise InvalidParameter(f"{option} {url}: the directory {path.parent} does not "
+                                   "exist (sqlite:///relative/path, sqlite:////absolute/path)")
+    try:
+        return open_store(url, site)
+    except HybridKexError:
+        raise
+    except Exception as exc:  # sqlite3.Error, OSError: a file that cannot be opened
+        raise InvalidParameter(f"{option} {url}: cannot open the key store: "
+                               f"{type(exc).__name__}: {exc}") from None
+
+
+def _check_plot(path: str) -> None:
+    """Refuse, before any computation, a --plot file that cannot be written."""
+    target = Path(path)
+    parent = target.parent
+    if not parent.is_dir():
+        raise InvalidParameter(f"--plot {path}: the directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InvalidParameter(f"--plot {path}: the directory {parent} is not writable")
+    if target.is_dir():
+        raise InvalidParameter(f"--plot {path} is a directory")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+    except ImportError:
+        raise InvalidParameter(
+            "--plot needs matplotlib: pip install 'hybridkex[plot]'") from None
+    formats = FigureCanvasAgg.get_supported_filetypes()
+    suffix = target.suffix.lower().lstrip(".")
+    if suffix and suffix not in formats:
+        raise InvalidParameter(f"--plot {path}: matplotlib cannot write .{suffix} files; "
+                               f"name a .png, .pdf or .svg file (or one of "
+                               f"{', '.join('.' + f for f in sorted(formats))})")
 
 
 class _Progress:
@@ -124,8 +203,12 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_link(args: argparse.Namespace) -> int:
-    store_a = open_store(args.store_a, args.site_a)
-    store_b = open_store(args.store_b, args.site_b)
+    store_a = _open_store(args.store_a, args.site_a, "--store-a")
+    try:
+        store_b = _open_store(args.store_b, args.site_b, "--store-b")
+    except BaseException:
+        store_a.close()
+        raise
     link = QKDLink(args.site_a, args.site_b, finite_key_parameters(distance_km=args.distance_km),
                    store_a=store_a, store_b=store_b, identity_a=SiteIdentity.generate(),
                    identity_b=SiteIdentity.generate())
@@ -183,8 +266,10 @@ def _print_report(r: dict[str, Any]) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    if args.step_km <= 0 or args.to_km < args.from_km:
-        raise InvalidParameter("need --step-km > 0 and --to-km >= --from-km")
+    if args.to_km < args.from_km:
+        raise InvalidParameter("need --to-km >= --from-km")
+    if args.plot:
+        _check_plot(args.plot)
     params = LinkParameters(mu=args.mu, nu=args.nu)
     model = args.model
     points: list[dict[str, Any]] = []

@@ -175,6 +175,8 @@ _HELLO_REFUSALS: Final[dict[int, str]] = {
     _A.HANDSHAKE_FAILURE: "no suite in common, or the server cannot authenticate in "
                           "{mode} mode",
     _A.SERVER_BUSY: "the server is at its connection limit; try again later",
+    _A.PROTOCOL_VERSION: "the server does not speak this version of HKX/1; a TLS server "
+                         "answers an HKX/1 hello so",
 }
 
 
@@ -287,6 +289,10 @@ class Connection:
                                       AlertDescription.PROTOCOL_VERSION)
                 record = self._records.next_record()
                 if record is None:
+                    if self._eof and self._sniff is not None and not self._sniff and self.state in (
+                            State.WAIT_SERVER_HELLO, State.WAIT_CLIENT_HELLO):
+                        raise ConnectionTruncated(f"the {self.peer_role} closed the "
+                                                  "connection without a word of HKX/1")
                     if self._eof:
                         raise ConnectionTruncated(
                             "the transport closed without close_notify"

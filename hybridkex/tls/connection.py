@@ -87,6 +87,7 @@ ALERT_NAMES = {
     120: "no_application_protocol",
 }
 _AUTH_ALERTS = {42, 43, 44, 45, 46, 48, 49, 51, 116}
+_HKX_PROTOCOL_VERSION_ALERT = bytes([21, 0, 2, 2, 70])  # record: alert, fatal, 70
 _NEGOTIATION_ALERTS = {40, 70, 71}
 
 
@@ -283,6 +284,9 @@ class TLSConnection:
         self._fetch_problems: list[str] = []
         self._psk_identity = ""
         self._held_eof = False
+        self._first: bytearray | None = bytearray()  # a stream's first bytes, to tell HKX/1
+        self._hkx_client = False
+        self._hkx_answer = b""
         self.state = TLSState.HANDSHAKING
         self._info: TLSSessionInfo | None = None
         self._hooks = _Hooks(self)
@@ -309,6 +313,14 @@ class TLSConnection:
 
     def receive_data(self, data: bytes) -> None:
         """Bytes from the network; ``b""`` marks the end of the stream."""
+        if self._first is not None and data:
+            self._first += data[:4 - len(self._first)]
+            if len(self._first) == 4:
+                first, self._first = bytes(self._first), None
+                # An HKX/1 record (type, 2-byte length) holding a ClientHello (type 1):
+                # no TLS record has a version byte other than 3 where HKX/1 has length.
+                self._hkx_client = self.server_side and first[0] == 0x16 and (
+                    first[1] != 0x03 and first[3] == 0x01)
         if self._held is not None:
             if not data:
                 self._held_eof = True
@@ -403,7 +415,8 @@ class TLSConnection:
             self._ssl.bio_shutdown()
 
     def data_to_send(self) -> bytes:
-        chunks = []
+        chunks = [self._hkx_answer] if self._hkx_answer else []
+        self._hkx_answer = b""
         while True:
             try:
                 chunks.append(self._ssl.bio_read(READ_SIZE))
@@ -425,6 +438,12 @@ class TLSConnection:
                 self._take_psk()
         if self._key_request is not None:
             return False
+        if self._hkx_client:
+            # Answered in the client's own framing, so an HKX/1 client reads why: a
+            # plaintext HKX/1 alert, protocol_version (docs/protocol.md, section 11).
+            self._hkx_answer = _HKX_PROTOCOL_VERSION_ALERT
+            raise self._fail(TLSNegotiationFailed(
+                "the client speaks HKX/1, not TLS (both ends must use TLS, or neither)", 70))
         try:
             self._ssl.do_handshake()
         except SSL.WantReadError:
