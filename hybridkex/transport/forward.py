@@ -30,6 +30,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import socket
+import struct
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -136,6 +138,16 @@ class StreamLog:
 
 
 # -- the relay ------------------------------------------------------------------------------
+
+
+def reset(transport: asyncio.Transport) -> None:
+    """Close with a TCP reset, so the peer cannot mistake the end for a clean one (a plain
+    ``abort()`` closes with a FIN when nothing is left unread)."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
 
 
 class _End(asyncio.Protocol):
@@ -277,6 +289,7 @@ class Splice:
             self._finish()
             return
         # Lost before both directions ended: the far end must not take it for a clean end.
+        self._transports[side] = None  # closing already (a channel's alert is on its way)
         self._abort_all()
         if exc is None:
             exc = ConnectionResetError(
@@ -302,7 +315,7 @@ class Splice:
         self._over = True
         for transport in self._transports.values():
             if transport is not None:
-                transport.abort()
+                reset(transport)
 
     def fail(self, note: str, error: BaseException | None = None) -> None:
         """The service gives up on this stream (its target cannot be reached)."""
