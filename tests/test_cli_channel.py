@@ -244,7 +244,7 @@ def test_max_connections_refuses_the_one_too_many(sites: tuple[Path, Path, Path]
         assert refused.returncode == 4
         line = one_line(refused.stderr)
         assert "server_busy" in line and "connection limit" in line, line
-        assert "refused: 1 channels open, the limit (--max-connections 1)" in server.wait_for(
+        assert "refused: 1 channel open, the limit (--max-connections 1)" in server.wait_for(
             "refused")
         holder.stdin.close()
         assert holder.wait(TIMEOUT) == 0
@@ -264,7 +264,7 @@ def test_sigterm_lets_open_streams_finish_within_the_grace_period(
             s.sendall(b"before the signal")
             server.wait_for("session with site-a:")
             server.process.send_signal(signal.SIGTERM)
-            assert "1 open get up to 20 s to finish" in server.wait_for("stopping")
+            assert "1 channel open get up to 20 s to finish" in server.wait_for("stopping")
             s.sendall(b", and after it")
             s.shutdown(socket.SHUT_WR)
             assert s.recv(100) == b"got 31 bytes: before the signa"
@@ -282,7 +282,7 @@ def test_the_grace_period_ends_with_the_stream_cut(sites: tuple[Path, Path, Path
             assert server.stop() == 0
             assert time.monotonic() - started < 10
             assert "closed by server shutdown" in server.wait_for("site-a closed by")
-            assert "1 channels closed at the end of the grace period" in server.lines[-1]
+            assert "1 channel closed at the end of the grace period" in server.lines[-1]
             with pytest.raises(ConnectionResetError):  # the application sees the cut
                 read_to_the_end(s)
         assert "session with site-b failed" in client.wait_for("site-b failed")

@@ -49,6 +49,10 @@ from hybridkex.transport.forward import (
 __all__ = ["BackgroundServer", "ChannelLog", "forward_local", "serve", "status_of"]
 
 
+def channels(count: int) -> str:
+    return f"{count} channel{'' if count == 1 else 's'}"
+
+
 def status_of(stream: Stream) -> int:
     """The exit status a stream's end stands for (docs/sites.md, exit status)."""
     if stream.outcome in ("closed", "cut", None):
@@ -82,7 +86,7 @@ class ChannelLog(StreamLog):
         return info.peer.site if info is not None else (self.peer or "?")
 
     def refused(self, address: str, open_streams: int) -> None:
-        self.say(f"{address}: refused: {open_streams} channels open, the limit "
+        self.say(f"{address}: refused: {channels(open_streams)} open, the limit "
                  f"(--max-connections {self.limit})")
 
     def established(self, stream: Stream) -> None:
@@ -156,8 +160,8 @@ class _Stopper:
     async def shutdown(self, server: ChannelServer | LocalForwarder, grace: float) -> int:
         """Stop accepting, give the open channels ``grace`` seconds, cut the rest."""
         if server.open_streams:
-            self.log.say(f"stopping: no new channels; {server.open_streams} open get up to "
-                         f"{grace:g} s to finish (signal again to close them now)")
+            self.log.say(f"stopping: no new channels; {channels(server.open_streams)} open "
+                         f"get up to {grace:g} s to finish (signal again to close them now)")
         draining = asyncio.ensure_future(server.shutdown(grace))
         now = asyncio.ensure_future(self.now.wait())
         await asyncio.wait({draining, now}, return_when=asyncio.FIRST_COMPLETED)
@@ -219,7 +223,7 @@ async def _serve(args: argparse.Namespace, site: Site, transport: Transport[Any]
         mode = (f"forwarding to {format_address(args.forward)}" if args.forward else
                 "echo" if args.echo else "data to stdout")
         log.say(f"site {site.name} ({transport.label}; {mode}; peers: {peers}; at most "
-                f"{log.limit} channels) listening on "
+                f"{channels(log.limit)}) listening on "
                 f"{format_address(listener.getsockname())}")
         if transport.uses_qkd:
             for peer in site.peers():
@@ -228,8 +232,8 @@ async def _serve(args: argparse.Namespace, site: Site, transport: Transport[Any]
         cut = await stopper.shutdown(server, args.grace)
     finally:
         stopper.close()
-    log.say(f"site {site.name} stopped" + (f" ({cut} channels closed at the end of the grace "
-                                          "period)" if cut else ""))
+    log.say(f"site {site.name} stopped" + (f" ({channels(cut)} closed at the end of the "
+                                          "grace period)" if cut else ""))
     return stopper.status
 
 
@@ -259,7 +263,7 @@ async def _forward_local(args: argparse.Namespace, site: Site, peer: str,
         max_connections=args.max_connections, log=log)
     try:
         await forwarder.start(sock=listener)
-        log.say(f"site {site.name} ({transport.label}; at most {log.limit} channels) "
+        log.say(f"site {site.name} ({transport.label}; at most {channels(log.limit)}) "
                 f"forwarding {format_address(listener.getsockname())} to {peer} at "
                 f"{format_address(args.address)}")
         if transport.uses_qkd:
@@ -268,8 +272,8 @@ async def _forward_local(args: argparse.Namespace, site: Site, peer: str,
         cut = await stopper.shutdown(forwarder, args.grace)
     finally:
         stopper.close()
-    log.say(f"site {site.name} stopped" + (f" ({cut} channels cut at the end of the grace "
-                                          "period)" if cut else ""))
+    log.say(f"site {site.name} stopped" + (f" ({channels(cut)} cut at the end of the "
+                                          "grace period)" if cut else ""))
     return EXIT_OK
 
 
