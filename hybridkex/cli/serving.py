@@ -125,6 +125,11 @@ class ChannelLog(StreamLog):
         else:
             why = stream.note or (reason(stream.error, alert_name) if stream.error
                                   else "ended early")
+            if stream.failed_side == "tcp":
+                why = f"the application's TCP connection failed: {why}"
+            elif self.peer is not None and isinstance(stream.error, ConnectionResetError):
+                why += (" (the server reset the channel; its log says why: a --forward "
+                        "service it cannot reach, or its shutdown)")
             self.say(f"{where}: session with {peer} failed: {why}")
         if self.on_end is not None:
             self.on_end(stream)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import os
 import socket
 import struct
 import time
@@ -65,6 +66,15 @@ _REFUSAL_LINGER = 0.5  # seconds a refused connection waits for the peer to read
 ChannelFactory = Callable[[asyncio.Protocol], DrivingProtocol]
 
 
+def failure_text(exc: BaseException) -> str:
+    """What went wrong with a TCP connection, in words (asyncio's own are long)."""
+    if isinstance(exc, TimeoutError):
+        return "no answer in time"
+    if isinstance(exc, OSError) and exc.errno:
+        return os.strerror(exc.errno)
+    return str(exc) or type(exc).__name__
+
+
 def format_address(address: Any) -> str:
     """``host:port``, ``[v6]:port``, or ``?`` when the socket had none."""
     if not isinstance(address, tuple) or len(address) < 2:
@@ -91,6 +101,7 @@ class Stream:
     outcome: str | None = None
     error: BaseException | None = None
     note: str = ""  # what the service adds (a target that could not be reached, ...)
+    failed_side: str | None = None  # "channel" or "tcp": which side of a relay failed
     started: float = field(default_factory=time.monotonic)
     _ended: Callable[[Stream], None] | None = field(default=None, repr=False)
     _cut: Callable[[], None] | None = field(default=None, repr=False)
@@ -295,6 +306,7 @@ class Splice:
             exc = ConnectionResetError(
                 f"the {'channel' if side == _CHANNEL else 'TCP connection'} closed before "
                 "the stream ended")
+        self.stream.failed_side = "channel" if side == _CHANNEL else "tcp"
         self.stream.end("failed", exc)
 
     def _write_buffer(self, side: str, full: bool) -> None:
@@ -359,10 +371,11 @@ class ForwardTo:
             try:
                 async with asyncio.timeout(self.connect_timeout):
                     await loop.create_connection(splice.plain_end, self.host, self.port)
-            except (OSError, TimeoutError) as exc:
-                why = exc.strerror if isinstance(exc, OSError) and exc.strerror else (
-                    "timed out" if isinstance(exc, TimeoutError) else str(exc))
-                splice.fail(f"cannot reach {self.target}: {why}", exc)
+            except TimeoutError as exc:
+                splice.fail(f"cannot reach {self.target}: no answer within "
+                            f"{self.connect_timeout:g} s", exc)
+            except OSError as exc:
+                splice.fail(f"cannot reach {self.target}: {failure_text(exc)}", exc)
 
         tasks: set[asyncio.Task[None]] = set()
 
@@ -511,6 +524,13 @@ class _Refusal(asyncio.Protocol):
             self.timer.cancel()
 
 
+class _Dropped(asyncio.Protocol):
+    """A connection that cannot be served at all: closed at once."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.close()
+
+
 class _Gate:
     """The open streams of a server or forwarder, and the limit on them."""
 
@@ -616,7 +636,11 @@ class ChannelServer:
         if gate.full:
             return _Refusal(gate, self.refusal)
         stream = gate.admit()
-        protocol = self.make_channel(self.service.app(stream))
+        try:
+            protocol = self.make_channel(self.service.app(stream))
+        except Exception as exc:  # a context that cannot make connections: said once each
+            stream.end("handshake failed", exc)
+            return _Dropped()
         _track_handshake(stream, protocol, self.log)
         return protocol
 
@@ -670,8 +694,8 @@ class LocalForwarder:
         async def connect() -> None:
             try:
                 protocol = await self.open_channel(splice.channel_end())
-            except (OSError, TimeoutError, HybridKexError) as exc:
-                splice.fail(f"cannot connect: {exc}", exc)
+            except Exception as exc:  # refused, unreachable, a context that cannot work
+                splice.fail(f"cannot connect: {failure_text(exc)}", exc)
                 return
             _track_handshake(stream, protocol, self.log)
             with contextlib.suppress(Exception):
