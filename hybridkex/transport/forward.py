@@ -243,7 +243,7 @@ class Splice:
         if side == _PLAIN and self.stream.address == "?":  # the local client's address
             self.stream.address = format_address(transport.get_extra_info("peername"))
         if self._over:
-            transport.abort()
+            reset(transport)
             return
         if self._paused_by[side]:
             transport.pause_reading()
@@ -591,6 +591,8 @@ def _track_handshake(stream: Stream, protocol: DrivingProtocol, log: StreamLog) 
         exc = None if future.cancelled() else future.exception()
         if exc is not None or future.cancelled():
             stream.end("handshake failed", exc)
+            return
+        if stream.outcome is not None:  # its other side gave up meanwhile
             return
         with contextlib.suppress(HybridKexError):
             stream.handshake_info = protocol.connection.session_info()
