@@ -79,17 +79,28 @@ class SecureProtocol(DrivingProtocol):
     def _step(self, data: bytes | None) -> None:
         if data is not None:
             self.connection.receive_data(data)
-        while True:
-            event = self.connection.next_event()
-            if isinstance(event, NeedData | QKDKeysNeeded):
-                return  # QKDKeysNeeded: _run fetches the keys, then steps again
-            if isinstance(event, HandshakeComplete):
-                self._handshake_complete()
-            elif isinstance(event, DataReceived):
-                self.app.data_received(event.data)
-            elif isinstance(event, ConnectionClosed):
-                self._peer_closed_cleanly()
-                return
+        # The plaintext of consecutive records goes to the application in one piece:
+        # one call (and, relayed, one write to a socket) per step, not one per record.
+        plaintext: list[bytes] = []
+        try:
+            while True:
+                event = self.connection.next_event()
+                if isinstance(event, DataReceived):
+                    plaintext.append(event.data)
+                    continue
+                if plaintext:
+                    self.app.data_received(b"".join(plaintext))
+                    plaintext = []
+                if isinstance(event, NeedData | QKDKeysNeeded):
+                    return  # QKDKeysNeeded: _run fetches the keys, then steps again
+                if isinstance(event, HandshakeComplete):
+                    self._handshake_complete()
+                elif isinstance(event, ConnectionClosed):
+                    self._peer_closed_cleanly()
+                    return
+        finally:
+            if plaintext:  # authenticated before the failure: delivered, as before it
+                self.app.data_received(b"".join(plaintext))
 
     def _truncated(self) -> HybridKexError:
         return ConnectionTruncated("the connection was lost during the handshake")
