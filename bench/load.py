@@ -168,9 +168,10 @@ class CountingContext(Context):
 
     accepted = 0
 
-    def new_connection(self, server_side: bool, peer: str | None) -> HkxConnection:
+    def new_connection(self, server_side: bool, peer: str | None, *,
+                       key_events: bool = False) -> HkxConnection:
         CountingContext.accepted += 1
-        return super().new_connection(server_side, peer)
+        return super().new_connection(server_side, peer, key_events=key_events)
 
 
 # -- process plumbing -------------------------------------------------------------------------

@@ -485,7 +485,9 @@ def test_serve_without_echo_writes_what_it_receives(sites: tuple[Path, Path]) ->
 
 
 def test_sigterm_closes_open_sessions_with_close_notify(sites: tuple[Path, Path]) -> None:
-    server = Server("--site", str(sites[1]), "--listen", "127.0.0.1:0", "--echo")
+    # --grace 0: the open session is closed at once (test_cli_channel.py waits for one)
+    server = Server("--site", str(sites[1]), "--listen", "127.0.0.1:0", "--echo",
+                    "--grace", "0")
     client = subprocess.Popen([sys.executable, "-m", "hybridkex", "connect",
                                f"127.0.0.1:{server.port}", "--site", str(sites[0])],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE,

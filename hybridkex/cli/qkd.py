@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from dataclasses import asdict, replace
 from functools import partial
+from pathlib import Path
 from typing import Any
 
-from hybridkex.cli.args import positive_count
-from hybridkex.errors import InvalidParameter
-from hybridkex.keydelivery.store import open_store
+from hybridkex.cli.args import fraction, kilometres, positive_count, positive_number
+from hybridkex.errors import HybridKexError, InvalidParameter
+from hybridkex.keydelivery.store import KeyStore, open_store
 from hybridkex.qkd import analytic, montecarlo
 from hybridkex.qkd.distillation import DistillationConfig
 from hybridkex.qkd.labels import SIMULATION_LABEL
@@ -31,10 +33,10 @@ def register(qkd: argparse.ArgumentParser) -> None:
     qsub = qkd.add_subparsers(dest="qkd_command", required=True)
 
     p = qsub.add_parser("simulate", help="one link session end to end (simulation)")
-    p.add_argument("--distance-km", type=float, required=True)
+    p.add_argument("--distance-km", type=kilometres, required=True)
     p.add_argument("--pulses", type=positive_count, required=True)
     p.add_argument("--eve", choices=["intercept-resend", "pns"])
-    p.add_argument("--eve-fraction", type=float, default=1.0)
+    p.add_argument("--eve-fraction", type=fraction, default=1.0)
     p.add_argument("--seed", type=int)
     p.add_argument("--preset", choices=["finite-key", "gys"], default="finite-key",
                    help="intensities and probabilities: finite-key (default; see "
@@ -54,7 +56,7 @@ def register(qkd: argparse.ArgumentParser) -> None:
     k.add_argument("--store-a", required=True, help="memory:, sqlite:///path or postgresql://...")
     k.add_argument("--site-b", required=True)
     k.add_argument("--store-b", required=True)
-    k.add_argument("--distance-km", type=float, default=25.0)
+    k.add_argument("--distance-km", type=kilometres, default=25.0)
     k.add_argument("--target-keys", type=positive_count,
                    help="stop once this many 256-bit keys were deposited (default: run until "
                    "interrupted)")
@@ -63,9 +65,9 @@ def register(qkd: argparse.ArgumentParser) -> None:
     k.set_defaults(func=cmd_link)
 
     s = qsub.add_parser("sweep", help="key rate against distance: analytic, and simulated")
-    s.add_argument("--from-km", type=float, required=True)
-    s.add_argument("--to-km", type=float, required=True)
-    s.add_argument("--step-km", type=float, required=True)
+    s.add_argument("--from-km", type=kilometres, required=True)
+    s.add_argument("--to-km", type=kilometres, required=True)
+    s.add_argument("--step-km", type=positive_number, required=True)
     s.add_argument("--model", choices=list(analytic.MODELS), default="vacuum-weak")
     s.add_argument("--mu", type=float, default=LinkParameters.mu)
     s.add_argument("--nu", type=float, default=LinkParameters.nu)
@@ -76,6 +78,48 @@ def register(qkd: argparse.ArgumentParser) -> None:
     s.add_argument("--plot", metavar="FILE.png", help="draw rate against distance (needs "
                    "the plot extra: pip install 'hybridkex[plot]')")
     s.set_defaults(func=cmd_sweep)
+
+
+def _open_store(url: str, site: str, option: str) -> KeyStore:
+    """The store ``url`` names, or one line saying why it cannot be opened."""
+    if url.startswith("sqlite:///"):
+        path = Path(url[len("sqlite:///"):])
+        if not path.parent.is_dir():
+            raise InvalidParameter(f"{option} {url}: the directory {path.parent} does not "
+                                   "exist (sqlite:///relative/path, sqlite:////absolute/path)")
+    try:
+        return open_store(url, site)
+    except HybridKexError:
+        raise
+    except Exception as exc:  # sqlite3.Error, OSError: a file that cannot be opened
+        raise InvalidParameter(f"{option} {url}: cannot open the key store: "
+                               f"{type(exc).__name__}: {exc}") from None
+
+
+def _check_plot(path: str) -> None:
+    """Refuse, before any computation, a --plot file that cannot be written."""
+    target = Path(path)
+    parent = target.parent
+    if not parent.is_dir():
+        raise InvalidParameter(f"--plot {path}: the directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InvalidParameter(f"--plot {path}: the directory {parent} is not writable")
+    if target.is_dir():
+        raise InvalidParameter(f"--plot {path} is a directory")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+    except ImportError:
+        raise InvalidParameter(
+            "--plot needs matplotlib: pip install 'hybridkex[plot]'") from None
+    formats = FigureCanvasAgg.get_supported_filetypes()
+    suffix = target.suffix.lower().lstrip(".")
+    if suffix and suffix not in formats:
+        raise InvalidParameter(f"--plot {path}: matplotlib cannot write .{suffix} files; "
+                               f"name a .png, .pdf or .svg file (or one of "
+                               f"{', '.join('.' + f for f in sorted(formats))})")
 
 
 class _Progress:
@@ -121,8 +165,12 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_link(args: argparse.Namespace) -> int:
-    store_a = open_store(args.store_a, args.site_a)
-    store_b = open_store(args.store_b, args.site_b)
+    store_a = _open_store(args.store_a, args.site_a, "--store-a")
+    try:
+        store_b = _open_store(args.store_b, args.site_b, "--store-b")
+    except BaseException:
+        store_a.close()
+        raise
     link = QKDLink(args.site_a, args.site_b, finite_key_parameters(distance_km=args.distance_km),
                    store_a=store_a, store_b=store_b, identity_a=SiteIdentity.generate(),
                    identity_b=SiteIdentity.generate())
@@ -180,8 +228,10 @@ def _print_report(r: dict[str, Any]) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    if args.step_km <= 0 or args.to_km < args.from_km:
-        raise InvalidParameter("need --step-km > 0 and --to-km >= --from-km")
+    if args.to_km < args.from_km:
+        raise InvalidParameter("need --to-km >= --from-km")
+    if args.plot:
+        _check_plot(args.plot)
     params = LinkParameters(mu=args.mu, nu=args.nu)
     model = args.model
     points: list[dict[str, Any]] = []

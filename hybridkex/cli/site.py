@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hybridkex.cli.args import positive_count
-from hybridkex.site import DEFAULT_PULSES_PER_ROUND, SIGNATURE_SCHEMES, Site, pair
+from hybridkex.site import DEFAULT_PULSES_PER_ROUND, SIGNATURE_SCHEMES, Site, SiteError, pair
 
 if TYPE_CHECKING:
     from hybridkex.qkd.link import LinkReport
@@ -78,10 +80,30 @@ def register(sub: Any) -> None:
     s.set_defaults(func=cmd_show)
 
 
+def _creatable(directory: Path) -> None:
+    """Refuse, saying why, a site directory that cannot be made where it is asked for."""
+    for parent in directory.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise SiteError(f"cannot create site directory {directory}: {parent} is a "
+                                "file, not a directory")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise SiteError(f"cannot create site directory {directory}: {parent} is "
+                                "not writable")
+            return
+
+
 def cmd_init(args: argparse.Namespace) -> int:
-    with Site.init(args.dir, args.name, args.sig, ca_certificate=args.ca_cert,
-                   ca_key=args.ca_key, days=args.days, security=args.security,
-                   auth=args.auth) as site:
+    directory = Path(args.dir)
+    _creatable(directory)
+    try:
+        site = Site.init(directory, args.name, args.sig, ca_certificate=args.ca_cert,
+                         ca_key=args.ca_key, days=args.days, security=args.security,
+                         auth=args.auth)
+    except OSError as exc:
+        raise SiteError(f"cannot create site directory {directory}: "
+                        f"{exc.strerror or exc}") from None
+    with site:
         print(f"site {site.name} created in {site.path}")
         print(f"  identity    {site.scheme}, {site.settings.identity}")
         print(f"  public key  sha256 {site.fingerprint}")
@@ -162,6 +184,13 @@ def cmd_pair(args: argparse.Namespace) -> int:
 
 
 def cmd_trust(args: argparse.Namespace) -> int:
+    path = Path(args.file)
+    if not path.exists():
+        raise SiteError(f"{path} does not exist (give a peer's identity.crt or "
+                        "identity.pin, or a CA certificate)")
+    if not path.is_file():
+        raise SiteError(f"{path} is not a file (give a peer's identity.crt or "
+                        "identity.pin, or a CA certificate)")
     with Site.load(args.dir) as site:
         entry = site.trust(args.file, replace=args.replace)
         print(f"site {site.name} trusts {entry.name}: {entry.describe()}")
@@ -172,11 +201,13 @@ def cmd_trust(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     with Site.load(args.dir) as site:
         pools = {}
+        warn_below = site.settings.pool_warn_below
         for peer in sorted(set(site.peers()) | set(site.store.peers())):
             status = site.pool_status(peer)
             pools[peer] = {"available_to_take": status.available_to_take,
                            "available_to_fetch": status.available_to_fetch,
                            "delivered": status.delivered,
+                           "below_warning_level": status.available_to_take < warn_below,
                            "link": site.link_info(peer),
                            "source": site.qkd_source_label(peer)}
         result: dict[str, Any] = {
@@ -188,6 +219,7 @@ def cmd_show(args: argparse.Namespace) -> int:
             "security": site.settings.security,
             "auth": site.settings.auth,
             "suites": list(site.settings.suites),
+            "pool_warn_below": warn_below,
             "trusted": [{"name": t.name, "kind": t.kind, "scheme": t.scheme,
                          "public_key_sha256": t.public_key_sha256, "file": str(t.path)}
                         for t in site.trusted()],
@@ -206,10 +238,15 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(f"    {t.name}: {t.describe()}")
     if not result["trusted"]:
         print("    nobody yet (hybridkex site pair / site trust)")
-    print("  QKD key pools (256-bit keys)")
+    print(f"  QKD key pools (256-bit keys; warning below {result['pool_warn_below']} to "
+          "take, site.toml's [pool] warn_below)")
     for peer, pool in pools.items():
         print(f"    {peer}: {pool['available_to_take']} to take, {pool['available_to_fetch']} "
               f"to fetch, {pool['delivered']} used; from {pool['source']}")
+        if pool["below_warning_level"]:
+            print(f"    WARNING: {peer}'s pool is below {result['pool_warn_below']} keys to "
+                  "take: a psk handshake takes 4, a signature handshake 1, and a failed "
+                  "one keeps what it took; refill it (hybridkex site pair, or the QKD link)")
     if not pools:
         print("    empty")
     return 0

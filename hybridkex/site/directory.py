@@ -75,7 +75,10 @@ from hybridkex.transport import DEFAULT_HANDSHAKE_TIMEOUT, Context
 __all__ = ["Site", "SiteSettings", "TrustedPeer"]
 
 _SETTINGS = ("name", "signature", "identity", "security", "auth", "suites",
-             "qkd_keys_per_handshake", "handshake_timeout_s", "links")
+             "qkd_keys_per_handshake", "handshake_timeout_s", "pool", "links")
+#: [pool] warn_below: `site show`, `serve` and `connect` warn when fewer keys than this
+#: are left to take for a peer.
+DEFAULT_POOL_WARN_BELOW = 64
 
 
 # -- site.toml -----------------------------------------------------------------------------
@@ -93,6 +96,7 @@ class SiteSettings:
     suites: tuple[str, ...] = tuple(s.name for s in DEFAULT_SUITES)
     qkd_keys_per_handshake: int = 1
     handshake_timeout_s: float = DEFAULT_HANDSHAKE_TIMEOUT
+    pool_warn_below: int = DEFAULT_POOL_WARN_BELOW
     links: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_toml(self) -> str:
@@ -108,6 +112,10 @@ class SiteSettings:
             f"suites = {toml_value(list(self.suites))}",
             f"qkd_keys_per_handshake = {toml_value(self.qkd_keys_per_handshake)}",
             f"handshake_timeout_s = {toml_value(float(self.handshake_timeout_s))}",
+            "",
+            "[pool]",
+            f"warn_below = {toml_value(self.pool_warn_below)}    "
+            "# warn when fewer keys than this are left to take for a peer",
         ]
         for peer, link in sorted(self.links.items()):
             lines += ["", f"[links.{toml_key(peer)}]"]
@@ -126,6 +134,13 @@ class SiteSettings:
         for required in ("name", "signature", "identity"):
             if required not in data:
                 raise SiteError(f"{where}: missing {required!r}")
+        pool = data.get("pool", {})
+        if not isinstance(pool, dict) or set(pool) - {"warn_below"}:
+            raise SiteError(f"{where}: [pool] takes one setting, warn_below")
+        warn_below = pool.get("warn_below", DEFAULT_POOL_WARN_BELOW)
+        if type(warn_below) is not int or warn_below < 0:
+            raise SiteError(f"{where}: [pool] warn_below must be a whole number of keys, 0 "
+                            "or more")
         try:
             settings = cls(
                 name=check_name(data["name"]), signature=data["signature"],
@@ -136,6 +151,7 @@ class SiteSettings:
                 qkd_keys_per_handshake=int(data.get("qkd_keys_per_handshake", 1)),
                 handshake_timeout_s=float(data.get("handshake_timeout_s",
                                                    DEFAULT_HANDSHAKE_TIMEOUT)),
+                pool_warn_below=warn_below,
                 links=dict(data.get("links", {})))
         except (TypeError, ValueError) as exc:
             raise SiteError(f"{where}: {exc}") from None
