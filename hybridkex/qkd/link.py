@@ -109,8 +109,10 @@ class LinkReport(RoundMetrics):
     auth_mode: str = ""
     auth_bits_consumed: int = 0
     net_secret_bits: int = 0
-    keys_deposited: int = 0
+    key_units: int = 0              # 256-bit units distilled
+    keys_deposited: int = 0         # of them, deposited in key stores (0 without a store)
     auth_reserve_bits: int = 0
+    qber_threshold: float = 0.0
     aborted: bool = False
     abort_reason: str = ""
     elapsed_s: float = 0.0
@@ -122,9 +124,9 @@ class LinkReport(RoundMetrics):
     key_ids: list[str] = field(default_factory=list, repr=False)
 
     def to_json(self) -> dict[str, Any]:
+        """Every figure; one the round did not measure is ``None`` (JSON null), never 0."""
         out = {k: v for k, v in self.__dict__.items() if k != "key_ids"}
-        if out["ec_efficiency"] == float("inf"):
-            out["ec_efficiency"] = None
+        out["pa_terms"] = self.pa_terms.to_json() if self.pa_terms is not None else None
         return out
 
 
@@ -280,5 +282,7 @@ class QKDLink:
             self.store_a.add(self.site_b, keys_a)
         if self.store_b is not None:
             self.store_b.add(self.site_a, keys_b)
-        report.keys_deposited = len(ra.key_ids)
+        report.key_units = len(ra.key_ids)
+        stored = self.store_a is not None or self.store_b is not None
+        report.keys_deposited = report.key_units if stored else 0
         report.key_ids = list(ra.key_ids)
