@@ -37,8 +37,8 @@ def _h(p: float) -> float:
 
 def _lim_length(t: dict[str, Any]) -> float:
     """l before the floor, from the reported terms alone."""
-    ell = (t["s_z1_lower"] * (1.0 - _h(t["phi_z_upper"])) - t["ec_leaked_bits"]
-           - t["verification_tag_bits"] - t["confirmation_bits"])
+    ell = float(t["s_z1_lower"] * (1.0 - _h(t["phi_z_upper"])) - t["ec_leaked_bits"]
+                - t["verification_tag_bits"] - t["confirmation_bits"])
     if t["eps_sec"] is not None:  # finite-size: the vacuum term and the epsilon price
         ell += t["s_z0_lower"] - 6.0 * math.log2(21.0 / t["eps_sec"])
     return ell

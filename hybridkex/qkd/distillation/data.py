@@ -43,7 +43,7 @@ class DistillationConfig:
 
     finite_key: bool = True
     eps_sec: float = 1e-10
-    eps_cor: float = 1e-15
+    eps_cor: float = 1e-15            # the most the verification hash may let different keys pass
     qber_abort: float = 0.11          # above this Z QBER no key can be distilled with Cascade
     z_sample_fraction: float = 0.05   # Z bits disclosed to estimate the QBER for Cascade
     z_sample_minimum: int = 256
