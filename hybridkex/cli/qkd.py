@@ -218,8 +218,9 @@ def _print_report(r: dict[str, Any]) -> None:
     else:
         where = ("deposited in the key stores" if r["keys_deposited"]
                  else "deposited nowhere (no key store)")
-        print(f"  key units             {r['key_units']} x 256 bits, {where}; "
-              f"{r['auth_reserve_bits']} bits kept to authenticate the next round")
+        print(f"  key units             {r['key_units']} x 256 bits, {where}")
+        print(f"                        {r['auth_reserve_bits']} bits kept to authenticate "
+              "the next round")
     print(f"  time                  {r['elapsed_s']:.2f} s "
           f"(optical simulation {r['simulation_s']:.2f} s)")
 
@@ -233,7 +234,8 @@ def _print_terms(t: dict[str, Any], error: str) -> None:
               else f" - finite size {t['finite_size_bits']:.1f}")
     print(f"  secret length         {t['length']} bits  ({t['bound']})")
     print(f"    = {vacuum}s_Z1 {t['s_z1_lower']:.0f} x (1 - h({error} {t['phi_z_upper']:.4f}))"
-          f" - reconciliation {leak} - verification tag {t['verification_tag_bits']}"
+          f" - reconciliation {leak}")
+    print(f"      - verification tag {t['verification_tag_bits']}"
           f" - confirmation {t['confirmation_bits']}{finite}")
     eps = ("" if t["eps_sec"] is None else
            f"eps_sec {t['eps_sec']:.1e} ({t['eps_terms']} terms of {t['eps_per_term']:.1e}), ")
