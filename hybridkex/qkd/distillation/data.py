@@ -106,7 +106,7 @@ class PATerms:
     ``t_ver`` is the whole verification tag (it is disclosed before privacy
     amplification); ``c_conf`` the privacy amplification output bits disclosed to confirm
     the key and then discarded.  Those cost their length and nothing more: the
-    collision-entropy proof of the leftover hash lemma (Renner, thesis, section 5.2)
+    collision-entropy proof of the leftover hash lemma (Renner, PhD thesis, 2005)
     bounds the distance from uniform of the kept part, given the disclosed part as
     classical side information, by the same ``2^-(H - length - c_conf)/2`` as the whole
     output (the disclosed part's collision term only subtracts).
