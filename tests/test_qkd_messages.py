@@ -123,7 +123,7 @@ MESSAGES: dict[type[Any], st.SearchStrategy[Any]] = {
                       st.binary(min_size=16, max_size=16)),
     VerifyResult: st.builds(VerifyResult, st.booleans()),
     Amplify: amplifies(),
-    Confirm: st.builds(Confirm, st.binary(min_size=32, max_size=32)),
+    Confirm: st.builds(Confirm, st.binary(min_size=16, max_size=16)),
     Abort: st.text(no_surrogates, max_size=50).filter(lambda t: len(t.encode()) <= 200).map(
         Abort),
 }
@@ -277,7 +277,8 @@ REFUSED: dict[str, tuple[type[Any], bytes]] = {
                                                  (IDS[0], IDS[1], IDS[0])).encode()),
     "amplify: ragged key IDs": (Amplify, Writer().u64(256).u64(0).bits(np.zeros(0, np.uint8))
                                 .blob(bytes(17)).build()),
-    "confirm: short tag": (Confirm, bytes(31)),
+    "confirm: short": (Confirm, bytes(15)),
+    "confirm: long": (Confirm, bytes(17)),
     "cascade: unknown flags": (CascadeRequest, _replace_byte(
         CascadeRequest(0, np.zeros(0, np.int64)).encode(), 5, 2)),
     "cascade: empty seed": (CascadeRequest, CascadeRequest(
@@ -385,6 +386,49 @@ def test_any_corrupted_byte_of_a_tagged_frame_ends_the_round(data: st.DataObject
     frame[pos] ^= data.draw(st.integers(1, 255))
     with pytest.raises(LinkAborted):
         _channel(Role.BOB, _Wire([bytes(frame)])).recv(CascadeDone)
+
+
+def _deferred_run() -> list[bytes]:
+    """Alice's frames: two deferred Cascade responses, then a tagged summary."""
+    wire = _Wire()
+    chan = _channel(Role.ALICE, wire)
+    chan.send(CascadeResponse(0, np.array([1, 0, 1], np.uint8)), deferred=True)
+    chan.send(CascadeResponse(1, np.array([0, 1], np.uint8)), deferred=True)
+    chan.send(CascadeDone(5, 0))
+    return wire.sent
+
+
+def test_the_tag_hashes_the_deferred_frames_themselves() -> None:
+    """Wegman-Carter over the concatenated frames, with no hash of them in between: the
+    tag is Poly1305 under r || s (A->B half of the pool) of frame 1 || frame 2 || frame 3,
+    each without its tag field."""
+    from cryptography.hazmat.primitives.poly1305 import Poly1305
+
+    frames = _deferred_run()
+    parts = [Frame.decode(raw).authenticated_part() for raw in frames]
+    r, s = POOL[:16], POOL[16:32]  # the first hash key and pad of the A->B half
+    assert Frame.decode(frames[2]).tag == Poly1305.generate_tag(r + s, b"".join(parts))
+    assert not Frame.decode(frames[0]).tag and not Frame.decode(frames[1]).tag
+
+
+def test_an_altered_deferred_frame_fails_the_tag_that_covers_it() -> None:
+    frames = _deferred_run()
+    altered = Frame.decode(frames[1])
+    flipped = bytearray(altered.payload)
+    flipped[-1] ^= 1  # one parity bit: still a well-formed response
+    frames[1] = dataclasses.replace(altered, payload=bytes(flipped)).encode()
+    bob = _channel(Role.BOB, _Wire(frames))
+    bob.recv(CascadeResponse, deferred=True)
+    assert bob.recv(CascadeResponse, deferred=True).parities.tolist() == [1, 1]
+    with pytest.raises(LinkAborted, match="failed authentication"):
+        bob.recv(CascadeDone)
+
+
+def test_the_untouched_run_verifies() -> None:
+    bob = _channel(Role.BOB, _Wire(_deferred_run()))
+    bob.recv(CascadeResponse, deferred=True)
+    bob.recv(CascadeResponse, deferred=True)
+    assert bob.recv(CascadeDone) == CascadeDone(5, 0)
 
 
 def test_a_message_of_another_type_ends_the_round() -> None:

@@ -271,6 +271,26 @@ def test_pair_fills_both_stores_with_the_same_key_ids(sites: tuple[Path, Path]) 
         assert "SIMULATED" in site.qkd_source_label("site-b")
 
 
+def test_a_seed_never_makes_the_keys_pairing_deposits(tmp_path: Path) -> None:
+    """Two unrelated pairings with the same --seed: different key IDs, different keys."""
+    deposited = []
+    for run in ("one", "two"):
+        a, b = tmp_path / run / "a", tmp_path / run / "b"
+        for directory, name in ((a, "site-a"), (b, "site-b")):
+            assert hybridkex("site", "init", str(directory), "--name", name).returncode == 0
+        result = hybridkex("site", "pair", str(a), str(b), "--keys", "1",
+                           "--pulses-per-round", "3e8", "--seed", "1234", "--json")
+        assert result.returncode == 0, result.stderr
+        notes = [line for line in result.stderr.decode().splitlines() if "--seed" in line]
+        assert len(notes) == 1 and "ignored" in notes[0] and "OS randomness" in notes[0]
+        with contextlib.closing(sqlite3.connect(a / "keys.db")) as db:
+            deposited.append(dict(db.execute("SELECT key_id, material FROM qkd_keys")))
+    first, second = deposited
+    assert first and second
+    assert not first.keys() & second.keys()
+    assert not set(first.values()) & set(second.values())
+
+
 class Server:
     """``hybridkex serve`` in a subprocess; its stderr lines collected as they come."""
 

@@ -60,7 +60,9 @@ def register(sub: Any) -> None:
     p.add_argument("--pulses-per-round", type=positive_count, default=DEFAULT_PULSES_PER_ROUND,
                    help="simulated pulses per round (default 5e8: about 370 keys per round "
                    "at 25 km)")
-    p.add_argument("--seed", type=int, help="make the simulated rounds reproducible")
+    p.add_argument("--seed", type=int, help="ignored, with a note on stderr: keys deposited "
+                   "in key stores always come from OS randomness (seeds are for "
+                   "`qkd simulate` reports)")
     p.add_argument("--replace-trust", action="store_true",
                    help="replace a different identity already trusted under a peer's name")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
@@ -152,11 +154,18 @@ def _pulses(n: float) -> str:
     return f"{n:.2g}".replace("e+0", "e").replace("e+", "e")
 
 
+#: What ``site pair --seed`` prints: pairing deposits keys, which a seed must not decide.
+SEED_IGNORED = ("hybridkex: note: --seed ignored: the keys pairing deposits come from OS "
+                "randomness (seeds are for `qkd simulate` reports)")
+
+
 def cmd_pair(args: argparse.Namespace) -> int:
+    if args.seed is not None:
+        print(SEED_IGNORED, file=sys.stderr)
     with Site.load(args.dir_a) as site_a, Site.load(args.dir_b) as site_b:
         progress = None if args.json else _PairProgress(args.keys)
         report = pair(site_a, site_b, args.distance_km, args.keys,
-                      pulses_per_round=args.pulses_per_round, seed=args.seed,
+                      pulses_per_round=args.pulses_per_round,
                       replace_trust=args.replace_trust,
                       on_pulses=progress.pulses if progress else None,
                       on_round=progress.round_done if progress else None)

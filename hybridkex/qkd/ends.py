@@ -16,8 +16,8 @@ __all__ = ["Role"]
 class Role(enum.IntEnum):
     """Alice sends the pulses, Bob detects them.
 
-    The value is the byte that names a classical frame's sender, and the last input of
-    the key-confirmation tag, so it is part of the wire format.
+    The value is the byte that names a classical frame's sender, so it is part of the
+    wire format; it also decides which half of the confirmation bits each end discloses.
     """
 
     ALICE = 0

@@ -12,6 +12,13 @@ sites' signatures (or by an initial pre-shared key).  Every successful round set
 aside part of its key, and the next round authenticates with Wegman-Carter MACs
 keyed from it.  After an aborted round the two sides may have drawn different
 amounts from that pool, so the link falls back to signatures for the next round.
+
+Seeds are for simulation reports, never for keys.  A round that deposits keys (the link
+has a key store) refuses a seed, draws its simulation seed from the operating system,
+reports none, and gives Alice's bits a fresh one-time pad from the operating system too,
+so that nothing about the keys follows from a seed or from the simulator's
+(non-cryptographic) generator.  A round without a key store may take a seed and is
+then reproducible, the protocol's public random choices included.
 """
 
 from __future__ import annotations
@@ -83,6 +90,24 @@ def stored_keys(material: bytes, key_ids: Sequence[str], alice_site: str,
     ]
 
 
+def _pad_bits(alice: AliceData, bob: BobData) -> None:
+    """XOR Alice's bit at every detected pulse, and Bob's at the same pulse, with one
+    fresh bit from the operating system.
+
+    The simulator draws Alice's bits uniformly and independently of everything else it
+    records, with Bob's errors independent of her bit, so the padded records have
+    exactly the same distribution (the errors, the bases and the intensities do not
+    change).  What the pad adds: the key bits no longer come from the simulator's
+    generator, whose other outputs (detections, bases) are disclosed in sifting.
+    """
+    if not np.array_equal(alice.index, bob.index):
+        raise AssertionError("the simulator's records of Alice and Bob cover other pulses")
+    count = len(alice.bit)
+    pad = np.unpackbits(np.frombuffer(os.urandom((count + 7) // 8), dtype=np.uint8))[:count]
+    alice.bit ^= pad
+    bob.bit ^= pad
+
+
 @dataclass(frozen=True, repr=False)
 class SiteIdentity:
     """A site's signature key pair, used to authenticate a link's first round."""
@@ -109,8 +134,10 @@ class LinkReport(RoundMetrics):
     auth_mode: str = ""
     auth_bits_consumed: int = 0
     net_secret_bits: int = 0
-    keys_deposited: int = 0
+    key_units: int = 0              # 256-bit units distilled
+    keys_deposited: int = 0         # of them, deposited in key stores (0 without a store)
     auth_reserve_bits: int = 0
+    qber_threshold: float = 0.0
     aborted: bool = False
     abort_reason: str = ""
     elapsed_s: float = 0.0
@@ -122,9 +149,9 @@ class LinkReport(RoundMetrics):
     key_ids: list[str] = field(default_factory=list, repr=False)
 
     def to_json(self) -> dict[str, Any]:
+        """Every figure; one the round did not measure is ``None`` (JSON null), never 0."""
         out = {k: v for k, v in self.__dict__.items() if k != "key_ids"}
-        if out["ec_efficiency"] == float("inf"):
-            out["ec_efficiency"] = None
+        out["pa_terms"] = self.pa_terms.to_json() if self.pa_terms is not None else None
         return out
 
 
@@ -170,17 +197,32 @@ class QKDLink:
                   ) -> LinkReport:
         """Simulate ``pulses`` pulses, distil, and deposit the keys into both stores.
 
+        ``seed`` makes the round reproducible, and is refused when the link has a key
+        store: anyone who knew it could recompute the keys (see the module docstring).
         ``channel_hook(end, role)`` may wrap each party's end of the classical channel,
         to play an active attacker on it (tests, demonstrations).
         """
         started = time.perf_counter()
+        deposits = self.store_a is not None or self.store_b is not None
+        if seed is not None and deposits:
+            raise InvalidParameter("a seed would let anyone who knows it recompute the keys; "
+                                   "a link that deposits keys into key stores takes none "
+                                   "(seeds are for simulation reports)")
         reproducible = seed is not None
-        if seed is None:
-            seed = int(np.random.SeedSequence().generate_state(2, np.uint32).view(np.uint64)[0])
+        shown: int | None
+        if deposits:
+            seed, shown = int.from_bytes(os.urandom(32), "big"), None
+        else:
+            if seed is None:
+                seed = int(np.random.SeedSequence().generate_state(2, np.uint32)
+                           .view(np.uint64)[0])
+            shown = seed
         report = LinkReport(distance_km=self.params.distance_km, pulses=pulses,
                             finite_key=self.config.finite_key, eps_sec=self.config.eps_sec,
-                            seed=seed)
+                            qber_threshold=self.config.qber_abort, seed=shown)
         alice, bob = self._quantum_phase(pulses, seed, progress)
+        if deposits:
+            _pad_bits(alice, bob)
         report.simulation_s = time.perf_counter() - started
 
         auth_a, auth_b, report.auth_mode = self._authenticators()
@@ -280,5 +322,7 @@ class QKDLink:
             self.store_a.add(self.site_b, keys_a)
         if self.store_b is not None:
             self.store_b.add(self.site_a, keys_b)
-        report.keys_deposited = len(ra.key_ids)
+        report.key_units = len(ra.key_ids)
+        stored = self.store_a is not None or self.store_b is not None
+        report.keys_deposited = report.key_units if stored else 0
         report.key_ids = list(ra.key_ids)

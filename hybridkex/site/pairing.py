@@ -89,7 +89,7 @@ class PairReport:
 
 def pair(site_a: Site, site_b: Site, distance_km: float = 25.0, keys: int = 500, *,
          pulses_per_round: int = DEFAULT_PULSES_PER_ROUND, max_failed_rounds: int = 5,
-         seed: int | None = None, replace_trust: bool = False,
+         replace_trust: bool = False,
          on_pulses: Callable[[int, int], None] | None = None,
          on_round: Callable[[LinkReport, int], None] | None = None) -> PairReport:
     """Make two sites trust each other, then fill both key stores from a **simulated**
@@ -102,6 +102,9 @@ def pair(site_a: Site, site_b: Site, distance_km: float = 25.0, keys: int = 500,
     objects are in this process: this is a laboratory set-up, where the simulated link
     stands in for a real QKD device pair.  ``on_pulses(done, total)`` reports the
     optical simulation, ``on_round(report, deposited_so_far)`` every round.
+
+    There is no seed: the keys go where sessions take them, so everything secret about
+    them comes from the operating system (:mod:`hybridkex.qkd.link`).
     """
     if site_a.name == site_b.name:
         raise SiteError("a site cannot be paired with itself (both are named "
@@ -129,8 +132,7 @@ def pair(site_a: Site, site_b: Site, distance_km: float = 25.0, keys: int = 500,
     report = PairReport(site_a.name, site_b.name, distance_km, pulses_per_round, trust)
     failed = 0
     while report.keys_deposited < keys:
-        round_seed = None if seed is None else seed + len(report.rounds)
-        result = link.run_round(pulses_per_round, round_seed, on_pulses)
+        result = link.run_round(pulses_per_round, progress=on_pulses)
         report.rounds.append(result)
         report.keys_deposited += result.keys_deposited
         if on_round is not None:

@@ -16,11 +16,14 @@ authenticated messages.  The steps, in protocol order (each is one function in
 4. ``reconcile``: Cascade on the remaining Z bits, Bob correcting towards Alice;
    every parity bit Alice reveals is counted.
 5. ``verify``: Alice sends a one-time universal hash (Poly1305 under a fresh public
-   key) of her key; a mismatch discards the block.
+   key) of her key; a mismatch discards the block.  The whole tag is deducted from
+   the key length, and its collision bound is the round's eps_cor.
 6. ``amplify``: Alice sends a fresh Toeplitz seed; both hash the key down to the
-   length the bounds allow (the leftover hash lemma with the disclosed bits).
-7. ``confirm``: both exchange an HMAC keyed by the final key, so each knows the
-   other holds the same key before either keeps anything.
+   confirmation bits and the length the bounds allow (the leftover hash lemma with
+   every disclosed bit deducted; the terms are reported as ``PATerms``).
+7. ``confirm``: each discloses half of the confirmation bits and compares the other
+   half with its own, so each knows the other holds the same key before either keeps
+   anything; the confirmation bits are never key.
 
 Any failure raises :class:`~hybridkex.qkd.errors.LinkAborted` and neither side keeps
 a key from the round; the authentication key it spent stays spent.  The output is the
@@ -48,6 +51,7 @@ from hybridkex.qkd.distillation.data import (
     BobData,
     DistillationConfig,
     DistillationResult,
+    PATerms,
     RoundMetrics,
 )
 
@@ -56,6 +60,7 @@ __all__ = [
     "BobData",
     "DistillationConfig",
     "DistillationResult",
+    "PATerms",
     "RoundMetrics",
     "run_alice",
     "run_bob",

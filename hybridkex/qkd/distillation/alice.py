@@ -10,7 +10,6 @@ steps.  The protocol as a whole is described in :mod:`hybridkex.qkd.distillation
 
 from __future__ import annotations
 
-import hmac
 import os
 import uuid
 from collections.abc import Callable
@@ -48,10 +47,12 @@ from hybridkex.qkd.distillation.messages import (
     VerifyResult,
 )
 from hybridkex.qkd.distillation.session import (
+    check_confirmation,
     check_reconcilable,
-    confirmation_tag,
+    confirmation_bits,
     run_guarded,
     session_id,
+    split_confirmation,
     verification_input,
 )
 from hybridkex.qkd.distillation.toeplitz import toeplitz_hash
@@ -84,10 +85,9 @@ def _steps(chan: AuthenticatedChannel, data: AliceData, config: DistillationConf
     est, key = estimate(chan, sifted, announced, config, result)
     leaked = reconcile(chan, key, result)
     verify(chan, key, random_bytes)
-    final, amplified = amplify(chan, key, est, announced, sifted, leaked, config, random_bytes,
-                               result)
-    confirm(chan, final)
-    result.keep(final, amplified.reserve_bits, amplified.key_ids)
+    output, amplified = amplify(chan, key, est, announced, sifted, leaked, config, random_bytes,
+                                result)
+    result.keep(confirm(chan, output), amplified.reserve_bits, amplified.key_ids)
 
 
 def hello(chan: AuthenticatedChannel, data: AliceData, random_bytes: RandomBytes) -> Hello:
@@ -132,8 +132,7 @@ def estimate(chan: AuthenticatedChannel, sifted: Sifted, announced: Hello,
     chan.send(EstimateReply(x_bits, z_bits[sample]))
     est = estimation.estimate(sifted.intensity[sifted.z], sifted.intensity[sifted.x], sample,
                               z_bits[sample] ^ bob.z_sample_bits, x_bits ^ bob.x_bits)
-    result.qber_x = est.qber_x
-    estimation.check_worth_reconciling(est, announced, sifted.intensity, config)
+    estimation.check_worth_reconciling(est, announced, sifted.intensity, config, result)
     return est, z_bits[~sample]
 
 
@@ -168,27 +167,25 @@ def amplify(chan: AuthenticatedChannel, key: Bits, est: estimation.Estimates,
             announced: Hello, sifted: Sifted, leaked: int, config: DistillationConfig,
             random_bytes: RandomBytes, result: DistillationResult) -> tuple[Bits, Amplify]:
     """6. Size the output by the bounds with the real leakage, choose a fresh Toeplitz seed
-    and the key IDs, send them, and hash her key down."""
+    and the key IDs, send them, and hash her key down.  The output is the confirmation
+    bits, then the key (the authentication reserve, then the units)."""
     length = estimation.secret_length(est, announced, sifted.intensity, leaked, config)
-    result.bound, result.y1_lower, result.e1_upper = (length.bound, length.y1_lower,
-                                                      length.e1_upper)
+    estimation.record_length(result, length)
     reserve, n_keys = estimation.output_plan(length.bits, config)
-    out_bits = reserve + n_keys * UNIT_BITS
-    estimation.check_output_length(out_bits, len(key))
+    out_bits = estimation.output_length(reserve + n_keys * UNIT_BITS, len(key))
     seed = np.unpackbits(np.frombuffer(random_bytes((len(key) + out_bits + 6) // 8),
                                        dtype=np.uint8))[:len(key) + out_bits - 1]
     key_ids = tuple(str(uuid.UUID(bytes=random_bytes(16), version=4)) for _ in range(n_keys))
     amplified = Amplify(out_bits, reserve, seed, key_ids)
     chan.send(amplified)
-    result.pa_input_bits, result.secret_bits = len(key), out_bits
+    result.pa_input_bits, result.secret_bits = len(key), reserve + n_keys * UNIT_BITS
     return toeplitz_hash(key, seed, out_bits), amplified
 
 
-def confirm(chan: AuthenticatedChannel, final: Bits) -> None:
-    """7. Prove she holds the final key, then check Bob's proof."""
-    final_bytes = np.packbits(final).tobytes()
-    session = chan.session_id or b""
-    chan.send(Confirm(confirmation_tag(final_bytes, session, Role.ALICE)))
-    theirs = chan.recv(Confirm)
-    if not hmac.compare_digest(theirs.tag, confirmation_tag(final_bytes, session, Role.BOB)):
-        raise LinkAborted("key confirmation failed")
+def confirm(chan: AuthenticatedChannel, output: Bits) -> Bits:
+    """7. Disclose her half of the confirmation bits, check Bob's half against hers, and
+    return the key that follows them.  The confirmation bits are never key."""
+    confirmation, final = split_confirmation(output)
+    chan.send(Confirm(confirmation_bits(confirmation, Role.ALICE)))
+    check_confirmation(confirmation, chan.recv(Confirm).bits, Role.BOB)
+    return final

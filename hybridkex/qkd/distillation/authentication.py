@@ -4,15 +4,25 @@ QKD is secure only over an authenticated classical channel: an attacker who can
 forge messages can sit in the middle and read every key.  Two authenticators:
 
 - :class:`SignatureAuthenticator` for the first distillation round of a link
-  (bootstrap): every message is signed with the sender's identity key (ML-DSA-65
-  by default) and verified against the peer's pinned public key.  It spends no key.
+  (bootstrap): every tagged frame is signed with the sender's identity key (ML-DSA-65
+  by default) and verified against the peer's pinned public key.  It spends no key,
+  and it is the one part of the channel that rests on computational assumptions: the
+  signature scheme's unforgeability and, for the deferred frames a signature covers,
+  the collision resistance of SHA-256 (see :class:`SignatureAuthenticator`).
 - :class:`WegmanCarterAuthenticator` for every later round: a Wegman-Carter MAC
   with Poly1305 as the universal hash.  Per round and direction one 128-bit hash key
-  ``r`` is drawn from the authentication pool; every message gets a fresh 128-bit
+  ``r`` is drawn from the authentication pool; every tagged frame gets a fresh 128-bit
   one-time pad ``s``, so the Poly1305 key is ``r || s_i``.  This is the
   Poly1305-AES construction with the AES output replaced by pad bits drawn from
-  distilled QKD key, which makes the forgery bound information-theoretic (about
-  8 ceil(L/16) / 2^106 for an L-byte message).  Every bit drawn is counted.
+  distilled QKD key, which makes the forgery bound information-theoretic: about
+  8 ceil(L/16) / 2^106 for an L-byte input.  The input is the frame itself, preceded
+  by every deferred frame it covers, byte for byte (no hash of them): the universal
+  hash sees everything it authenticates.  Every bit drawn is counted.
+
+A tag is built by a :class:`RunningTag`: the deferred frames since the last tagged
+frame in that direction are fed to it as they pass (:meth:`RunningTag.cover`), and the
+tagged frame ends it (:meth:`RunningTag.seal` to send, :meth:`RunningTag.check` to
+receive).  Each direction has at most one running tag at a time.
 
 Both parties draw from the pool in the same order.  The pool is split in two halves,
 one per direction, so the order of messages in the two directions does not matter.
@@ -22,14 +32,18 @@ from __future__ import annotations
 
 import abc
 
+from cryptography.hazmat.primitives import hashes
+
 from hybridkex import primitives
 from hybridkex.errors import InvalidParameter
+from hybridkex.primitives.symmetric import Poly1305, Poly1305Stream
 from hybridkex.qkd.ends import Role
 from hybridkex.qkd.errors import AuthKeysExhausted
 
 __all__ = [
     "AuthKeyPool",
     "MessageAuthenticator",
+    "RunningTag",
     "SignatureAuthenticator",
     "WegmanCarterAuthenticator",
 ]
@@ -78,18 +92,47 @@ class AuthKeyPool:
         return f"<AuthKeyPool {self.remaining_bits} bits left>"
 
 
+class RunningTag(abc.ABC):
+    """The tag of one tagged frame, over the deferred frames before it and the frame itself.
+
+    Frames are self-delimiting (each header states its payload length), so the run of
+    frames a tag covers parses one way only.
+    """
+
+    @abc.abstractmethod
+    def cover(self, frame: bytes) -> None:
+        """A deferred frame this tag will cover, in the order sent or received."""
+
+    @abc.abstractmethod
+    def seal(self, frame: bytes) -> bytes:
+        """The tag of everything covered, then ``frame`` (the sender's side)."""
+
+    @abc.abstractmethod
+    def check(self, frame: bytes, tag: bytes) -> bool:
+        """Whether ``tag`` is the tag of everything covered, then ``frame`` (the receiver's
+        side; constant time)."""
+
+
 class MessageAuthenticator(abc.ABC):
-    """Tags what this party sends and checks what the peer sends."""
+    """Starts the running tags of what this party sends and of what the peer sends."""
 
     kind: str
 
     @abc.abstractmethod
-    def tag(self, data: bytes) -> bytes:
-        """The tag for an outgoing message."""
+    def outgoing(self) -> RunningTag:
+        """The running tag of the next tagged frame this party sends."""
 
     @abc.abstractmethod
+    def incoming(self) -> RunningTag:
+        """The running tag of the next tagged frame the peer sends."""
+
+    def tag(self, data: bytes) -> bytes:
+        """The tag of a frame that covers no deferred frame."""
+        return self.outgoing().seal(data)
+
     def verify(self, data: bytes, tag: bytes) -> bool:
-        """Whether an incoming message's tag is valid (constant time)."""
+        """Whether ``tag`` is valid for a frame that covers no deferred frame."""
+        return self.incoming().check(data, tag)
 
     @property
     @abc.abstractmethod
@@ -97,8 +140,29 @@ class MessageAuthenticator(abc.ABC):
         """Key bits this party has spent on authentication so far."""
 
 
+class _SignedRun(RunningTag):
+    """The frame is signed together with the SHA-256 hash of the deferred frames before it.
+
+    A signature is computational anyway, and its schemes take the message whole; hashing
+    the deferred frames adds one assumption, the collision resistance of SHA-256, which
+    the Wegman-Carter rounds do not need."""
+
+    def __init__(self, authenticator: SignatureAuthenticator) -> None:
+        self._authenticator = authenticator
+        self._deferred = hashes.Hash(hashes.SHA256())
+
+    def cover(self, frame: bytes) -> None:
+        self._deferred.update(frame)
+
+    def seal(self, frame: bytes) -> bytes:
+        return self._authenticator.sign(frame + self._deferred.finalize())
+
+    def check(self, frame: bytes, tag: bytes) -> bool:
+        return self._authenticator.check(frame + self._deferred.finalize(), tag)
+
+
 class SignatureAuthenticator(MessageAuthenticator):
-    """Every message signed by its sender; no key bits spent.
+    """Every tagged frame signed by its sender; no key bits spent.
 
     ``peer_scheme`` is the scheme of the peer's key when it differs from this side's
     (two sites need not sign with the same scheme); by default the same as ``scheme``.
@@ -113,11 +177,19 @@ class SignatureAuthenticator(MessageAuthenticator):
         self._private = own_private
         self._peer_public = peer_public
 
-    def tag(self, data: bytes) -> bytes:
+    def outgoing(self) -> RunningTag:
+        return _SignedRun(self)
+
+    def incoming(self) -> RunningTag:
+        return _SignedRun(self)
+
+    def sign(self, data: bytes) -> bytes:
+        """This site's signature over ``data``."""
         return self._scheme.sign(self._private, data, _context(self._scheme))
 
-    def verify(self, data: bytes, tag: bytes) -> bool:
-        return self._peer_scheme.verify(self._peer_public, data, tag,
+    def check(self, data: bytes, signature: bytes) -> bool:
+        """Whether ``signature`` is the peer's over ``data``."""
+        return self._peer_scheme.verify(self._peer_public, data, signature,
                                         _context(self._peer_scheme))
 
     @property
@@ -129,8 +201,26 @@ def _context(scheme: primitives.SignatureScheme) -> bytes:
     return SIGNATURE_CONTEXT if scheme.max_context else b""
 
 
+class _PolyRun(RunningTag):
+    """Poly1305 under ``r || s`` over the deferred frames and the frame, streamed."""
+
+    def __init__(self, stream: Poly1305Stream) -> None:
+        self._stream = stream
+
+    def cover(self, frame: bytes) -> None:
+        self._stream.update(frame)
+
+    def seal(self, frame: bytes) -> bytes:
+        self._stream.update(frame)
+        return self._stream.finalize()
+
+    def check(self, frame: bytes, tag: bytes) -> bool:
+        self._stream.update(frame)
+        return self._stream.verify(tag)
+
+
 class WegmanCarterAuthenticator(MessageAuthenticator):
-    """Poly1305 with a per-round hash key and a one-time pad per message, from QKD key."""
+    """Poly1305 with a per-round hash key and a one-time pad per tag, from QKD key."""
 
     kind = "wegman-carter-poly1305"
     HASH_KEY_BYTES = 16
@@ -145,20 +235,22 @@ class WegmanCarterAuthenticator(MessageAuthenticator):
         self._role = role
         self._send_r: bytes | None = None
         self._receive_r: bytes | None = None
-        self._mac = primitives.mac("Poly1305")
+        mac = primitives.mac("Poly1305")
+        assert isinstance(mac, Poly1305)
+        self._mac = mac
 
     def _key(self, pool: AuthKeyPool, r: bytes | None) -> tuple[bytes, bytes]:
         if r is None:
             r = pool.draw(self.HASH_KEY_BYTES)
         return r, r + pool.draw(self.PAD_BYTES)
 
-    def tag(self, data: bytes) -> bytes:
+    def outgoing(self) -> RunningTag:
         self._send_r, key = self._key(self._send, self._send_r)
-        return self._mac.compute(key, data)
+        return _PolyRun(self._mac.stream(key))
 
-    def verify(self, data: bytes, tag: bytes) -> bool:
+    def incoming(self) -> RunningTag:
         self._receive_r, key = self._key(self._receive, self._receive_r)
-        return self._mac.verify(key, data, tag)
+        return _PolyRun(self._mac.stream(key))
 
     @property
     def bits_consumed(self) -> int:

@@ -11,7 +11,6 @@ protocol as a whole is described in :mod:`hybridkex.qkd.distillation`.
 
 from __future__ import annotations
 
-import hmac
 import os
 from collections.abc import Callable
 from functools import partial
@@ -50,10 +49,12 @@ from hybridkex.qkd.distillation.messages import (
 from hybridkex.qkd.distillation.session import (
     CASCADE_FRAME_BITS,
     CASCADE_SEED_SIZE,
+    check_confirmation,
     check_reconcilable,
-    confirmation_tag,
+    confirmation_bits,
     run_guarded,
     session_id,
+    split_confirmation,
     verification_input,
 )
 from hybridkex.qkd.distillation.toeplitz import toeplitz_hash
@@ -85,9 +86,8 @@ def _steps(chan: AuthenticatedChannel, data: BobData, config: DistillationConfig
     est, key = estimate(chan, sifted, announced, config, random_bytes, result)
     corrected, leaked = reconcile(chan, key, est, random_bytes, result)
     verify(chan, corrected)
-    final, amplified = amplify(chan, corrected, est, announced, sifted, leaked, config, result)
-    confirm(chan, final)
-    result.keep(final, amplified.reserve_bits, amplified.key_ids)
+    output, amplified = amplify(chan, corrected, est, announced, sifted, leaked, config, result)
+    result.keep(confirm(chan, output), amplified.reserve_bits, amplified.key_ids)
 
 
 def hello(chan: AuthenticatedChannel, data: BobData) -> Hello:
@@ -131,8 +131,7 @@ def estimate(chan: AuthenticatedChannel, sifted: Sifted, announced: Hello,
         raise MalformedMessage("malformed estimation reply: bit counts differ from sifting")
     est = estimation.estimate(sifted.intensity[sifted.z], sifted.intensity[sifted.x], sample,
                               z_bits[sample] ^ alice.z_sample_bits, x_bits ^ alice.x_bits)
-    result.qber_x = est.qber_x
-    estimation.check_worth_reconciling(est, announced, sifted.intensity, config)
+    estimation.check_worth_reconciling(est, announced, sifted.intensity, config, result)
     return est, z_bits[~sample]
 
 
@@ -169,25 +168,23 @@ def amplify(chan: AuthenticatedChannel, corrected: Bits, est: estimation.Estimat
     """6. Compute his own bound, accept Alice's output length only if it is the same, and
     hash his key down with her seed."""
     length = estimation.secret_length(est, announced, sifted.intensity, leaked, config)
-    result.bound, result.y1_lower, result.e1_upper = (length.bound, length.y1_lower,
-                                                      length.e1_upper)
+    estimation.record_length(result, length)
     alice = chan.recv(Amplify)
     reserve, n_keys = estimation.output_plan(length.bits, config)
-    if (alice.out_bits, alice.reserve_bits) != (reserve + n_keys * UNIT_BITS, reserve):
+    out_bits = estimation.output_length(reserve + n_keys * UNIT_BITS, len(corrected))
+    if (alice.out_bits, alice.reserve_bits) != (out_bits, reserve):
         raise LinkAborted("Alice's key length differs from Bob's bound")
-    estimation.check_output_length(alice.out_bits, len(corrected))
     if len(alice.seed) != len(corrected) + alice.out_bits - 1 or len(alice.key_ids) != n_keys:
         raise MalformedMessage("malformed privacy amplification message: seed length or "
                                "key ID count")
-    result.pa_input_bits, result.secret_bits = len(corrected), alice.out_bits
+    result.pa_input_bits, result.secret_bits = len(corrected), reserve + n_keys * UNIT_BITS
     return toeplitz_hash(corrected, alice.seed, alice.out_bits), alice
 
 
-def confirm(chan: AuthenticatedChannel, final: Bits) -> None:
-    """7. Check Alice's proof that she holds the final key, then send his."""
-    final_bytes = np.packbits(final).tobytes()
-    session = chan.session_id or b""
-    theirs = chan.recv(Confirm)
-    chan.send(Confirm(confirmation_tag(final_bytes, session, Role.BOB)))
-    if not hmac.compare_digest(theirs.tag, confirmation_tag(final_bytes, session, Role.ALICE)):
-        raise LinkAborted("key confirmation failed")
+def confirm(chan: AuthenticatedChannel, output: Bits) -> Bits:
+    """7. Check Alice's half of the confirmation bits against his, disclose his half, and
+    return the key that follows them.  The confirmation bits are never key."""
+    confirmation, final = split_confirmation(output)
+    check_confirmation(confirmation, chan.recv(Confirm).bits, Role.ALICE)
+    chan.send(Confirm(confirmation_bits(confirmation, Role.BOB)))
+    return final

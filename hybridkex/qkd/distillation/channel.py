@@ -5,8 +5,9 @@ Frame (all integers big-endian)::
     magic "HKQ1" | session_id (16) | seq u32 | sender u8 | type u8 | payload_len u32
     | payload | tag_len u16 | tag
 
-The tag covers everything before ``tag_len``, followed by the hash of the sender's
-deferred frames since its last tagged frame (see :class:`AuthenticatedChannel`).
+The tag covers the sender's deferred frames since its last tagged frame, whole and in
+order, then everything of this frame before ``tag_len`` (see
+:class:`AuthenticatedChannel`).
 A receiver checks, in this order: the frame's lengths and magic (:meth:`Frame.decode`),
 then session, sender, sequence number (exactly the next one: a replayed, dropped or
 reordered message ends the round), then the tag, then the type; only then is the
@@ -18,13 +19,11 @@ from __future__ import annotations
 import contextlib
 import struct
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Self, TypeVar
 
-from cryptography.hazmat.primitives import hashes
-
 from hybridkex.errors import HybridKexError
-from hybridkex.qkd.distillation.authentication import MessageAuthenticator
+from hybridkex.qkd.distillation.authentication import MessageAuthenticator, RunningTag
 from hybridkex.qkd.distillation.messages import Abort, Message, MessageType
 from hybridkex.qkd.distillation.transport import ClassicalChannel
 from hybridkex.qkd.ends import Role
@@ -54,7 +53,7 @@ class Frame:
     tag: bytes = b""
 
     def authenticated_part(self) -> bytes:
-        """Header and payload: what the tag covers (with the deferred-frame hash)."""
+        """Header and payload: what the tag covers (after the deferred frames before it)."""
         return _HEADER.pack(MAGIC, self.session_id, self.seq, self.sender, self.msg_type,
                             len(self.payload)) + self.payload
 
@@ -80,21 +79,18 @@ class Frame:
                    raw[data_end + _TAG_LEN.size:])
 
 
-def _transcript() -> hashes.Hash:
-    return hashes.Hash(hashes.SHA256())
-
-
 @dataclass
 class AuthenticatedChannel:
     """A classical channel whose every frame is authenticated, numbered and bound to a session.
 
     Most frames carry their own tag.  A *deferred* frame (the many small parity
-    messages of Cascade) carries none: it is hashed into the sender's running
-    transcript of deferred frames, and the next tagged frame in the same direction
-    authenticates that hash along with itself.  The receiver hashes what it received
-    the same way, so an altered, injected or dropped deferred frame makes that next
-    tag fail and ends the round.  The protocol releases nothing derived from deferred
-    frames before that tag has verified; it saves one one-time MAC per frame.
+    messages of Cascade) carries none: it goes into the running tag of the next tagged
+    frame in the same direction (:class:`~.authentication.RunningTag`), which
+    authenticates the deferred frames, whole, along with itself.  The receiver feeds
+    what it received to its running tag the same way, so an altered, injected or
+    dropped deferred frame makes that next tag fail and ends the round.  The protocol
+    releases nothing derived from deferred frames before that tag has verified; it
+    saves one one-time pad per frame.
     """
 
     channel: ClassicalChannel
@@ -103,8 +99,8 @@ class AuthenticatedChannel:
     session_id: bytes | None = None  # None: adopt the first incoming message's session
     _sent: int = 0
     _received: int = 0
-    _sent_deferred: hashes.Hash = field(default_factory=_transcript)
-    _received_deferred: hashes.Hash = field(default_factory=_transcript)
+    _outgoing: RunningTag | None = None
+    _incoming: RunningTag | None = None
 
     def send(self, message: Message, *, deferred: bool = False) -> None:
         if self.session_id is None:
@@ -112,11 +108,13 @@ class AuthenticatedChannel:
         frame = Frame(self.session_id, self._sent, self.role, message.msg_type,
                       message.encode())
         data = frame.authenticated_part()
+        running = self._outgoing or self.authenticator.outgoing()
         if deferred:
-            self._sent_deferred.update(data)
+            self._outgoing = running
+            running.cover(data)
         else:
-            covered, self._sent_deferred = self._sent_deferred.finalize(), _transcript()
-            frame = replace(frame, tag=self.authenticator.tag(data + covered))
+            self._outgoing = None
+            frame = replace(frame, tag=running.seal(data))
         self._sent += 1
         self.channel.send(frame.encode())
 
@@ -147,13 +145,15 @@ class AuthenticatedChannel:
             raise LinkAborted("classical message out of sequence (replayed or dropped)")
         data = frame.authenticated_part()
         kind, deferred = allowed.get(frame.msg_type, (None, False))
+        running = self._incoming or self.authenticator.incoming()
         if deferred:
             if frame.tag:
                 raise LinkAborted("a deferred classical message carries a tag")
-            self._received_deferred.update(data)
+            self._incoming = running
+            running.cover(data)
         else:
-            covered, self._received_deferred = self._received_deferred.finalize(), _transcript()
-            if not self.authenticator.verify(data + covered, frame.tag):
+            self._incoming = None
+            if not running.check(data, frame.tag):
                 raise LinkAborted("classical message failed authentication (tampered)")
         self._received += 1
         if frame.msg_type == MessageType.ABORT:

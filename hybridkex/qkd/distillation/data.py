@@ -5,11 +5,15 @@ neither end ever sees the other's.  :class:`DistillationConfig` holds the securi
 protocol choices both ends must share.  :class:`DistillationResult` is what one end
 reports: the round's figures and, unless it aborted, the final key, split into the part
 kept to authenticate the next round and the 256-bit units for the key stores.
+
+A figure the round did not measure (it ended before the step that measures it) is
+``None``, never zero: a QBER of zero reads as "no eavesdropper".
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -23,6 +27,7 @@ __all__ = [
     "BobData",
     "DistillationConfig",
     "DistillationResult",
+    "PATerms",
     "RoundMetrics",
     "Sifted",
 ]
@@ -38,7 +43,7 @@ class DistillationConfig:
 
     finite_key: bool = True
     eps_sec: float = 1e-10
-    eps_cor: float = 1e-15
+    eps_cor: float = 1e-15            # the most the verification hash may let different keys pass
     qber_abort: float = 0.11          # above this Z QBER no key can be distilled with Cascade
     z_sample_fraction: float = 0.05   # Z bits disclosed to estimate the QBER for Cascade
     z_sample_minimum: int = 256
@@ -85,29 +90,101 @@ class Sifted:
     x: Mask
 
 
+@dataclass(frozen=True)
+class PATerms:
+    """Every term of a block's secret key length, and the security budget behind it.
+
+    Finite-size (Lim, Curty, Walenta, Xu, Zbinden, PRA 89, 022307 (2014), keyed in Z)::
+
+        length = floor(s_Z0 + s_Z1 (1 - h(phi_Z)) - lambda_EC - t_ver - c_conf
+                       - 6 log2(21 / eps_sec))
+
+    Asymptotic (Ma et al. 2005 bounds, no finite-size terms)::
+
+        length = floor(s_Z1 (1 - h(e1)) - lambda_EC - t_ver - c_conf)
+
+    ``t_ver`` is the whole verification tag (it is disclosed before privacy
+    amplification); ``c_conf`` the privacy amplification output bits disclosed to confirm
+    the key and then discarded.  Those cost their length and nothing more: the
+    collision-entropy proof of the leftover hash lemma (Renner, PhD thesis, 2005)
+    bounds the distance from uniform of the kept part, given the disclosed part as
+    classical side information, by the same ``2^-(H - length - c_conf)/2`` as the whole
+    output (the disclosed part's collision term only subtracts).
+
+    Lim et al. split ``eps_sec`` into ``eps_terms`` = 21 equal parts
+    (``eps_per_term``: the Hoeffding bounds, the smoothing, the leftover hash).
+    ``eps_cor`` is the collision bound of the verification hash (Poly1305,
+    ``8 ceil(L/16) / 2^106`` for its L-byte input): the chance that different keys pass.
+    The round is ``eps_sec + eps_cor``-secure.
+    """
+
+    bound: str
+    s_z0_lower: float | None      # not part of the asymptotic bound
+    s_z1_lower: float
+    phi_z_upper: float
+    ec_leaked_bits: float
+    ec_leaked_estimated: bool     # True: the round ended before reconciliation measured it
+    verification_tag_bits: int
+    confirmation_bits: int
+    finite_size_bits: float | None
+    eps_sec: float | None
+    eps_terms: int | None
+    eps_per_term: float | None
+    eps_cor: float
+    length: int
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 @dataclass(kw_only=True)
 class RoundMetrics:
-    """The figures of one distillation round, as both parties can report them."""
+    """The figures of one distillation round, as both parties can report them.
 
-    detections: int = 0
-    sifted_bits: int = 0
-    qber: float = 0.0
-    qber_x: float = 0.0
-    y1_lower: float = 0.0
-    e1_upper: float = 0.0
-    ec_leaked_bits: int = 0
-    ec_efficiency: float = 0.0
-    ec_round_trips: int = 0
-    pa_input_bits: int = 0
+    ``qber`` is always a QBER that was measured, and ``qber_basis`` says which:
+    ``"Z-key"`` (the errors reconciliation corrected in the key block) once
+    reconciliation ran, else ``"Z-sample"`` (the disclosed Z sample, which decides the
+    abort).  ``qber_x`` is the X basis, measured on every disclosed X bit.
+    ``y1_lower`` and ``e1_upper`` are the bounds on the single-photon yield and, in
+    finite-size mode, the phase error rate phi_Z^U (asymptotically e1^U, the same
+    quantity in the limit); ``pa_terms`` the secret length's terms.
+    """
+
+    detections: int | None = None
+    sifted_bits: int | None = None
+    qber: float | None = None
+    qber_basis: str | None = None
+    qber_x: float | None = None
+    x_bits: int | None = None            # the X bits behind qber_x
+    qber_z_sample: float | None = None
+    z_sample_bits: int | None = None     # the Z bits behind qber_z_sample
+    y1_lower: float | None = None
+    e1_upper: float | None = None
+    ec_leaked_bits: int | None = None
+    ec_efficiency: float | None = None
+    ec_round_trips: int | None = None
+    pa_input_bits: int | None = None
     secret_bits: int = 0
+    pa_terms: PATerms | None = None
+
+    def record_estimation(self, qber_z_sample: float, z_sample_bits: int, qber_x: float,
+                          x_bits: int) -> None:
+        """The error rates the disclosed bits showed, and how many bits each is from (a
+        rate from no bits at all is not measured)."""
+        self.z_sample_bits, self.x_bits = z_sample_bits, x_bits
+        self.qber_z_sample = qber_z_sample if z_sample_bits else None
+        self.qber_x = qber_x if x_bits else None
+        if self.qber_z_sample is not None:
+            self.qber, self.qber_basis = self.qber_z_sample, "Z-sample"
 
     def record_reconciliation(self, n: int, leaked: int, errors: int,
                               round_trips: int) -> None:
         """QBER of the key block (errors Cascade corrected) and what correcting it cost."""
-        self.qber = errors / n if n else 0.0
+        self.qber = errors / n if n else None
+        self.qber_basis = "Z-key" if n else self.qber_basis
         self.ec_leaked_bits, self.ec_round_trips = leaked, round_trips
-        shannon = n * decoy.h2(self.qber)
-        self.ec_efficiency = leaked / shannon if shannon else float("inf")
+        shannon = n * decoy.h2(errors / n) if n else 0.0
+        self.ec_efficiency = leaked / shannon if shannon else None
 
 
 @dataclass(kw_only=True)
@@ -139,4 +216,5 @@ class DistillationResult(RoundMetrics):
     def discard(self, reason: str) -> None:
         """The round aborted: keep no key, say why."""
         self.auth_reserve, self.key_material, self.key_ids = b"", b"", ()
+        self.secret_bits = 0
         self.aborted, self.abort_reason = True, reason

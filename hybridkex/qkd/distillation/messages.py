@@ -30,12 +30,14 @@ from hybridkex.qkd.distillation.codec import Reader, Writer
 from hybridkex.qkd.errors import CascadeError
 
 __all__ = [
-    "CONFIRM_TAG_SIZE",
+    "CONFIRM_SIZE",
     "MAX_INTENSITY",
     "MAX_SEED_BYTES",
     "NONCE_SIZE",
     "PROTOCOL_VERSION",
     "SAMPLE_SEED_SIZE",
+    "VERIFY_KEY_SIZE",
+    "VERIFY_TAG_SIZE",
     "Abort",
     "Amplify",
     "CascadeDone",
@@ -63,7 +65,7 @@ NONCE_SIZE = 16
 SAMPLE_SEED_SIZE = 32
 VERIFY_KEY_SIZE = 32   # a one-time Poly1305 key
 VERIFY_TAG_SIZE = 16
-CONFIRM_TAG_SIZE = 32  # HMAC-SHA256
+CONFIRM_SIZE = 16      # privacy amplification output bytes each end discloses to confirm
 KEY_ID_SIZE = 16
 MAX_ABORT_REASON = 200
 #: The largest mean photon number a hello may announce.  Weak coherent pulses carry
@@ -529,20 +531,22 @@ class Amplify:
 
 @dataclass(frozen=True)
 class Confirm:
-    """Both ways: an HMAC keyed by the final key over the session and the sender's role."""
+    """Both ways: the sender's half of the confirmation bits, spare privacy amplification
+    output that is disclosed here and never used as key (A->B the first half, B->A the
+    second)."""
 
-    tag: bytes
+    bits: bytes = field(repr=False)
 
     msg_type: ClassVar[MessageType] = MessageType.CONFIRM
 
     def encode(self) -> bytes:
-        return self.tag
+        return self.bits
 
     @classmethod
     def decode(cls, payload: bytes) -> Self:
-        if len(payload) != CONFIRM_TAG_SIZE:
+        if len(payload) != CONFIRM_SIZE:
             raise Reader(payload, "key confirmation").fail(
-                f"the tag is not {CONFIRM_TAG_SIZE} bytes")
+                f"the confirmation bits are not {CONFIRM_SIZE} bytes")
         return cls(bytes(payload))
 
 
