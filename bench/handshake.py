@@ -64,7 +64,6 @@ import platform
 import statistics
 import sys
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,9 +82,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF, HKDFExpand
 
-from hybridkex.keydelivery.keys import StoredKey
-from hybridkex.keydelivery.source import StoreKeySource
-from hybridkex.keydelivery.store import MemoryKeyStore
+from hybridkex.keydelivery import StoreKeySource, linked_pools
 from hybridkex.protocol import (
     NEED_DATA,
     SUITES,
@@ -98,8 +95,8 @@ from hybridkex.protocol import (
     TrustStore,
 )
 from hybridkex.protocol.keyschedule import traffic_key_iv
+from tests.support import CLIENT, SERVER, self_signed
 
-CLIENT, SERVER = "site-a", "site-b"
 SCHEME = "ML-DSA-65"
 TLS_GROUP = "X25519MLKEM768"
 SEGMENT = 16  # handshakes per fresh pair of key stores
@@ -150,26 +147,19 @@ class Credentials:
                                              key.public_key().public_bytes_raw()))
         raw_trust = {CLIENT: TrustStore(pinned={SERVER: (SCHEME, raw[SERVER].public_key)}),
                      SERVER: TrustStore(pinned={CLIENT: (SCHEME, raw[CLIENT].public_key)})}
-        root_key = mldsa.MLDSA65PrivateKey.generate()
-        root = tls_baseline.certificate("hybridkex bench root", root_key, None, root_key, None)
+        root = self_signed(SCHEME, "hybridkex bench root")
         chain = {}
         for site in (CLIENT, SERVER):
-            leaf_key = mldsa.MLDSA65PrivateKey.generate()
-            leaf = tls_baseline.certificate(site, leaf_key, root, root_key, None)
             # root + leaf: the leaf alone goes on the wire, the root is the peer's anchor
-            chain[site] = load(SigningIdentity.from_chain(SCHEME, leaf_key.private_bytes_raw(),
-                                                          [leaf]))
-        return cls(raw, raw_trust, chain, TrustStore(anchors=[root]), root)
+            chain[site] = load(root.issue(site).identity())
+        return cls(raw, raw_trust, chain, TrustStore(anchors=[root.certificate]),
+                   root.certificate)
 
 
 def linked_sources(keys_per_site: int) -> tuple[StoreKeySource, StoreKeySource]:
     """Both sites' key sources over the same fresh keys, half initiated by each site."""
-    a, b = MemoryKeyStore(CLIENT), MemoryKeyStore(SERVER)
-    batch = [StoredKey(str(uuid.uuid4()), os.urandom(32), initiator)
-             for initiator in (CLIENT, SERVER) for _ in range(keys_per_site)]
-    a.add(SERVER, batch)
-    b.add(CLIENT, batch)
-    return StoreKeySource(a), StoreKeySource(b)
+    pools = linked_pools(CLIENT, SERVER, keys_per_site)
+    return StoreKeySource(pools.store_a), StoreKeySource(pools.store_b)
 
 
 # -- configurations -------------------------------------------------------------------------

@@ -35,7 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from hybridkex.keydelivery.keys import StoredKey, new_key_id
+from hybridkex.keydelivery import linked_pools, random_units
 from hybridkex.keydelivery.sqlite import SQLiteKeyStore
 from hybridkex.keydelivery.store import KeyStore, MemoryKeyStore
 
@@ -58,9 +58,7 @@ def measure(open_site: Opener, keys: int, batch: int) -> tuple[float, float, flo
     """(keys per second, median take latency, median fetch latency) for one run."""
     a, b = open_site("A"), open_site("B")
     try:
-        deposit = [StoredKey(new_key_id(), os.urandom(32), "A") for _ in range(keys)]
-        a.add("B", deposit)
-        b.add("A", deposit)
+        linked_pools("A", "B", random_units("A", "B", keys, 0), store_a=a, store_b=b)
         take_s: list[float] = []
         fetch_s: list[float] = []
         started = time.perf_counter()

@@ -1,46 +1,57 @@
 """KME throughput: ETSI GS QKD 014 requests per second over HTTPS with mutual TLS.
 
-Two KMEs (sites A and B) run in this process, each a :class:`KMEServer` on its own
-event loop (:class:`BackgroundKME`), on loopback, over key stores of the two sites
-filled with the same keys (all of them to be taken at A).  The SAEs are
-:class:`KMEClient` objects (one per SAE, shared by the client threads, as the client
-allows) with certificates from a throw-away CA made here with cryptography's x509
-(ECDSA P-256).  Every run makes fresh stores and fresh KMEs and times, with 1 and
-with 8 client threads:
+The question is what one SAE gets from its KME with the client as shipped, and how far
+the KME is from the HTTPS + mutual TLS stack it runs on.  Three servers run at once,
+each in a child process of its own (so the client and the servers do not share a GIL,
+as in a deployment), on loopback, with the same TLS context (``server_ssl_context``: the
+same CA, certificate and client-certificate requirement):
 
-* enc_keys: ``get_keys("sae-b", 1)`` at A by SAE sae-a (one key per request);
-* dec_keys: ``get_keys_with_ids("sae-a", [key_id])`` at B by SAE sae-b, for the keys
-  the enc_keys phase took (their material is checked against what A delivered);
-* status: ``status("sae-b")`` at A by sae-a;
-* status keep-alive (a diagnostic, not the client): the same status request sent
-  over one kept-alive ``http.client`` connection per thread, with sae-a's
-  certificate, to show what the TLS handshake per request costs.
+* ``kme-sqlite``: the KMEs of sites A and B (``KMEServer`` in ``BackgroundKME``) over
+  ``SQLiteKeyStore`` as shipped (WAL, ``synchronous=FULL``, ``secure_delete``), holding
+  the same keys, all to be taken at A;
+* ``kme-memory``: the same over ``MemoryKeyStore``;
+* ``plain``: an aiohttp server that answers every enc_keys POST with one fixed Key
+  container of one key, without looking at the request: the floor of HTTP + TLS +
+  aiohttp under the KME.
 
-KMEClient opens a new HTTPS connection for every request (``http.client`` connection
-made and closed in ``KMEClient._exchange``), so each request pays a TCP connect and a
-full mutual-TLS handshake: no keep-alive and no session resumption.  The bench does
-not take that on trust: it counts the handshakes each KME's TLS context completed
-(``SSLContext.session_stats()``) and prints handshakes per request and resumptions.
+The clients, in this process, are "arms", each asking for one key per request
+(``get_keys("sae-b", 1)`` by sae-a at A):
 
-Stores: ``memory`` (MemoryKeyStore: the floor, HTTP + TLS + the KME's Python) and
-``sqlite`` (SQLiteKeyStore as shipped: WAL, ``synchronous=FULL``, ``secure_delete``;
-one file per site in ``--dir``, default a temporary directory).  Each figure is the
-median of ``--repeats`` runs; the repeats are interleaved over the configurations.
-Clients and servers share one process (and its GIL) on the same machine, so the
-figures are what one Python process can push through both ends, not a server's
-ceiling.
+* ``keep-alive``: one ``KMEClient``, one thread, one kept-alive connection;
+* ``per-connection``: ``KMEClient`` as it was before keep-alive: a new connection (TCP
+  connect and a full mutual-TLS handshake) for every call, closed after it;
+* ``8 threads, lock`` / ``8 threads, pool``: one ``KMEClient`` shared by 8 threads,
+  with ``connections=1`` (one connection behind a lock) or ``connections=8``;
+* ``async``: one ``AsyncKMEClient``, one request after another in one coroutine;
+  ``async x8``: 8 coroutines at once over ``connections=8``;
+* ``dec_keys keep-alive`` (KMEs only): one ``KMEClient`` at B fetching, by ID, the keys
+  the keep-alive arm took at A in the same round (the material is checked).
 
-    PYTHONPATH=. python bench/kme.py [--requests 300] [--repeats 5] [--threads 1,8]
-                                     [--only memory,sqlite] [--dir DIR] [--json]
+The machine is shared and noisy, so the arms take turns: every round runs one batch of
+every arm against every server (batches of ``--batch`` requests, ``--per-connection``
+for the per-connection arm), in an order that rotates and reverses from round to round.
+Clients and servers live through all the rounds; each batch's rate is a sample.  An
+arm's figure is the median of its ``--rounds`` batches.  A ratio (KME / plain,
+keep-alive / per-connection, ...) is the median of the ratios of the two arms' batches
+in the same round, so load that drifts over the run cancels; the ratio of the two
+medians, and of the two arms' fastest batches (those the machine's other load disturbed
+least), are shown beside it.  The servers count the TLS handshakes they complete
+(``SSLContext.session_stats()``), so "one connection" is checked on the server's side.
+
+Goals: enc_keys over one keep-alive client at least 0.5x plain on SQLite and 0.8x on
+memory, and keep-alive at least 10x per-connection.
+
+    PYTHONPATH=. python bench/kme.py [--rounds 30] [--batch 150] [--per-connection 30]
+                                     [--dir DIR] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import http.client
-import ipaddress
+import asyncio
+import functools
 import json
+import multiprocessing
 import os
 import platform
 import ssl
@@ -49,9 +60,10 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -59,245 +71,206 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import aiohttp
 import cryptography
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from aiohttp import web
 
-from hybridkex.keydelivery.keys import DeliveredKey, StoredKey, new_key_id
+from hybridkex.keydelivery import DeliveredKey, linked_pools, random_units
 from hybridkex.keydelivery.kme import BackgroundKME, KMEServer, server_ssl_context
+from hybridkex.keydelivery.kme.aio_client import AsyncKMEClient
+from hybridkex.keydelivery.kme.calls import Call
 from hybridkex.keydelivery.kme.client import KMEClient
+from hybridkex.keydelivery.kme.peers import peer_tls
 from hybridkex.keydelivery.sqlite import SQLiteKeyStore
 from hybridkex.keydelivery.store import KeyStore, MemoryKeyStore
+from tests.support import KMEFiles
 
 SAE_MAP = {"sae-a": "A", "sae-b": "B"}
-OPERATIONS = ("enc_keys", "dec_keys", "status", "status keep-alive")
-BACKENDS = ("memory", "sqlite")
+SERVERS = ("kme-sqlite", "kme-memory", "plain")
+ARMS = ("keep-alive", "per-connection", "8 threads, lock", "8 threads, pool", "async",
+        "async x8")
+DEC_ARM = "dec_keys keep-alive"
+GOALS = (("kme-sqlite", 0.5), ("kme-memory", 0.8))
+CLIENT_GOAL = 10.0
+THREADS = 8  # client threads of the threaded arms
+WARM_UP = 20  # untimed requests per arm before the first round: connections, caches
 
 
-# -- a throw-away PKI ---------------------------------------------------------------------
+# -- a throw-away PKI (the tests' one, tests/support.py) ---------------------------------
 
 
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def _issue(subject: str, key: ec.EllipticCurvePrivateKey, issuer: str,
-           issuer_key: ec.EllipticCurvePrivateKey, *, ca: bool = False,
-           usage: x509.ObjectIdentifier | None = None,
-           san: list[x509.GeneralName] | None = None) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.UTC)
-    builder = (x509.CertificateBuilder()
-               .subject_name(_name(subject)).issuer_name(_name(issuer))
-               .public_key(key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(now - datetime.timedelta(hours=1))
-               .not_valid_after(now + datetime.timedelta(days=1))
-               .add_extension(x509.BasicConstraints(ca=ca, path_length=0 if ca else None),
-                              critical=True)
-               .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
-                              critical=False)
-               .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
-                   issuer_key.public_key()), critical=False))
-    if ca:
-        builder = builder.add_extension(x509.KeyUsage(
-            digital_signature=True, content_commitment=False, key_encipherment=False,
-            data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-            encipher_only=False, decipher_only=False), critical=True)
-    if usage is not None:
-        builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-    if san:
-        builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
-    return builder.sign(issuer_key, hashes.SHA256())
-
-
-def _write(directory: Path, name: str, cert: x509.Certificate,
-           key: ec.EllipticCurvePrivateKey) -> None:
-    (directory / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (directory / f"{name}.key").write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
-
-
-@dataclass(frozen=True)
-class PKI:
-    """A CA, the KMEs' server certificate (127.0.0.1) and one client certificate per SAE."""
-
-    dir: Path
+class PKI(KMEFiles):
+    """The test PKI's KME files, with the clients this benchmark builds."""
 
     @classmethod
     def make(cls, directory: Path) -> PKI:
-        ca_key = ec.generate_private_key(ec.SECP256R1())
-        ca_name = "hybridkex bench CA"
-        _write(directory, "ca", _issue(ca_name, ca_key, ca_name, ca_key, ca=True), ca_key)
-        kme_key = ec.generate_private_key(ec.SECP256R1())
-        san: list[x509.GeneralName] = [x509.DNSName("localhost"),
-                                       x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-        _write(directory, "kme", _issue("kme", kme_key, ca_name, ca_key,
-                                        usage=ExtendedKeyUsageOID.SERVER_AUTH, san=san), kme_key)
-        for sae in SAE_MAP:
-            key = ec.generate_private_key(ec.SECP256R1())
-            _write(directory, sae, _issue(sae, key, ca_name, ca_key,
-                                          usage=ExtendedKeyUsageOID.CLIENT_AUTH), key)
-        return cls(directory)
+        return cls(KMEFiles.create(directory, SAE_MAP, ca_name="hybridkex bench CA",
+                                   kme_sites=("A", "B")).dir)
 
-    @property
-    def ca(self) -> Path:
-        return self.dir / "ca.pem"
+    def kme_client(self, url: str, sae: str, connections: int = 1,
+                   cls: type[KMEClient] = KMEClient) -> KMEClient:
+        return cls(url, *self.pair(sae), self.ca, connections=connections)
 
-    def pair(self, name: str) -> tuple[Path, Path]:
-        return self.dir / f"{name}.pem", self.dir / f"{name}.key"
-
-    def server_context(self) -> ssl.SSLContext:
-        return server_ssl_context(*self.pair("kme"), self.ca)
-
-    def client(self, url: str, sae: str) -> KMEClient:
-        return KMEClient(url, *self.pair(sae), self.ca)
-
-    def raw_context(self, sae: str) -> ssl.SSLContext:
-        """A client context like KMEClient's, for the keep-alive diagnostic."""
-        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(self.ca))
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        cert, key = self.pair(sae)
-        ctx.load_cert_chain(str(cert), str(key))
-        return ctx
+    def async_client(self, url: str, sae: str, connections: int = 1) -> AsyncKMEClient:
+        return AsyncKMEClient(url, *self.pair(sae), self.ca, connections=connections)
 
 
-# -- timing -------------------------------------------------------------------------------
+# -- the servers, each in a child process ------------------------------------------------------
+
+# The plain server's one answer: a Key container with one 256-bit key, as the KME's.
+FIXED_ANSWER = json.dumps({"keys": [{"key_ID": "5d1f1bd4-2d1a-4f4c-8c0e-3d6f0e6a3b1e",
+                                     "key": "q" * 43 + "="}]}).encode()
 
 
-def in_threads(threads: int, work: Callable[[int], None]) -> float:
-    """Run ``work(i)`` in ``threads`` threads started together; the wall time they took."""
-    barrier = threading.Barrier(threads + 1)
-    failures: list[BaseException] = []
+def _plain_app() -> web.Application:
+    async def enc_keys(_: web.Request) -> web.Response:
+        return web.Response(body=FIXED_ANSWER, content_type="application/json")
 
-    def body(index: int) -> None:
-        barrier.wait()
+    app = web.Application()
+    app.add_routes([web.post("/api/v1/keys/{slave_SAE_ID}/enc_keys", enc_keys)])
+    return app
+
+
+class _PlainServer:
+    """The plain aiohttp server on its own event loop in a thread (as BackgroundKME)."""
+
+    def __init__(self, ctx: ssl.SSLContext) -> None:
+        self.ctx = ctx
+        self.loop = asyncio.new_event_loop()
+        self.runner = web.AppRunner(_plain_app(), access_log=None, handle_signals=False)
+        self.loop.run_until_complete(self.runner.setup())
+        site = web.TCPSite(self.runner, "127.0.0.1", 0, ssl_context=ctx)
+        self.loop.run_until_complete(site.start())
+        self.port = int(self.runner.addresses[0][1])
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join()
+        self.loop.run_until_complete(self.runner.cleanup())
+        self.loop.close()
+
+
+def _fill(backend: str, run_dir: Path, keys: int) -> tuple[KeyStore, KeyStore]:
+    if backend == "kme-memory":
+        stores: tuple[KeyStore, KeyStore] = (MemoryKeyStore("A"), MemoryKeyStore("B"))
+    else:
+        stores = SQLiteKeyStore("A", run_dir / "a.db"), SQLiteKeyStore("B", run_dir / "b.db")
+    pools = linked_pools("A", "B", random_units("A", "B", keys, 0),
+                         store_a=stores[0], store_b=stores[1])
+    return pools.store_a, pools.store_b
+
+
+def serve(kind: str, pki_dir: str, run_dir: str, keys: int, pipe: Connection) -> None:
+    """The child process: start ``kind``, send its ports, answer "stats" until "stop"."""
+    pki = PKI(Path(pki_dir))
+    contexts: dict[str, ssl.SSLContext] = {}
+    closers: list[Callable[[], None]] = []
+    ports: dict[str, int] = {}
+    if kind == "plain":
+        plain = _PlainServer(pki.server_context())
+        contexts["A"], ports["A"] = plain.ctx, plain.port
+        closers.append(plain.close)
+    else:
+        # Two KMEs that sync, as deployed: each site's certificate (CN = site ID) serves
+        # its SAEs and authenticates it to the other KME.
+        stores = _fill(kind, Path(run_dir), keys)
+        kmes: dict[str, BackgroundKME] = {}
+        for site, store in zip(("A", "B"), stores, strict=True):
+            cert, key = pki.pair(f"kme-{site}")
+            ctx = server_ssl_context(cert, key, pki.ca)
+            kmes[site] = BackgroundKME(KMEServer(store, site, SAE_MAP, ctx,
+                                                 peer_tls=peer_tls(cert, key, pki.ca))).start()
+            contexts[site], ports[site] = ctx, kmes[site].port
+            closers += [kmes[site].close, store.close]
+        kmes["A"].server.set_peer("B", kmes["B"].url)
+        kmes["B"].server.set_peer("A", kmes["A"].url)
+    pipe.send(ports)
+    while (command := pipe.recv()) != "stop":
+        assert command == "stats"
+        pipe.send(({site: int(ctx.session_stats()["accept_good"])
+                    for site, ctx in contexts.items()}, time.process_time()))
+    for close in closers:
+        close()
+    pipe.send("stopped")
+
+
+class ServerProcess:
+    """``serve`` in a spawned child process, as a context manager."""
+
+    def __init__(self, kind: str, pki: PKI, run_dir: Path, keys: int) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._pipe, child = context.Pipe()
+        self._process = context.Process(target=serve, name=f"bench-{kind}", daemon=True,
+                                        args=(kind, str(pki.dir), str(run_dir), keys, child))
+        self._process.start()
+        if not self._pipe.poll(120):
+            self._process.kill()
+            raise SystemExit(f"the {kind} server did not start")
+        self.ports: dict[str, int] = self._pipe.recv()
+
+    def url(self, site: str) -> str:
+        return f"https://127.0.0.1:{self.ports[site]}"
+
+    def stats(self, site: str = "A") -> tuple[int, float]:
+        """The TLS handshakes ``site``'s KME has completed, and the CPU seconds the
+        server process has used (all its threads)."""
+        self._pipe.send("stats")
+        counts, cpu = self._pipe.recv()
+        return int(counts[site]), float(cpu)
+
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if not self._process.is_alive():
+            return
+        self._pipe.send("stop")
+        if self._pipe.poll(60):
+            self._pipe.recv()
+        self._process.join(10)
+        if self._process.is_alive():
+            self._process.kill()
+
+
+# -- the arms ---------------------------------------------------------------------------------
+
+
+class PerConnectionClient(KMEClient):
+    """KMEClient as it was before keep-alive: every call opens a new connection (TCP
+    connect, full mutual-TLS handshake) and closes it at the end."""
+
+    def _exchange(self, call: Call) -> tuple[int, bytes]:
         try:
-            work(index)
-        except BaseException as exc:
-            failures.append(exc)
-
-    pool = [threading.Thread(target=body, args=(i,), name=f"sae-{i}") for i in range(threads)]
-    for thread in pool:
-        thread.start()
-    barrier.wait()
-    started = time.perf_counter()
-    for thread in pool:
-        thread.join()
-    elapsed = time.perf_counter() - started
-    if failures:
-        raise failures[0]
-    return elapsed
-
-
-def share(items: Sequence[Any], threads: int, index: int) -> Sequence[Any]:
-    """Thread ``index``'s share of ``items`` (round robin)."""
-    return items[index::threads]
+            return super()._exchange(call)
+        finally:
+            self.close()
 
 
 @dataclass
 class Sample:
-    """One operation in one run: requests/s and the TLS handshakes the KME completed."""
+    """One batch: requests/s, the CPU seconds of this process (the client) and of the
+    server's, and the TLS handshakes the server completed meanwhile."""
 
     rate: float
+    cpu: float
+    server_cpu: float
     handshakes: int
-    resumed: int
     requests: int
 
 
-def handshakes(ctx: ssl.SSLContext) -> tuple[int, int]:
-    stats = ctx.session_stats()
-    return stats["accept_good"], stats["hits"]
-
-
-def timed(threads: int, requests: int, ctx: ssl.SSLContext,
-          work: Callable[[int], None]) -> Sample:
-    good0, hits0 = handshakes(ctx)
-    elapsed = in_threads(threads, work)
-    good1, hits1 = handshakes(ctx)
-    return Sample(requests / elapsed, good1 - good0, hits1 - hits0, requests)
-
-
-# -- one run ------------------------------------------------------------------------------
-
-
-def open_stores(backend: str, workdir: Path) -> tuple[KeyStore, KeyStore]:
-    if backend == "memory":
-        return MemoryKeyStore("A"), MemoryKeyStore("B")
-    run = workdir / uuid.uuid4().hex
-    run.mkdir()
-    return SQLiteKeyStore("A", run / "a.db"), SQLiteKeyStore("B", run / "b.db")
-
-
-def run_once(backend: str, pki: PKI, workdir: Path, threads: int,
-             requests: int) -> dict[str, Sample]:
-    """Fresh stores holding ``requests`` keys (taken at A), two fresh KMEs, four phases."""
-    store_a, store_b = open_stores(backend, workdir)
-    try:
-        deposit = [StoredKey(new_key_id(), os.urandom(32), "A") for _ in range(requests)]
-        store_a.add("B", deposit)
-        store_b.add("A", deposit)
-        ctx_a, ctx_b = pki.server_context(), pki.server_context()
-        with (BackgroundKME(KMEServer(store_a, "A", SAE_MAP, ctx_a)) as kme_a,
-              BackgroundKME(KMEServer(store_b, "B", SAE_MAP, ctx_b)) as kme_b):
-            sae_a, sae_b = pki.client(kme_a.url, "sae-a"), pki.client(kme_b.url, "sae-b")
-            slots = list(range(requests))
-            taken: list[DeliveredKey | None] = [None] * requests
-            fetched: list[DeliveredKey | None] = [None] * requests
-            samples: dict[str, Sample] = {}
-
-            def enc(index: int) -> None:
-                for slot in share(slots, threads, index):
-                    taken[slot] = sae_a.get_keys("sae-b", 1)[0]
-
-            samples["enc_keys"] = timed(threads, requests, ctx_a, enc)
-            ids = [k.key_id for k in taken if k is not None]
-            assert len(set(ids)) == requests, "enc_keys delivered a key twice"
-
-            def dec(index: int) -> None:
-                for slot in share(slots, threads, index):
-                    fetched[slot] = sae_b.get_keys_with_ids("sae-a", [ids[slot]])[0]
-
-            samples["dec_keys"] = timed(threads, requests, ctx_b, dec)
-            assert [(k.key_id, k.key) for k in taken if k is not None] == [
-                (k.key_id, k.key) for k in fetched if k is not None], "A and B disagree"
-
-            def status(index: int) -> None:
-                for _ in share(slots, threads, index):
-                    assert sae_a.status("sae-b").slave_sae_id == "sae-b"
-
-            samples["status"] = timed(threads, requests, ctx_a, status)
-
-            raw_ctx = pki.raw_context("sae-a")
-
-            def status_keepalive(index: int) -> None:
-                conn = http.client.HTTPSConnection("127.0.0.1", kme_a.port, timeout=10.0,
-                                                   context=raw_ctx)
-                try:
-                    for _ in share(slots, threads, index):
-                        conn.request("GET", "/api/v1/keys/sae-b/status",
-                                     headers={"Accept": "application/json"})
-                        response = conn.getresponse()
-                        body = response.read()
-                        assert response.status == 200 and b'"slave_SAE_ID"' in body
-                finally:
-                    conn.close()
-
-            samples["status keep-alive"] = timed(threads, requests, ctx_a, status_keepalive)
-            return samples
-    finally:
-        store_a.close()
-        store_b.close()
-
-
-# -- reporting ----------------------------------------------------------------------------
-
-
 @dataclass
-class Result:
-    backend: str
-    operation: str
-    threads: int
+class Arm:
+    """One client against one server; ``batch(n)`` sends ``n`` requests, returning the
+    seconds they took and the keys they got."""
+
+    server: str
+    name: str
+    size: int
+    batch: Callable[[int], tuple[float, list[DeliveredKey]]]
+    site: str = "A"
     samples: list[Sample] = field(default_factory=list)
 
     @property
@@ -305,31 +278,270 @@ class Result:
         return statistics.median(s.rate for s in self.samples)
 
     @property
+    def best(self) -> float:
+        """The fastest batch: the one the machine's other load disturbed least."""
+        return max(s.rate for s in self.samples)
+
+    @property
+    def handshakes(self) -> int:
+        return sum(s.handshakes for s in self.samples)
+
+    @property
+    def requests(self) -> int:
+        return sum(s.requests for s in self.samples)
+
+    @property
     def handshakes_per_request(self) -> float:
         return (sum(s.handshakes for s in self.samples)
                 / sum(s.requests for s in self.samples))
 
     @property
-    def resumed(self) -> int:
-        return sum(s.resumed for s in self.samples)
+    def client_cpu_us(self) -> float:
+        """Median client CPU microseconds per request."""
+        return statistics.median(1e6 * s.cpu / s.requests for s in self.samples)
+
+    @property
+    def server_cpu_us(self) -> float:
+        """Median server CPU microseconds per request."""
+        return statistics.median(1e6 * s.server_cpu / s.requests for s in self.samples)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "backend": self.backend, "operation": self.operation, "threads": self.threads,
-            "requests_per_s": round(self.rate, 1),
-            "ms_per_request_per_thread": round(1e3 * self.threads / self.rate, 3),
-            "runs_requests_per_s": [round(s.rate, 1) for s in self.samples],
-            "tls_handshakes_per_request": round(self.handshakes_per_request, 4),
-            "tls_resumptions": self.resumed,
-        }
+        return {"server": self.server, "arm": self.name,
+                "requests_per_s": round(self.rate, 1),
+                "best_batch_requests_per_s": round(self.best, 1),
+                "tls_handshakes": self.handshakes, "requests": self.requests,
+                "client_cpu_us_per_request": round(self.client_cpu_us, 1),
+                "server_cpu_us_per_request": round(self.server_cpu_us, 1),
+                "batches_requests_per_s": [round(s.rate, 1) for s in self.samples],
+                "tls_handshakes_per_request": round(self.handshakes_per_request, 4)}
 
 
-def tls_probe(pki: PKI, port: int) -> str:
-    """The protocol and cipher a client with sae-a's certificate negotiates."""
-    conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=10.0,
-                                       context=pki.raw_context("sae-a"))
+def sync_batch(client: KMEClient,
+               threads: ThreadPoolExecutor | None) -> Callable[[int], tuple[float,
+                                                                           list[DeliveredKey]]]:
+    def batch(n: int) -> tuple[float, list[DeliveredKey]]:
+        started = time.perf_counter()
+        if threads is None:
+            keys = [k for _ in range(n) for k in client.get_keys("sae-b")]
+        else:
+            parts = threads.map(lambda i: [k for _ in range(i, n, THREADS)
+                                           for k in client.get_keys("sae-b")], range(THREADS))
+            keys = [k for part in parts for k in part]
+        elapsed = time.perf_counter() - started
+        assert len(keys) == n
+        return elapsed, keys
+
+    return batch
+
+
+def async_batch(client: AsyncKMEClient, concurrency: int,
+                loop: asyncio.AbstractEventLoop) -> Callable[[int], tuple[float,
+                                                                          list[DeliveredKey]]]:
+    def batch(n: int) -> tuple[float, list[DeliveredKey]]:
+        async def worker(index: int) -> list[DeliveredKey]:
+            return [k for _ in range(index, n, concurrency) for k in await client.get_keys(
+                "sae-b")]
+
+        async def run() -> list[list[DeliveredKey]]:
+            return await asyncio.gather(*(worker(i) for i in range(concurrency)))
+
+        started = time.perf_counter()
+        parts = loop.run_until_complete(run())
+        elapsed = time.perf_counter() - started
+        keys = [k for part in parts for k in part]
+        assert len(keys) == n
+        return elapsed, keys
+
+    return batch
+
+
+def recording(batch: Callable[[int], tuple[float, list[DeliveredKey]]],
+              pending: list[DeliveredKey]) -> Callable[[int], tuple[float, list[DeliveredKey]]]:
+    """``batch``, noting the keys it took in ``pending`` for the dec_keys arm."""
+
+    def run(n: int) -> tuple[float, list[DeliveredKey]]:
+        elapsed, keys = batch(n)
+        pending.extend(keys)
+        return elapsed, keys
+
+    return run
+
+
+def close_async(client: AsyncKMEClient, loop: asyncio.AbstractEventLoop) -> None:
+    loop.run_until_complete(client.close())
+
+
+def dec_batch(client: KMEClient,
+              pending: list[DeliveredKey]) -> Callable[[int], tuple[float, list[DeliveredKey]]]:
+    """dec_keys of the next ``n`` keys in ``pending`` (taken by the keep-alive arm)."""
+
+    def batch(n: int) -> tuple[float, list[DeliveredKey]]:
+        taken = [pending.pop(0) for _ in range(min(n, len(pending)))]
+        started = time.perf_counter()
+        fetched = [client.get_keys_with_ids("sae-a", [k.key_id])[0] for k in taken]
+        elapsed = time.perf_counter() - started
+        assert [k.key for k in fetched] == [k.key for k in taken], "A and B disagree"
+        return elapsed, fetched
+
+    return batch
+
+
+def run_rounds(pki: PKI, workdir: Path, rounds: int, batch: int, per_connection: int,
+               progress: bool) -> list[Arm]:
+    """Start the servers and the clients, then the rounds; every arm with its samples."""
+    keys = (rounds + 1) * (batch * (len(ARMS) - 1) + per_connection) + 2 * len(ARMS) * WARM_UP
+    loop = asyncio.new_event_loop()
+    threads = ThreadPoolExecutor(THREADS, thread_name_prefix="sae")
+    closers: list[Callable[[], None]] = []
+    arms: list[Arm] = []
+    servers: dict[str, ServerProcess] = {}
     try:
-        conn.connect()
+        for kind in SERVERS:
+            run_dir = workdir / kind
+            run_dir.mkdir()
+            servers[kind] = ServerProcess(kind, pki, run_dir, keys)
+            closers.append(servers[kind].close)
+        for kind, server in servers.items():
+            url = server.url("A")
+            clients = {"keep-alive": pki.kme_client(url, "sae-a"),
+                       "per-connection": pki.kme_client(url, "sae-a", cls=PerConnectionClient),
+                       "8 threads, lock": pki.kme_client(url, "sae-a", connections=1),
+                       "8 threads, pool": pki.kme_client(url, "sae-a", connections=8)}
+            closers += [c.close for c in clients.values()]
+            aio = {"async": pki.async_client(url, "sae-a"),
+                   "async x8": pki.async_client(url, "sae-a", connections=8)}
+            closers += [functools.partial(close_async, c, loop) for c in aio.values()]
+            mine = [Arm(kind, "keep-alive", batch, sync_batch(clients["keep-alive"], None)),
+                    Arm(kind, "per-connection", per_connection,
+                        sync_batch(clients["per-connection"], None)),
+                    Arm(kind, "8 threads, lock", batch,
+                        sync_batch(clients["8 threads, lock"], threads)),
+                    Arm(kind, "8 threads, pool", batch,
+                        sync_batch(clients["8 threads, pool"], threads)),
+                    Arm(kind, "async", batch, async_batch(aio["async"], 1, loop)),
+                    Arm(kind, "async x8", batch, async_batch(aio["async x8"], 8, loop))]
+            assert tuple(a.name for a in mine) == ARMS
+            arms += mine
+            if kind != "plain":
+                bob = pki.kme_client(server.url("B"), "sae-b")
+                closers.append(bob.close)
+                pending: list[DeliveredKey] = []
+                mine[0].batch = recording(mine[0].batch, pending)
+                arms.append(Arm(kind, DEC_ARM, batch, dec_batch(bob, pending), site="B"))
+        for arm in arms:  # warm up: connections, caches; not timed
+            arm.batch(WARM_UP)
+        for index in range(rounds):
+            if progress:
+                print(f"[round {index + 1}/{rounds}]", file=sys.stderr, flush=True)
+            order = arms[index % len(arms):] + arms[:index % len(arms)]
+            if index % 2:
+                order.reverse()
+            # dec_keys after the enc_keys of the same round, so it has this round's keys
+            order.sort(key=lambda a: a.name == DEC_ARM)
+            for arm in order:
+                server = servers[arm.server]
+                handshakes, server_cpu = server.stats(arm.site)
+                cpu = time.process_time()
+                elapsed, got = arm.batch(arm.size)
+                cpu = time.process_time() - cpu
+                handshakes_after, server_cpu_after = server.stats(arm.site)
+                arm.samples.append(Sample(len(got) / elapsed, cpu, server_cpu_after - server_cpu,
+                                          handshakes_after - handshakes, len(got)))
+        return arms
+    finally:
+        for close in reversed(closers):
+            close()
+        threads.shutdown()
+        loop.close()
+
+
+# -- reporting ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Ratio:
+    name: str
+    numerator: Arm
+    denominator: Arm
+    goal: float | None
+
+    @property
+    def per_round(self) -> list[float]:
+        return [a.rate / b.rate for a, b in zip(self.numerator.samples,
+                                                 self.denominator.samples, strict=True)]
+
+    @property
+    def value(self) -> float:
+        """The median of the per-round ratios (drift cancels within a round)."""
+        return statistics.median(self.per_round)
+
+    @property
+    def of_medians(self) -> float:
+        return self.numerator.rate / self.denominator.rate
+
+    @property
+    def of_bests(self) -> float:
+        return self.numerator.best / self.denominator.best
+
+    @property
+    def met(self) -> bool | None:
+        return None if self.goal is None else self.value >= self.goal
+
+    def quartiles(self) -> tuple[float, float]:
+        runs = sorted(self.per_round)
+        if len(runs) < 4:
+            return runs[0], runs[-1]
+        q = statistics.quantiles(runs, n=4)
+        return q[0], q[2]
+
+    def as_dict(self) -> dict[str, Any]:
+        low, high = self.quartiles()
+        return {"ratio": self.name, "median_of_round_ratios": round(self.value, 3),
+                "ratio_of_medians": round(self.of_medians, 3),
+                "ratio_of_best_batches": round(self.of_bests, 3),
+                "round_ratios_quartiles": [round(low, 3), round(high, 3)],
+                "goal": self.goal, "met": self.met}
+
+
+def ratios(arms: Sequence[Arm]) -> list[Ratio]:
+    by = {(a.server, a.name): a for a in arms}
+    out = [Ratio(f"{server} / plain, keep-alive", by[server, "keep-alive"],
+                 by["plain", "keep-alive"], goal) for server, goal in GOALS]
+    out += [Ratio(f"keep-alive / per-connection, {server}", by[server, "keep-alive"],
+                  by[server, "per-connection"], CLIENT_GOAL if server != "plain" else None)
+            for server in SERVERS]
+    out += [Ratio(f"8 threads pool / lock, {server}", by[server, "8 threads, pool"],
+                  by[server, "8 threads, lock"], None) for server in SERVERS]
+    out += [Ratio(f"async / keep-alive, {server}", by[server, "async"],
+                  by[server, "keep-alive"], None) for server in SERVERS]
+    out += [Ratio(f"async x8 / keep-alive, {server}", by[server, "async x8"],
+                  by[server, "keep-alive"], None) for server in SERVERS]
+    return out
+
+
+def cpu_checks(arms: Sequence[Arm]) -> list[tuple[str, float]]:
+    """The goals' ratios from CPU time instead of the clock: what they would be if CPU
+    were all a request cost, which the machine's load does not skew as much (an
+    fsync's wait is not CPU, so SQLite looks better here than it is)."""
+    by = {(a.server, a.name): a for a in arms}
+
+    def total(server: str, arm: str) -> float:
+        return by[server, arm].client_cpu_us + by[server, arm].server_cpu_us
+
+    out = [(f"{server} / plain, keep-alive: server CPU",
+            by["plain", "keep-alive"].server_cpu_us / by[server, "keep-alive"].server_cpu_us)
+           for server, _ in GOALS]
+    out += [(f"keep-alive / per-connection, {server}: client + server CPU",
+             total(server, "per-connection") / total(server, "keep-alive"))
+            for server in SERVERS]
+    return out
+
+
+def tls_probe(pki: PKI, url: str) -> str:
+    """The protocol and cipher the client negotiates."""
+    client = pki.kme_client(url, "sae-a")
+    conn = client._connect(Call("probe", "GET", "/", None, idempotent=True))
+    try:
         sock = conn.sock
         assert isinstance(sock, ssl.SSLSocket)
         cipher = sock.cipher()
@@ -355,18 +567,11 @@ def environment(tls: str) -> dict[str, Any]:
     }
 
 
-def table(results: Sequence[Result]) -> str:
-    header = ("store", "operation", "threads", "req/s", "ms/req", "TLS hs/req", "runs (req/s)")
-    rows = [header] + [
-        (r.backend, r.operation, str(r.threads), f"{r.rate:,.0f}",
-         f"{1e3 * r.threads / r.rate:.2f}", f"{r.handshakes_per_request:.2f}",
-         " ".join(f"{s.rate:.0f}" for s in r.samples))
-        for r in results
-    ]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+def table(rows: Sequence[Sequence[str]], right_from: int) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = []
     for index, row in enumerate(rows):
-        cells = [c.ljust(w) if i < 2 else c.rjust(w)
+        cells = [c.rjust(w) if i >= right_from else c.ljust(w)
                  for i, (c, w) in enumerate(zip(row, widths, strict=True))]
         lines.append("  ".join(cells).rstrip())
         if index == 0:
@@ -376,87 +581,90 @@ def table(results: Sequence[Result]) -> str:
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--requests", type=int, default=300,
-                        help="requests per operation per run (default 300)")
-    parser.add_argument("--repeats", type=int, default=5,
-                        help="runs; the median is shown (default 5)")
-    parser.add_argument("--threads", default="1,8", help="client thread counts (default 1,8)")
-    parser.add_argument("--only", default=",".join(BACKENDS),
-                        help="stores to run (default memory,sqlite)")
+    parser.add_argument("--rounds", type=int, default=30,
+                        help="rounds; every arm's figure is the median (default 30)")
+    parser.add_argument("--batch", type=int, default=150,
+                        help="requests per batch (default 150)")
+    parser.add_argument("--per-connection", type=int, default=30,
+                        help="requests per batch of the per-connection arm (default 30)")
     parser.add_argument("--dir", type=Path, default=None,
                         help="where the SQLite files go (default: a temporary directory)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args(argv)
-    try:
-        args.thread_counts = [int(t) for t in args.threads.split(",") if t]
-    except ValueError:
-        parser.error("--threads takes comma-separated integers")
-    args.backends = [b for b in args.only.split(",") if b]
-    if unknown := set(args.backends) - set(BACKENDS):
-        parser.error(f"unknown store(s): {', '.join(sorted(unknown))}")
-    if (args.requests < 1 or args.repeats < 1 or not args.thread_counts
-            or min(args.thread_counts) < 1 or not args.backends):
-        parser.error("--requests, --repeats and every thread count must be at least 1")
-    if args.requests > 1_000_000:
-        parser.error("--requests must be at most 1000000 (the KME's max_key_count)")
+    if min(args.rounds, args.batch, args.per_connection) < 1:
+        parser.error("--rounds, --batch and --per-connection must be at least 1")
+    if args.rounds * args.batch > 200_000:
+        parser.error("--rounds x --batch must be at most 200000")
     return args
 
 
 def main(argv: Sequence[str]) -> int:
     args = parse_args(argv)
-    configs = [(b, t) for b in args.backends for t in args.thread_counts]
-    results = {(b, op, t): Result(b, op, t) for b, t in configs for op in OPERATIONS}
     started = time.perf_counter()
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="hkx-kme-bench-", dir=args.dir) as tmp:
         workdir = Path(tmp)
         pki_dir = workdir / "pki"
         pki_dir.mkdir()
         pki = PKI.make(pki_dir)
-        with BackgroundKME(KMEServer(MemoryKeyStore("A"), "A", SAE_MAP,
-                                     pki.server_context())) as probe:
-            tls = tls_probe(pki, probe.port)
+        probe_dir = workdir / "probe"
+        probe_dir.mkdir()
+        with ServerProcess("plain", pki, probe_dir, 0) as probe:
+            tls = tls_probe(pki, probe.url("A"))
         env = environment(tls)
         if not args.json:
             print(f"Python {env['python']}, {env['openssl']}, aiohttp {env['aiohttp']}, "
                   f"nproc {env['nproc']}, {env['machine']}; {tls}, ECDSA P-256 certificates",
                   flush=True)
-            print(f"{args.requests} requests per operation per run, 1 key each, median of "
-                  f"{args.repeats} runs; clients and both KMEs in this process", flush=True)
-        for backend in args.backends:  # warm up (imports, first connections); not timed
-            run_once(backend, pki, workdir, 1, min(args.requests, 20))
-        for repeat in range(args.repeats):
-            for backend, threads in configs:
-                print(f"[{repeat + 1}/{args.repeats}] {backend}, {threads} thread(s)",
-                      file=sys.stderr, flush=True)
-                for op, sample in run_once(backend, pki, workdir, threads,
-                                           args.requests).items():
-                    results[backend, op, threads].samples.append(sample)
+            print(f"{args.rounds} rounds of batches of {args.batch} requests "
+                  f"({args.per_connection} per-connection), 1 key each; each server in a "
+                  "child process", flush=True)
+        arms = run_rounds(pki, workdir, args.rounds, args.batch, args.per_connection,
+                          progress=not args.json)
     elapsed = time.perf_counter() - started
-    ordered = [results[b, op, t] for b in args.backends for op in OPERATIONS
-               for t in args.thread_counts]
-    per_request = [r.handshakes_per_request for r in ordered if r.operation != "status keep-alive"]
-    new_connection = bool(per_request) and min(per_request) >= 0.99
+    load_after = os.getloadavg()
+    checks = ratios(arms)
     if args.json:
         print(json.dumps({
             "environment": env,
-            "settings": {"requests": args.requests, "repeats": args.repeats,
-                         "threads": args.thread_counts, "stores": args.backends,
-                         "keys_per_request": 1, "elapsed_seconds": round(elapsed, 1)},
-            "kmeclient_new_tls_connection_per_request": new_connection,
-            "results": [r.as_dict() for r in ordered],
+            "settings": {"rounds": args.rounds, "batch": args.batch,
+                         "per_connection": args.per_connection, "keys_per_request": 1,
+                         "elapsed_seconds": round(elapsed, 1),
+                         "load_average_before": [round(x, 2) for x in load_before],
+                         "load_average_after": [round(x, 2) for x in load_after]},
+            "results": [a.as_dict() for a in arms],
+            "ratios": [c.as_dict() for c in checks],
+            "cpu_cross_checks": {name: round(value, 3) for name, value in cpu_checks(arms)},
         }, indent=2))
         return 0
     print()
-    print(table(ordered))
+    print(table([("server", "arm", "req/s", "best", "slowest", "client CPU us/req",
+                  "server CPU us/req", "TLS handshakes / requests")] + [
+        (a.server, a.name, f"{a.rate:,.0f}", f"{a.best:,.0f}",
+         f"{min(s.rate for s in a.samples):,.0f}", f"{a.client_cpu_us:.0f}",
+         f"{a.server_cpu_us:.0f}", f"{a.handshakes:,} / {a.requests:,}")
+        for a in arms], right_from=2))
     print()
-    print("ms/req = threads / (req/s): the time one request takes as a thread sees it.")
-    print("TLS hs/req = full TLS handshakes the KME completed per request "
-          f"(session resumptions: {sum(r.resumed for r in ordered)}).")
-    if new_connection:
-        print("KMEClient opens a new TLS connection (TCP connect + full mutual-TLS handshake) "
-              "for every request; 'status keep-alive' is the same request over one kept-alive "
-              "connection per thread (http.client directly, not KMEClient), for comparison.")
-    print(f"({elapsed:.0f} s)")
+    rows = [("ratio", "median", "quartiles", "of medians", "of bests", "goal (median)")]
+    for c in checks:
+        low, high = c.quartiles()
+        verdict = "-" if c.goal is None else f">= {c.goal:g}x {'met' if c.met else 'MISSED'}"
+        rows.append((c.name, f"{c.value:.2f}x", f"{low:.2f}-{high:.2f}",
+                     f"{c.of_medians:.2f}x", f"{c.of_bests:.2f}x", verdict))
+    print(table(rows, right_from=1))
+    print()
+    print(table([("cross-check from CPU time (not the goals)", "ratio")] + [
+        (name, f"{value:.2f}x") for name, value in cpu_checks(arms)], right_from=1))
+    print()
+    print("req/s: median over the rounds' batches; best / slowest: the fastest / slowest "
+          "batch.  client / server CPU:")
+    print("the CPU time of this process / of the server's process per request (median).  "
+          "TLS handshakes: full handshakes")
+    print("the server completed during the timed batches.  Ratios: median of the per-round "
+          "ratios, their quartiles, the ratio")
+    print("of the two arms' medians, and of their best batches.")
+    print(f"load average {load_before[0]:.1f} before, {load_after[0]:.1f} after "
+          f"({elapsed:.0f} s)")
     return 0
 
 

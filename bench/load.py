@@ -51,7 +51,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
-import datetime
 import io
 import json
 import multiprocessing
@@ -65,7 +64,6 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -78,20 +76,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import cryptography
 from cryptography import x509
 from cryptography.hazmat.backends.openssl import backend as openssl_backend
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
 
 from hybridkex import asyncio as hkx
+from hybridkex.keydelivery import (
+    UNIT_BITS,
+    DeliveredKey,
+    StoredKey,
+    StoreKeySource,
+    linked_pools,
+    random_units,
+)
 from hybridkex.keydelivery.errors import KeysExhausted, KeySourceError
-from hybridkex.keydelivery.keys import UNIT_BITS, DeliveredKey, StoredKey
-from hybridkex.keydelivery.source import StoreKeySource
-from hybridkex.keydelivery.store import MemoryKeyStore
 from hybridkex.protocol import SUITES, Config
 from hybridkex.protocol import Connection as HkxConnection
 from hybridkex.transport import Context
+from tests.support import CLIENT, SERVER, self_signed
 
-CLIENT, SERVER = "site-a", "site-b"
 HOST = "127.0.0.1"
 SUITE = SUITES[0x0101]
 PSK_UNITS = 4  # pool keys one psk handshake takes at each site
@@ -104,7 +105,7 @@ PIPE_LIMIT = 600.0  # seconds a parent waits for a child's answer before giving 
 GOAL_CONNECTIONS = 1000  # concurrent connections, with 0 errors
 GOAL_THROUGHPUT = 1.5  # HKX/1 MB/s over TLS 1.3 MB/s, at least
 
-Batch = list[tuple[str, bytes]]  # (key ID, 32 bytes of key), all initiated by CLIENT
+Batch = list[StoredKey]  # all initiated by CLIENT
 Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 
@@ -112,8 +113,9 @@ Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 
 def key_batch(count: int) -> Batch:
-    """``count`` fresh pool keys, as the QKD link would deliver them to both sites."""
-    return [(str(uuid.uuid4()), os.urandom(32)) for _ in range(count)]
+    """``count`` fresh pool keys, as the QKD link would deliver them to both sites; each
+    process deposits them with ``linked_pools`` and keeps its own site's store."""
+    return random_units(CLIENT, SERVER, count, 0)
 
 
 class ShardedSource:
@@ -123,9 +125,8 @@ class ShardedSource:
     def __init__(self, batch: Batch) -> None:
         self._shards: list[StoreKeySource] = []
         for start in range(0, len(batch), SHARD):
-            store = MemoryKeyStore(CLIENT)
-            store.add(SERVER, [StoredKey(i, k, CLIENT) for i, k in batch[start:start + SHARD]])
-            self._shards.append(StoreKeySource(store))
+            shard = linked_pools(CLIENT, SERVER, batch[start:start + SHARD])
+            self._shards.append(StoreKeySource(shard.store_a))
         self._current = 0
         self.remaining = len(batch)
 
@@ -152,8 +153,7 @@ def client_context(batch: Batch) -> tuple[Context, ShardedSource]:
 
 
 def server_config(batch: Batch) -> Config:
-    store = MemoryKeyStore(SERVER)
-    store.add(CLIENT, [StoredKey(i, k, CLIENT) for i, k in batch])
+    store = linked_pools(CLIENT, SERVER, batch).store_b
     return Config(SERVER, key_source=StoreKeySource(store), auth="psk", suites=(SUITE,))
 
 
@@ -162,9 +162,10 @@ class CountingContext(Context):
 
     accepted = 0
 
-    def new_connection(self, server_side: bool, peer: str | None) -> HkxConnection:
+    def new_connection(self, server_side: bool, peer: str | None, *,
+                       key_events: bool = False) -> HkxConnection:
         CountingContext.accepted += 1
-        return super().new_connection(server_side, peer)
+        return super().new_connection(server_side, peer, key_events=key_events)
 
 
 # -- process plumbing -------------------------------------------------------------------------
@@ -410,22 +411,14 @@ class TlsFiles:
     key_pem: bytes
 
 
-def self_signed() -> TlsFiles:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder()
-            .subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]),
-                           critical=False)
-            .sign(key, hashes.SHA256()))
-    return TlsFiles(cert.public_bytes(serialization.Encoding.PEM),
-                    key.private_bytes(serialization.Encoding.PEM,
-                                      serialization.PrivateFormat.PKCS8,
-                                      serialization.NoEncryption()))
+def self_signed_files() -> TlsFiles:
+    """A self-signed ECDSA P-256 certificate for localhost (tests/support.self_signed),
+    which the client trusts as itself."""
+    issued = self_signed("ECDSA-P256", "localhost", ca=False, san=[x509.DNSName("localhost")])
+    return TlsFiles(issued.certificate.public_bytes(serialization.Encoding.PEM),
+                    issued.key.private_bytes(serialization.Encoding.PEM,
+                                             serialization.PrivateFormat.PKCS8,
+                                             serialization.NoEncryption()))
 
 
 def tls_server_context(files: TlsFiles) -> ssl.SSLContext:
@@ -579,7 +572,7 @@ def run_throughput(megabytes: int, repeats: int, profile: bool) -> dict[str, Any
     mp = multiprocessing.get_context("spawn")
     total = megabytes * BLOCK
     batch = key_batch(PSK_UNITS * (repeats + 1))
-    files = self_signed()
+    files = self_signed_files()
     receiver_pipe, receiver_end = mp.Pipe()
     process = mp.Process(target=receiver, args=(receiver_end, batch, files, total),
                          name="receiver")

@@ -1,4 +1,4 @@
-"""Benchmark: Cascade (hybridkex.qkd.cascade) efficiency, frame error rate and speed.
+"""Benchmark: Cascade (qkd.distillation.cascade) efficiency, frame error rate and speed.
 
 Alice's key is uniformly random; Bob's copy has independent errors with probability
 ``qber`` (a binary symmetric channel, so the number of errors in a frame varies).  The
@@ -33,12 +33,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from hybridkex.qkd.cascade import (
+from hybridkex.qkd.distillation.cascade import (
     CascadeAlice,
     CascadeBob,
     binary_entropy,
     paper_schedule,
 )
+from hybridkex.qkd.distillation.messages import CascadeRequest, CascadeResponse
 
 Result = dict[str, float | int | str]
 
@@ -91,7 +92,10 @@ def bench_cascade(frame_bits: int, qber: float, frames: int, *,
         bob = CascadeBob(bob_bits, qber, rng_seed * 1_000_003 + session, passes,
                          frame_bits=frame_bits, concurrency=concurrency)
         while (request := bob.request()) is not None:
-            bob.receive(alice.respond(request))
+            raw_request = request.encode()  # over the wire, as the link sends it
+            raw_response = alice.respond(CascadeRequest.decode(raw_request)).encode()
+            bob.receive(CascadeResponse.decode(raw_response))
+            wire += len(raw_request) + len(raw_response)
         seconds += time.process_time() - start
         assert alice.leaked_bits == bob.leaked_bits
         schedule = bob.schedule
@@ -104,7 +108,6 @@ def bench_cascade(frame_bits: int, qber: float, frames: int, *,
             for leak, r in zip(bob.frame_leaked_bits, rate, strict=True) if r > 0)
         trips.append(bob.round_trips)
         leaked += bob.leaked_bits
-        wire += bob.request_bytes + bob.response_bytes
         done += count
         session += 1
     return {

@@ -1,4 +1,4 @@
-"""Benchmark: exact Toeplitz hashing (hybridkex.qkd.toeplitz) against plain numpy FFT.
+"""Benchmark: exact Toeplitz hashing (qkd.distillation.toeplitz) against plain numpy FFT.
 
 The baseline is what one writes first: ``np.fft.rfft`` of the 0/1 key and seed at the
 full linear-convolution length ``n + (n + m - 1) - 1``, multiply, ``irfft``, round,
@@ -26,7 +26,7 @@ from collections.abc import Callable
 import numpy as np
 import numpy.typing as npt
 
-from hybridkex.qkd import toeplitz
+from hybridkex.qkd.distillation import toeplitz
 
 Bits = npt.NDArray[np.uint8]
 Result = dict[str, float | int | bool]

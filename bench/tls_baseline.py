@@ -9,31 +9,30 @@ figure is pure CPU and can be compared with in-process benchmarks of hybridkex.
 Every handshake is a full one: the client never offers a session, the server keeps
 no session cache and issues no stateless tickets, and the client checks the
 server's certificate chain (and the server the client's, with ``mutual=True``), so
-the signature verifications a real handshake does are all in the figure.
+the signature verifications a real handshake does are all in the figure.  The
+certificates (a CA, a server and a client) come from tests/support.tls_files.
 
     python bench/tls_baseline.py
 """
 
 from __future__ import annotations
 
-import datetime
+import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519, mldsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from OpenSSL import SSL
 
-__all__ = ["SIGNATURES", "certificate", "tls13_handshake_once", "tls13_handshake_rate"]
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.support import tls_files
+
+__all__ = ["SIGNATURES", "tls13_handshake_once", "tls13_handshake_rate"]
 
 SIGNATURES = ("ML-DSA-65", "Ed25519")
-
-_SigningKey = mldsa.MLDSA65PrivateKey | ed25519.Ed25519PrivateKey
 
 # bio_read chunk: larger than any single flight of these handshakes (an ML-DSA-65
 # chain is about 12 KB), so one flight usually moves in one call.
@@ -54,80 +53,16 @@ def _set_groups(ctx: SSL.Context, group: str) -> None:
         raise RuntimeError(f"OpenSSL rejected the group list {group!r}")
 
 
-def _new_key(signature: str) -> _SigningKey:
-    if signature == "ML-DSA-65":
-        return mldsa.MLDSA65PrivateKey.generate()
-    if signature == "Ed25519":
-        return ed25519.Ed25519PrivateKey.generate()
-    raise ValueError(f"signature must be one of {SIGNATURES}, not {signature!r}")
-
-
-def certificate(
-    subject: str,
-    key: _SigningKey,
-    issuer: x509.Certificate | None,
-    issuer_key: _SigningKey,
-    usage: x509.ObjectIdentifier | None,
-) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.UTC)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
-    is_ca = issuer is None
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name if issuer is None else issuer.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=is_ca, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=not is_ca,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=is_ca,
-                crl_sign=is_ca,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-    )
-    if usage is not None:
-        builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.DNSName(subject)]), critical=False
-        )
-    # Ed25519 and ML-DSA sign the whole TBSCertificate themselves: no separate hash.
-    return builder.sign(issuer_key, None)
-
-
 def _write_pki(directory: Path, signature: str) -> dict[str, Path]:
     # pyOpenSSL cannot take ML-DSA keys as objects, only as PEM, so files it is.
-    ca_key = _new_key(signature)
-    ca = certificate("hybridkex baseline CA", ca_key, None, ca_key, None)
-    paths = {"ca": directory / "ca.pem"}
-    paths["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    for role, usage in (
-        ("server", ExtendedKeyUsageOID.SERVER_AUTH),
-        ("client", ExtendedKeyUsageOID.CLIENT_AUTH),
-    ):
-        key = _new_key(signature)
-        cert = certificate(f"{role}.localhost", key, ca, ca_key, usage)
-        paths[f"{role}_cert"] = directory / f"{role}.pem"
-        paths[f"{role}_key"] = directory / f"{role}.key"
-        paths[f"{role}_cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        paths[f"{role}_key"].write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-    return paths
+    if signature not in SIGNATURES:
+        raise ValueError(f"signature must be one of {SIGNATURES}, not {signature!r}")
+    tls_files(directory, scheme=signature, ca_name="hybridkex baseline CA", server="server",
+              clients=["client"])
+    return {"ca": directory / "ca.pem",
+            **{f"{role}_{kind}": directory / f"{role}.{suffix}"
+               for role in ("server", "client")
+               for kind, suffix in (("cert", "pem"), ("key", "key"))}}
 
 
 def _context(

@@ -1,19 +1,27 @@
-"""Shared fixtures: where the known-answer vectors live.
+"""Shared fixtures: where the known-answer vectors live, and the guard against hangs.
 
 Vectors are read at test time from ``$HYBRIDKEX_VECTORS`` or from ``../shared/vectors``
 beside the repository; they are never copied into it.  Where neither exists (a
 user's machine) the vector tests skip and say how to get them; under CI (``CI`` set)
 a missing vector directory is a failure, not a skip.
+
+A test module whose tests could deadlock (real sockets, threads) marks itself
+``pytestmark = pytest.mark.time_limit(seconds)``: each of its tests then runs under
+tests/support.hang_guard, which dumps every thread's stack and ends the run once a test
+takes longer, rather than let it hang.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.support import hang_guard
 
 REPO = Path(__file__).resolve().parent.parent
 VECTORS_HELP = (
@@ -40,3 +48,19 @@ def load_vectors(relative: str) -> Any:
         pytest.fail(f"vector file {relative} missing from {base}")
     with path.open() as f:
         return json.load(f)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "time_limit(seconds): dump all stacks and exit if a test runs longer")
+
+
+@pytest.fixture(autouse=True)
+def _no_hangs(request: pytest.FixtureRequest) -> Iterator[None]:
+    """tests/support.hang_guard for tests marked ``time_limit``; nothing for the rest."""
+    marker = request.node.get_closest_marker("time_limit")
+    if marker is None:
+        yield
+        return
+    with hang_guard(float(marker.args[0])):
+        yield

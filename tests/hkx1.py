@@ -2,27 +2,19 @@
 
 Everything a protocol test needs to build a client and a server that can talk: a
 QKD pool deposited identically into both sites' in-memory stores (half the keys
-initiated by each site, as the QKD link deposits them), signing identities as raw
-keys or X.509 chains, and ``pump`` moving bytes between the two connections.
+initiated by each site, as the QKD link deposits them: ``linked_pools``), signing
+identities as raw keys or X.509 chains (tests/support.PKI), and ``pump`` moving bytes
+between the two connections.
 """
 
 from __future__ import annotations
 
-import datetime
-import os
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, mldsa
-from cryptography.x509.oid import NameOID
-
-from hybridkex.keydelivery.keys import StoredKey
+from hybridkex.keydelivery import KeyStore, linked_pools
 from hybridkex.keydelivery.source import StoreKeySource
-from hybridkex.keydelivery.store import MemoryKeyStore
 from hybridkex.protocol import (
     ClientConnection,
     Config,
@@ -34,86 +26,13 @@ from hybridkex.protocol import (
     SigningIdentity,
     TrustStore,
 )
+from tests.support import CLIENT, PKI, SERVER
 
-CLIENT, SERVER = "site-a", "site-b"
 SCHEMES = ("ML-DSA-65", "ML-DSA-44", "ML-DSA-87", "Ed25519", "ECDSA-P256", "ML-DSA-65+Ed25519")
 X509_SCHEMES = ("ML-DSA-44", "ML-DSA-65", "ML-DSA-87", "Ed25519", "ECDSA-P256")
 
-
-def linked_pools(keys_per_direction: int = 32) -> tuple[MemoryKeyStore, MemoryKeyStore]:
-    """Two sites' stores holding the same QKD keys: ``keys_per_direction`` initiated by each."""
-    a, b = MemoryKeyStore(CLIENT), MemoryKeyStore(SERVER)
-    batch = [StoredKey(str(uuid.uuid4()), os.urandom(32), initiator)
-             for initiator in (CLIENT, SERVER) for _ in range(keys_per_direction)]
-    a.add(SERVER, batch)
-    b.add(CLIENT, batch)
-    return a, b
-
-
-# -- X.509 ----------------------------------------------------------------------------
-
-_KEYGEN: dict[str, Callable[[], Any]] = {
-    "ML-DSA-44": mldsa.MLDSA44PrivateKey.generate,
-    "ML-DSA-65": mldsa.MLDSA65PrivateKey.generate,
-    "ML-DSA-87": mldsa.MLDSA87PrivateKey.generate,
-    "Ed25519": ed25519.Ed25519PrivateKey.generate,
-    "ECDSA-P256": lambda: ec.generate_private_key(ec.SECP256R1()),
-}
-
-
-def private_bytes(scheme: str, key: Any) -> bytes:
-    """A cryptography private key as hybridkex's signature scheme takes it."""
-    if scheme == "ECDSA-P256":
-        return int(key.private_numbers().private_value).to_bytes(32, "big")
-    if scheme.startswith("ML-DSA"):
-        return bytes(key.private_bytes_raw())
-    return bytes(key.private_bytes_raw())
-
-
-def certificate(subject: str, key: Any, issuer: x509.Certificate | None, issuer_key: Any,
-                *, ca: bool, scheme: str, days: int = 1,
-                not_before: datetime.datetime | None = None) -> x509.Certificate:
-    start = not_before or datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=5)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(issuer.subject if issuer is not None else name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(start + datetime.timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    return builder.sign(issuer_key, hashes.SHA256() if scheme == "ECDSA-P256" else None)
-
-
-@dataclass
-class PKI:
-    """A root CA, an intermediate, and leaves for both sites, all of one scheme."""
-
-    scheme: str
-    root: x509.Certificate
-    intermediate: x509.Certificate
-    identities: dict[str, SigningIdentity] = field(default_factory=dict)
-
-    @classmethod
-    def create(cls, scheme: str) -> PKI:
-        gen = _KEYGEN[scheme]
-        root_key, mid_key = gen(), gen()
-        root = certificate("hkx test root", root_key, None, root_key, ca=True, scheme=scheme)
-        mid = certificate("hkx test intermediate", mid_key, root, root_key, ca=True,
-                          scheme=scheme)
-        pki = cls(scheme, root, mid)
-        for site in (CLIENT, SERVER):
-            leaf_key = gen()
-            leaf = certificate(site, leaf_key, mid, mid_key, ca=False, scheme=scheme)
-            pki.identities[site] = SigningIdentity.from_chain(
-                scheme, private_bytes(scheme, leaf_key), [leaf, mid])
-        return pki
-
-    def trust(self) -> TrustStore:
-        return TrustStore(anchors=[self.root])
+__all__ = ["CLIENT", "SCHEMES", "SERVER", "X509_SCHEMES", "SecretLog", "Sites", "drain",
+           "handshake", "make_sites", "pump", "raw_identities"]
 
 
 # -- sites ----------------------------------------------------------------------------
@@ -125,8 +44,8 @@ class Sites:
 
     client: Config
     server: Config
-    client_store: MemoryKeyStore | None = None
-    server_store: MemoryKeyStore | None = None
+    client_store: KeyStore | None = None
+    server_store: KeyStore | None = None
 
     def pair(self) -> tuple[ClientConnection, ServerConnection]:
         return ClientConnection(self.client, SERVER), ServerConnection(self.server)
@@ -150,8 +69,8 @@ def make_sites(*, scheme: str = "ML-DSA-65", x509_chain: bool = False, qkd: bool
         trust = {CLIENT: pki.trust(), SERVER: pki.trust()}
     else:
         ids, trust = raw_identities(scheme)
-    stores: tuple[MemoryKeyStore, MemoryKeyStore] | tuple[None, None] = (
-        linked_pools(keys_per_direction) if qkd else (None, None))
+    pools = linked_pools(CLIENT, SERVER, keys_per_direction) if qkd else None
+    stores = (pools.store_a, pools.store_b) if pools is not None else (None, None)
     sources = [StoreKeySource(s) if s is not None else None for s in stores]
     options: dict[str, dict[str, Any]] = {CLIENT: dict(client or {}), SERVER: dict(server or {})}
     configs = {}

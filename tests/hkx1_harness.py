@@ -1,6 +1,7 @@
 """Test harness for the HKX/1 behaviour tests (test_protocol_*.py), on top of tests/hkx1.py.
 
-What tests/hkx1.py does not give: pools whose key IDs and material the test knows,
+What tests/hkx1.py does not give: pools whose key IDs and material the test knows
+(``LinkedPools``, kept in the :class:`World`),
 a record of every secret a session touched (QKD keys, private keys, KEM secrets and
 everything the key schedule derives) so reprs and error texts can be searched for
 them, and a wire that keeps going when one side fails (recording each side's error)
@@ -10,16 +11,12 @@ and lets a man in the middle rewrite what crosses it.
 from __future__ import annotations
 
 import base64
-import os
-import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from hybridkex.errors import AlertReceived, ProtocolError
-from hybridkex.keydelivery.keys import StoredKey
-from hybridkex.keydelivery.source import StoreKeySource
-from hybridkex.keydelivery.store import MemoryKeyStore
+from hybridkex.keydelivery import KeyStore, LinkedPools, StoreKeySource, linked_pools
 from hybridkex.protocol import (
     ClientConnection,
     Config,
@@ -128,55 +125,42 @@ class RecordingRandomness(SystemRandomness):
         return "RecordingRandomness()"
 
 
-# -- pools ----------------------------------------------------------------------------
-
-
-@dataclass
-class Pools:
-    """Both sites' stores for the link, as tests/hkx1.linked_pools builds them, with the
-    key IDs each site may take (in deposit order, the order take() hands them out)."""
-
-    client_store: MemoryKeyStore
-    server_store: MemoryKeyStore
-    taken_by: dict[str, list[str]]
-    material: dict[str, bytes]
-
-    @classmethod
-    def create(cls, per_direction: int) -> Pools:
-        a, b = MemoryKeyStore(CLIENT), MemoryKeyStore(SERVER)
-        batch = [StoredKey(str(uuid.uuid4()), os.urandom(32), initiator)
-                 for initiator in (CLIENT, SERVER) for _ in range(per_direction)]
-        a.add(SERVER, batch)
-        b.add(CLIENT, batch)
-        return cls(a, b, {site: [k.key_id for k in batch if k.initiator == site]
-                          for site in (CLIENT, SERVER)},
-                   {k.key_id: k.key for k in batch})
-
-    def store(self, role: str) -> MemoryKeyStore:
-        return self.client_store if role == "client" else self.server_store
-
-    def delivered(self, role: str) -> int:
-        return self.store(role).status(OTHER_SITE[role]).delivered
-
+# -- worlds ---------------------------------------------------------------------------
 
 OTHER_SITE = {"client": SERVER, "server": CLIENT}
 
 
-# -- worlds ---------------------------------------------------------------------------
+def role_store(pools: LinkedPools, role: str) -> KeyStore:
+    """The store of ``role`` ("client" or "server"): the client is site A."""
+    return pools.store_a if role == "client" else pools.store_b
+
+
+def key_ids(pools: LinkedPools, site: str) -> list[str]:
+    """The IDs of the units ``site`` may take, in deposit order (the order take() hands
+    them out)."""
+    return [unit.key_id for unit in pools.taken_by(site)]
 
 
 @dataclass
 class World:
-    """Two sites (tests/hkx1.Sites), their known pools, and the secrets they handled."""
+    """Two sites (tests/hkx1.Sites), their known pools (``linked_pools``: the client is
+    site A), and the secrets they handled."""
 
     sites: Sites
-    pools: Pools | None
+    pools: LinkedPools | None
     secrets: Secrets
 
     @property
-    def known_pools(self) -> Pools:
+    def known_pools(self) -> LinkedPools:
         assert self.pools is not None
         return self.pools
+
+    def store(self, role: str) -> KeyStore:
+        return role_store(self.known_pools, role)
+
+    def delivered(self, role: str) -> int:
+        """Units delivered so far by ``role``'s store."""
+        return self.store(role).status(OTHER_SITE[role]).delivered
 
     def pair(self) -> tuple[ClientConnection, ServerConnection]:
         return self.sites.pair()
@@ -191,16 +175,16 @@ def build(*, qkd: bool = True, keys: int = 16, scheme: str = "ML-DSA-65",
     """make_sites with known pools and secret tracking; ``client`` / ``server`` override
     Config fields last (so ``{"key_source": None}`` takes a site's pool away)."""
     secrets = Secrets()
-    pools = Pools.create(keys) if qkd else None
+    pools = linked_pools(CLIENT, SERVER, keys) if qkd else None
     if pools is not None:
-        for key_id, material in pools.material.items():
+        for key_id, material in pools.material().items():
             secrets.add(f"QKD key {key_id}", material)
     overrides: dict[str, dict[str, Any]] = {}
     for role, given in (("client", client), ("server", server)):
         base: dict[str, Any] = {"randomness": RecordingRandomness(secrets),
                                 "secret_log": secrets.log}
         if pools is not None:
-            base["key_source"] = StoreKeySource(pools.store(role))
+            base["key_source"] = StoreKeySource(role_store(pools, role))
         overrides[role] = {**base, **(given or {})}
     made = make_sites(scheme=scheme, x509_chain=x509_chain, qkd=False,
                       client=overrides["client"], server=overrides["server"])
@@ -208,7 +192,7 @@ def build(*, qkd: bool = True, keys: int = 16, scheme: str = "ML-DSA-65",
         if config.identity is not None:
             secrets.add(f"{config.site} signing key", config.identity.private_key)
     sites = Sites(made.client, made.server,
-                  pools.client_store if pools else None, pools.server_store if pools else None)
+                  pools.store_a if pools else None, pools.store_b if pools else None)
     return World(sites, pools, secrets)
 
 

@@ -38,13 +38,10 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.serialization import Encoding
-from cryptography.x509.oid import NameOID
 from dilithium_py.ml_dsa import ML_DSA_44, ML_DSA_65, ML_DSA_87
 from kyber_py.ml_kem import ML_KEM_768, ML_KEM_1024
 
-from hybridkex.keydelivery.keys import StoredKey
-from hybridkex.keydelivery.source import StoreKeySource
-from hybridkex.keydelivery.store import MemoryKeyStore
+from hybridkex.keydelivery import StoredKey, StoreKeySource, linked_pools
 from hybridkex.primitives import kem, signature
 from hybridkex.protocol import (
     SUITES,
@@ -59,10 +56,11 @@ from hybridkex.protocol import (
 )
 from hybridkex.protocol.record import RecordBuffer, RecordProtection
 from hybridkex.protocol.suites import HandshakeType, Suite
+from tests.support import CLIENT, SERVER, self_signed
 
 VECTOR_DIR = Path(__file__).parent / "vectors"
-CLIENT, SERVER = "site-a", "site-b"
 CLOCK = datetime.datetime(2026, 6, 1, 12, 0, tzinfo=datetime.UTC)
+CERTIFICATES_FROM = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)  # for 365 days
 _MLKEM = {"ML-KEM-768": ML_KEM_768, "ML-KEM-1024": ML_KEM_1024}
 _MLDSA = {"ML-DSA-44": ML_DSA_44, "ML-DSA-65": ML_DSA_65, "ML-DSA-87": ML_DSA_87}
 RANDOMNESS_RECIPE = (
@@ -158,31 +156,19 @@ def _pool(case: Case) -> list[StoredKey]:
 
 
 def _x509_chains(case: Case) -> tuple[dict[str, SigningIdentity], x509.Certificate]:
-    """Ed25519 certificates are deterministic, so the chain is rebuilt byte for byte."""
+    """Ed25519 certificates are deterministic: with fixed keys, serials and dates the
+    chain (tests/support.certificate) is rebuilt byte for byte."""
     def key(what: str) -> ed25519.Ed25519PrivateKey:
         return ed25519.Ed25519PrivateKey.from_private_bytes(_seed(case, what))
 
-    def cert(subject: str, public: ed25519.Ed25519PrivateKey, issuer: str,
-             signer: ed25519.Ed25519PrivateKey, ca: bool, serial: int) -> x509.Certificate:
-        return (x509.CertificateBuilder()
-                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
-                .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
-                .public_key(public.public_key())
-                .serial_number(serial)
-                .not_valid_before(datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC))
-                .not_valid_after(datetime.datetime(2027, 1, 1, tzinfo=datetime.UTC))
-                .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-                .sign(signer, None))
-
-    root_key = key("root")
-    root = cert("hkx1 vector root", root_key, "hkx1 vector root", root_key, True, 1)
+    root = self_signed("Ed25519", "hkx1 vector root", key=key("root"), serial=1,
+                       not_before=CERTIFICATES_FROM, days=365)
     identities = {}
     for serial, site in enumerate((CLIENT, SERVER), start=2):
-        leaf_key = key(site)
-        leaf = cert(site, leaf_key, "hkx1 vector root", root_key, False, serial)
-        identities[site] = SigningIdentity.from_chain(
-            "Ed25519", leaf_key.private_bytes_raw(), [leaf])
-    return identities, root
+        leaf = root.issue(site, key=key(site), serial=serial, not_before=CERTIFICATES_FROM,
+                          days=365)
+        identities[site] = leaf.identity()
+    return identities, root.certificate
 
 
 def _configs(case: Case, log: Callable[[str, str, bytes], None]) -> tuple[Config, Config]:
@@ -198,10 +184,9 @@ def _configs(case: Case, log: Callable[[str, str, bytes], None]) -> tuple[Config
             identities[site] = SigningIdentity(case.scheme, private, public)
         trust = {CLIENT: TrustStore(pinned={SERVER: (case.scheme, identities[SERVER].public_key)}),
                  SERVER: TrustStore(pinned={CLIENT: (case.scheme, identities[CLIENT].public_key)})}
+    pools = linked_pools(CLIENT, SERVER, _pool(case))
     configs = []
-    for site, peer in ((CLIENT, SERVER), (SERVER, CLIENT)):
-        store = MemoryKeyStore(site)
-        store.add(peer, _pool(case))
+    for site, store in ((CLIENT, pools.store_a), (SERVER, pools.store_b)):
         configs.append(Config(
             site=site,
             key_source=StoreKeySource(store),

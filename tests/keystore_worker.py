@@ -42,8 +42,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hybridkex.keydelivery import UNIT_BITS, UNIT_BYTES, StoredKey, linked_pools, new_key_id
 from hybridkex.keydelivery.errors import KeysExhausted
-from hybridkex.keydelivery.keys import UNIT_BITS, StoredKey, new_key_id
 from hybridkex.keydelivery.sqlite import SQLiteKeyStore
 from hybridkex.keydelivery.store import KeyStore
 
@@ -249,14 +249,16 @@ class Deposit:
     material: dict[str, bytes] = field(default_factory=dict)
 
     def add(self, target: Target, units_per_direction: int, rng: random.Random) -> None:
-        batch = [StoredKey(new_key_id(), rng.randbytes(32), SITES[i % 2])
+        """Units the two sites initiate in turn, with material from the campaign's seeded
+        ``rng``, deposited into both sites' stores by ``linked_pools``."""
+        batch = [StoredKey(new_key_id(), rng.randbytes(UNIT_BYTES), SITES[i % 2])
                  for i in range(2 * units_per_direction)]
-        for site in SITES:
-            store = target.open(site)
-            try:
-                store.add(other(site), batch)
-            finally:
-                store.close()
+        a, b = target.open(SITES[0]), target.open(SITES[1])
+        try:
+            linked_pools(SITES[0], SITES[1], batch, store_a=a, store_b=b)
+        finally:
+            a.close()
+            b.close()
         for k in batch:
             self.order[k.initiator].append(k.key_id)
             self.material[k.key_id] = k.key

@@ -1,25 +1,24 @@
 """Real sockets on loopback for the transport tests (test_transport.py, test_asyncio.py).
 
 What these tests share: a time limit on every socket operation (``TIMEOUT``) and on every
-test (``hang_guard``, which dumps every thread's stack and ends the process rather than
-let a deadlock hang the run), the number of open file descriptors, a ClientHello to send
-from a raw socket, and :class:`Relay`, a raw TCP relay that sits between a client and a
-server and can forward one byte at a time, hold bytes back, or alter one byte; and a
-threaded blocking HKX/1 server (:class:`Server`) that reports each connection's outcome.
+test (``TEST_LIMIT``, for the ``time_limit`` mark of tests/conftest.py, which dumps every
+thread's stack and ends the process rather than let a deadlock hang the run), the number
+of open file descriptors, a ClientHello to send from a raw socket, and :class:`Relay`,
+a raw TCP relay that sits between a client and a server and can forward one byte at a
+time, hold bytes back, or alter one byte; and a threaded blocking HKX/1 server
+(:class:`Server`) that reports each connection's outcome.
 """
 
 from __future__ import annotations
 
 import contextlib
-import faulthandler
 import os
 import queue
 import socket
 import struct
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,7 +38,6 @@ __all__ = [
     "connect",
     "contexts",
     "count_fds",
-    "hang_guard",
     "reset",
     "same_session",
     "wait_for_fds",
@@ -47,17 +45,8 @@ __all__ = [
 
 TIMEOUT = 10.0  # seconds, for every socket operation a test makes
 TEST_LIMIT = 45.0  # seconds, for a whole test: beyond it the process dumps stacks and exits
+# (the tests mark themselves time_limit(TEST_LIMIT): tests/conftest.py)
 C2S, S2C = "c2s", "s2c"
-
-
-@contextlib.contextmanager
-def hang_guard(seconds: float = TEST_LIMIT) -> Iterator[None]:
-    """Dump every thread's stack to stderr and exit if the body runs for ``seconds``."""
-    faulthandler.dump_traceback_later(seconds, exit=True, file=sys.stderr)
-    try:
-        yield
-    finally:
-        faulthandler.cancel_dump_traceback_later()
 
 
 def count_fds() -> int:

@@ -18,7 +18,7 @@ import os
 import socket
 import struct
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
 
 import pytest
@@ -39,6 +39,7 @@ from tests.hkx1 import SERVER, make_sites
 from tests.loopback import (
     C2S,
     S2C,
+    TEST_LIMIT,
     TIMEOUT,
     Relay,
     Server,
@@ -46,21 +47,16 @@ from tests.loopback import (
     connect,
     contexts,
     count_fds,
-    hang_guard,
     reset,
     same_session,
 )
+
+pytestmark = pytest.mark.time_limit(TEST_LIMIT)
 
 PSK_UNITS = 4
 HOST = "127.0.0.1"
 
 Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
-
-
-@pytest.fixture(autouse=True)
-def _no_hangs() -> Iterator[None]:
-    with hang_guard():
-        yield
 
 
 def run(main: Callable[[], Coroutine[Any, Any, None]], limit: float = 30.0) -> None:

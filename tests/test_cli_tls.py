@@ -164,7 +164,9 @@ def test_tls_and_hkx_do_not_talk_to_each_other(sites: tuple[Path, Path],
     result = connect(tls_server.port, sites[0], data=b"secret")
     assert result.returncode == 4 and result.stdout == b""
     assert _one_line(result.stderr).group(1) == "handshake"
-    assert "TLS failed" in tls_server.wait_for("handshake failed", start)
+    # the TLS server recognises an HKX/1 hello, and answers it with an HKX/1 alert
+    assert "the client speaks HKX/1, not TLS" in tls_server.wait_for("handshake failed", start)
+    assert "connect with --tls" in result.stderr.decode()
 
 
 @pytest.mark.parametrize(("direction", "offset"), [("c2s", 150_000), ("s2c", 150_000),

@@ -13,11 +13,13 @@ from typing import Any
 import pytest
 
 from hybridkex.errors import BackendUnavailable, InvalidParameter
+from hybridkex.keydelivery import linked_pools
 from hybridkex.keydelivery.errors import KeyNotAvailable, KeysExhausted
 from hybridkex.keydelivery.keys import StoredKey, new_key_id
 from hybridkex.keydelivery.sqlite import SQLiteKeyStore
 from hybridkex.keydelivery.store import KeyStore, MemoryKeyStore, StoreStatus, open_store
 from tests.keystore_worker import drop_schema, new_schema, postgres_dsn
+from tests.support import alternating_units
 
 try:
     import psycopg
@@ -65,12 +67,9 @@ def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Facto
 
 def _link(make_store: Factory, n: int = 20) -> tuple[KeyStore, KeyStore, list[StoredKey]]:
     """Two sites holding the same n keys, alternately assigned to each as initiator."""
-    a, b = make_store("A"), make_store("B")
-    keys = [StoredKey(new_key_id(), os.urandom(32), "A" if i % 2 == 0 else "B")
-            for i in range(n)]
-    a.add("B", keys)
-    b.add("A", keys)
-    return a, b, keys
+    pools = linked_pools("A", "B", alternating_units("A", "B", n // 2),
+                         store_a=make_store("A"), store_b=make_store("B"))
+    return pools.store_a, pools.store_b, list(pools.units)
 
 
 def test_take_then_fetch_gives_the_same_key(make_store: Factory) -> None:
@@ -237,13 +236,10 @@ def _pg_link(dsn: str, schema: str, n: int = 20, **options: Any
              ) -> tuple[KeyStore, KeyStore, list[StoredKey]]:
     from hybridkex.keydelivery.postgres import PostgresKeyStore
 
-    a = PostgresKeyStore("A", dsn, schema=schema, **options)
-    b = PostgresKeyStore("B", dsn, schema=schema, **options)
-    keys = [StoredKey(new_key_id(), os.urandom(32), "A" if i % 2 == 0 else "B")
-            for i in range(n)]
-    a.add("B", keys)
-    b.add("A", keys)
-    return a, b, keys
+    pools = linked_pools("A", "B", alternating_units("A", "B", n // 2),
+                         store_a=PostgresKeyStore("A", dsn, schema=schema, **options),
+                         store_b=PostgresKeyStore("B", dsn, schema=schema, **options))
+    return pools.store_a, pools.store_b, list(pools.units)
 
 
 def _pg_lock(dsn: str, schema: str, site: str, key_ids: list[str]) -> psycopg.Connection[Any]:

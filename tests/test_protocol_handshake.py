@@ -1,9 +1,9 @@
 """HKX/1 sessions that succeed: every mode, suite and identity, and what comes after.
 
 Each handshake runs a real ClientConnection against a real ServerConnection over
-tests/hkx1's in-memory wire, with pools whose keys the test knows
-(tests/hkx1_harness.Pools), then checks what each side reports against what the test
-set up: the suite's parts, the peer's key fingerprint computed from the key itself,
+tests/hkx1's in-memory wire, with pools whose keys the test knows (``linked_pools``,
+kept by tests/hkx1_harness.World), then checks what each side reports against what the
+test set up: the suite's parts, the peer's key fingerprint computed from the key itself,
 the pool keys gone from both stores.  Expected values are written out here, not read
 back from hybridkex.protocol.
 """
@@ -28,7 +28,7 @@ from hybridkex.errors import (
     ProtocolError,
     QKDKeyRefused,
 )
-from hybridkex.keydelivery.errors import KeyNotAvailable
+from hybridkex.keydelivery import KeyNotAvailable, LinkedPools
 from hybridkex.protocol import (
     SUITES,
     ClientConnection,
@@ -49,11 +49,11 @@ from tests.hkx1_harness import (
     APPLICATION_DATA,
     HANDSHAKE,
     TAG_SIZE,
-    Pools,
     World,
     assert_refused,
     build,
     exchange,
+    key_ids,
     split_records,
 )
 
@@ -128,21 +128,21 @@ def check_agreement(client: ClientConnection, server: ServerConnection) -> tuple
     return c, s
 
 
-def check_pools(pools: Pools, units: int, info: SessionInfo) -> None:
+def check_pools(pools: LinkedPools, units: int, info: SessionInfo) -> None:
     """Exactly ``units`` of the client's keys are gone, from both stores, and they are the
     first ``units`` the client could take (take() hands keys out in deposit order)."""
-    first = pools.taken_by[CLIENT][:units]
+    first = key_ids(pools, CLIENT)[:units]
     assert set(info.qkd_key_ids) <= set(first)
-    client_status = pools.client_store.status(SERVER)
-    server_status = pools.server_store.status(CLIENT)
-    n = len(pools.taken_by[CLIENT])
+    client_status = pools.store_a.status(SERVER)
+    server_status = pools.store_b.status(CLIENT)
+    n = len(pools.taken_by(CLIENT))
     assert (client_status.available_to_take, client_status.available_to_fetch,
             client_status.delivered) == (n - units, n, units)
     assert (server_status.available_to_take, server_status.available_to_fetch,
             server_status.delivered) == (n, n - units, units)
     for key_id in first:  # delivered already: the responder cannot have them again
         with pytest.raises(KeyNotAvailable):
-            pools.server_store.fetch(CLIENT, [key_id])
+            pools.store_b.fetch(CLIENT, [key_id])
 
 
 def expand_label(secret: bytes, label: str, length: int) -> bytes:
@@ -422,15 +422,14 @@ def test_key_update(initiator: str, request_peer: bool) -> None:
 @pytest.mark.parametrize("initiator", ["client", "server"])
 def test_qkd_rekey(initiator: str) -> None:
     world = build(client={"auth": "signature"})
-    pools = world.known_pools
     client, server = connect(world)
     conns = {"client": client, "server": server}
     me, peer = conns[initiator], conns["server" if initiator == "client" else "client"]
-    delivered = {r: pools.delivered(r) for r in conns}
+    delivered = {r: world.delivered(r) for r in conns}
     ids = me.rekey_qkd()
     assert len(ids) == 1
     site = CLIENT if initiator == "client" else SERVER
-    assert ids[0] in pools.taken_by[site]  # from the initiator's half of the pool
+    assert ids[0] in key_ids(world.known_pools, site)  # from the initiator's half of the pool
     events = pump(client, server)
     for role, by_peer in ((peer.role, True), (me.role, False)):
         updates = [e for e in events[role] if isinstance(e, KeyUpdated)]
@@ -441,8 +440,8 @@ def test_qkd_rekey(initiator: str) -> None:
         info = conn.session_info()
         assert info.qkd_rekeys == 1
         assert info.pool_keys_spent == SIGNATURE_UNITS + 1
-        assert pools.delivered(conn.role) == delivered[conn.role] + 1
-    responder_store = pools.store(peer.role)
+        assert world.delivered(conn.role) == delivered[conn.role] + 1
+    responder_store = world.store(peer.role)
     with pytest.raises(KeyNotAvailable):
         responder_store.fetch(site, [ids[0]])
     both_ways(client, server, b"after re-key")
@@ -457,17 +456,17 @@ def test_qkd_rekeys_crossing() -> None:
     world = build(client={"auth": "psk"})
     pools = world.known_pools
     client, server = connect(world)
-    delivered = {r: pools.delivered(r) for r in ("client", "server")}
+    delivered = {r: world.delivered(r) for r in ("client", "server")}
     client_ids = client.rekey_qkd()
     server_ids = server.rekey_qkd()
-    assert client_ids[0] in pools.taken_by[CLIENT] and server_ids[0] in pools.taken_by[SERVER]
+    assert client_ids[0] in key_ids(pools, CLIENT) and server_ids[0] in key_ids(pools, SERVER)
     events = pump(client, server)
     for role in ("client", "server"):
         updates = [e for e in events[role] if isinstance(e, KeyUpdated)]
         assert sorted((e.kind, e.by_peer, e.qkd_key_ids) for e in updates) == sorted([
             ("qkd-rekey", False, client_ids if role == "client" else server_ids),
             ("qkd-rekey", True, server_ids if role == "client" else client_ids)])
-        assert pools.delivered(role) == delivered[role] + 2
+        assert world.delivered(role) == delivered[role] + 2
     for conn in (client, server):
         assert conn.session_info().qkd_rekeys == 2
         assert conn.session_info().pool_keys_spent == PSK_UNITS + 2
@@ -477,15 +476,14 @@ def test_qkd_rekeys_crossing() -> None:
 
 def test_second_qkd_rekey_in_flight_is_refused() -> None:
     world = build(client={"auth": "signature"})
-    pools = world.known_pools
     client, server = connect(world)
     client.rekey_qkd()
     queued = client.data_to_send()
-    delivered = pools.delivered("client")
+    delivered = world.delivered("client")
     with pytest.raises(LocalProtocolError):
         client.rekey_qkd()
     assert client.data_to_send() == b""  # nothing sent
-    assert pools.delivered("client") == delivered  # and no key spent
+    assert world.delivered("client") == delivered  # and no key spent
     server.receive_data(queued)
     pump(client, server)
     both_ways(client, server)
@@ -518,9 +516,9 @@ def test_qkd_rekey_the_peer_cannot_fetch_fails_closed() -> None:
     world = build(keys=4, client={"auth": "signature"})
     pools = world.known_pools
     client, server = connect(world)
-    for key_id in pools.taken_by[CLIENT]:  # the server loses every key the client may take
+    for key_id in key_ids(pools, CLIENT):  # the server loses every key the client may take
         with contextlib.suppress(KeyNotAvailable):
-            pools.server_store.fetch(CLIENT, [key_id])
+            pools.store_b.fetch(CLIENT, [key_id])
     client.rekey_qkd()
     outcome = exchange(client, server)
     assert_refused(world, client, server, outcome, detector="server", error=QKDKeyRefused,
@@ -594,7 +592,6 @@ def test_after_close_nothing_more_is_sent_but_everything_is_received() -> None:
     """A side that has sent close_notify answers neither a KeyUpdate request nor a QKD
     re-key, yet keeps decrypting what the peer sends under the keys those install."""
     world = build(client={"auth": "signature"})
-    pools = world.known_pools
     client, server = connect(world)
     client.close()
     server.receive_data(client.data_to_send())
@@ -603,7 +600,7 @@ def test_after_close_nothing_more_is_sent_but_everything_is_received() -> None:
     server.send(b"after the key update")
     ids = server.rekey_qkd()
     server.send(b"after the re-key")
-    delivered = pools.delivered("client")
+    delivered = world.delivered("client")
     client.receive_data(server.data_to_send())
     events = drain(client)
     assert [type(e) for e in events] == [KeyUpdated, DataReceived, KeyUpdated, DataReceived]
@@ -611,7 +608,7 @@ def test_after_close_nothing_more_is_sent_but_everything_is_received() -> None:
         b"after the key update", b"after the re-key"]
     rekey = events[2]
     assert isinstance(rekey, KeyUpdated) and rekey.qkd_key_ids == ids
-    assert pools.delivered("client") == delivered + 1  # it fetched the key all the same
+    assert world.delivered("client") == delivered + 1  # it fetched the key all the same
     assert client.data_to_send() == b""  # no KeyUpdate answer, no QkdRekeyAck
 
 
@@ -706,7 +703,7 @@ def test_no_secret_in_any_repr(mode: str) -> None:
     events3 = pump(client, server)
     exported = client.export_keying_material("EXPORTER-test", b"", 32)
     world.secrets.add("exported", exported)
-    delivered = pools.client_store.take(SERVER, 2)
+    delivered = pools.store_a.take(SERVER, 2)
     names = world.secrets.names()
     # the check is not vacuous: the schedule's secrets, KEM secrets, signing and QKD keys
     assert len(names) >= 20

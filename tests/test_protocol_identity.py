@@ -6,18 +6,15 @@ alert.  Refusals the server makes (of the client's Identity) come after the clie
 has sent its Finished, so the client has already reported HandshakeComplete, as a
 TLS 1.3 client does; what is checked there is that the server never completes,
 never releases the client's application data, and that the client ends with the
-server's alert.  Chains are Ed25519 (fast) and built here with tests/hkx1.certificate.
+server's alert.  Chains are Ed25519 (fast), from tests/support.PKI.
 """
 
 from __future__ import annotations
 
 import datetime
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from hybridkex.errors import (
     AlertReceived,
@@ -31,8 +28,9 @@ from hybridkex.protocol import (
     State,
     TrustStore,
 )
-from tests.hkx1 import CLIENT, SERVER, certificate, drain, private_bytes
+from tests.hkx1 import CLIENT, SERVER, drain
 from tests.hkx1_harness import World, assert_refused, build, start
+from tests.support import PKI
 
 # Alert numbers, as TLS 1.3 numbers them.
 HANDSHAKE_FAILURE, BAD_CERTIFICATE, UNKNOWN_CA, DECRYPT_ERROR = 40, 42, 48, 51
@@ -43,44 +41,18 @@ def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
 
-@dataclass
-class Authority:
-    """An Ed25519 root and intermediate that issue leaves on demand."""
-
-    root_key: ed25519.Ed25519PrivateKey
-    root: x509.Certificate
-    mid_key: ed25519.Ed25519PrivateKey
-    mid: x509.Certificate
-
-    @classmethod
-    def create(cls, root_name: str = "hkx test root", *, mid_is_ca: bool = True) -> Authority:
-        root_key, mid_key = ed25519.Ed25519PrivateKey.generate(), \
-            ed25519.Ed25519PrivateKey.generate()
-        root = certificate(root_name, root_key, None, root_key, ca=True, scheme="Ed25519")
-        mid = certificate("hkx test intermediate", mid_key, root, root_key, ca=mid_is_ca,
-                          scheme="Ed25519")
-        return cls(root_key, root, mid_key, mid)
-
-    def identity(self, name: str, *, days: int = 1,
-                 not_before: datetime.datetime | None = None,
-                 with_root: bool = False) -> SigningIdentity:
-        key = ed25519.Ed25519PrivateKey.generate()
-        leaf = certificate(name, key, self.mid, self.mid_key, ca=False, scheme="Ed25519",
-                           days=days, not_before=not_before)
-        chain = [leaf, self.mid, self.root] if with_root else [leaf, self.mid]
-        return SigningIdentity.from_chain("Ed25519", private_bytes("Ed25519", key), chain)
-
-    def trust(self) -> TrustStore:
-        return TrustStore(anchors=[self.root])
+def authority(root_name: str = "hkx test root", *, mid_is_ca: bool = True) -> PKI:
+    """An Ed25519 root and intermediate (tests/support.PKI) that issue leaves on demand."""
+    return PKI.create("Ed25519", root_name=root_name, intermediate_is_ca=mid_is_ca, sites=())
 
 
-def x509_world(server_identity: SigningIdentity, trusted: Authority,
+def x509_world(server_identity: SigningIdentity, trusted: PKI,
                client: dict[str, Any] | None = None) -> World:
     """The client trusts ``trusted``; the server presents ``server_identity``; the
     client's own chain is good (issued by ``trusted``, which the server trusts)."""
     return build(scheme="Ed25519",
                  client={"auth": "signature", "trust": trusted.trust(),
-                         "identity": trusted.identity(CLIENT), **(client or {})},
+                         "identity": trusted.new_identity(CLIENT), **(client or {})},
                  server={"trust": trusted.trust(), "identity": server_identity})
 
 
@@ -95,8 +67,8 @@ def refused_by_client(world: World, error: type[PeerAuthenticationFailed | Polic
 
 def test_control_good_chain_is_accepted() -> None:
     """The worlds below differ from this one in one thing each."""
-    ca = Authority.create()
-    world = x509_world(ca.identity(SERVER), ca)
+    ca = authority()
+    world = x509_world(ca.new_identity(SERVER), ca)
     client, _, outcome = start(world)
     assert outcome.errors == {}
     assert outcome.completed("client") and outcome.completed("server")
@@ -146,59 +118,55 @@ def test_stolen_public_key_without_its_private_key() -> None:
 @pytest.mark.parametrize("variant", ["another root name", "same root name, other key",
                                      "rogue root sent along"])
 def test_chain_from_another_root(variant: str) -> None:
-    trusted = Authority.create()
-    rogue = Authority.create("rogue root" if variant == "another root name" else "hkx test root")
-    identity = rogue.identity(SERVER, with_root=variant == "rogue root sent along")
+    trusted = authority()
+    rogue = authority("rogue root" if variant == "another root name" else "hkx test root")
+    identity = rogue.new_identity(SERVER, with_root=variant == "rogue root sent along")
     refused_by_client(x509_world(identity, trusted), alert=UNKNOWN_CA)
 
 
 def test_chain_when_only_raw_keys_are_trusted() -> None:
-    ca = Authority.create()
-    world = x509_world(ca.identity(SERVER), ca, client={"trust": TrustStore()})
+    ca = authority()
+    world = x509_world(ca.new_identity(SERVER), ca, client={"trust": TrustStore()})
     refused_by_client(world, alert=UNKNOWN_CA)
 
 
 def test_leaf_naming_another_site() -> None:
-    ca = Authority.create()
-    refused_by_client(x509_world(ca.identity("site-c"), ca), alert=BAD_CERTIFICATE)
+    ca = authority()
+    refused_by_client(x509_world(ca.new_identity("site-c"), ca), alert=BAD_CERTIFICATE)
 
 
 def test_leaf_naming_the_client_instead_of_the_server() -> None:
     """A chain the client's own CA issued to the client is not the server's."""
-    ca = Authority.create()
-    refused_by_client(x509_world(ca.identity(CLIENT), ca), alert=BAD_CERTIFICATE)
+    ca = authority()
+    refused_by_client(x509_world(ca.new_identity(CLIENT), ca), alert=BAD_CERTIFICATE)
 
 
 @pytest.mark.parametrize("when", ["expired", "not yet valid"])
 def test_leaf_outside_its_validity(when: str) -> None:
-    ca = Authority.create()
+    ca = authority()
     start_time = _now() - datetime.timedelta(days=10) if when == "expired" else \
         _now() + datetime.timedelta(days=2)
-    identity = ca.identity(SERVER, days=1, not_before=start_time)
+    identity = ca.new_identity(SERVER, days=1, not_before=start_time)
     refused_by_client(x509_world(identity, ca), alert=BAD_CERTIFICATE)
 
 
 def test_validity_is_checked_at_the_configured_clock() -> None:
-    ca = Authority.create()
+    ca = authority()
     late = _now() + datetime.timedelta(days=30)
-    refused_by_client(x509_world(ca.identity(SERVER), ca, client={"clock": lambda: late}),
+    refused_by_client(x509_world(ca.new_identity(SERVER), ca, client={"clock": lambda: late}),
                       alert=BAD_CERTIFICATE)
 
 
 def test_intermediate_that_is_not_a_ca() -> None:
-    trusted = Authority.create(mid_is_ca=False)
-    refused_by_client(x509_world(trusted.identity(SERVER), trusted), alert=BAD_CERTIFICATE)
+    trusted = authority(mid_is_ca=False)
+    refused_by_client(x509_world(trusted.new_identity(SERVER), trusted), alert=BAD_CERTIFICATE)
 
 
 def test_leaf_used_as_an_issuer() -> None:
     """A leaf (ca=False) of the trusted CA signing a "site-b" certificate."""
-    ca = Authority.create()
-    leaf_key = ed25519.Ed25519PrivateKey.generate()
-    leaf = certificate("site-c", leaf_key, ca.mid, ca.mid_key, ca=False, scheme="Ed25519")
-    key = ed25519.Ed25519PrivateKey.generate()
-    forged = certificate(SERVER, key, leaf, leaf_key, ca=False, scheme="Ed25519")
-    identity = SigningIdentity.from_chain("Ed25519", private_bytes("Ed25519", key),
-                                          [forged, leaf, ca.mid])
+    ca = authority()
+    leaf = ca.intermediate_ca.issue("site-c", ca=False)
+    identity = leaf.issue(SERVER).identity(leaf.certificate, ca.intermediate)
     refused_by_client(x509_world(identity, ca), alert=BAD_CERTIFICATE)
 
 
@@ -208,8 +176,8 @@ def test_signature_scheme_the_client_does_not_accept(kind: str) -> None:
         world = build(scheme="Ed25519", client={"auth": "signature",
                                                 "signature_schemes": ("ML-DSA-65",)})
     else:
-        ca = Authority.create()
-        world = x509_world(ca.identity(SERVER), ca,
+        ca = authority()
+        world = x509_world(ca.new_identity(SERVER), ca,
                            client={"signature_schemes": ("ML-DSA-65", "ECDSA-P256")})
     refused_by_client(world, alert=HANDSHAKE_FAILURE)
 
@@ -254,11 +222,11 @@ def test_server_refuses_an_unpinned_client_key() -> None:
 
 
 def test_server_refuses_a_client_chain_from_another_root() -> None:
-    trusted, rogue = Authority.create(), Authority.create()
+    trusted, rogue = authority(), authority()
     world = build(scheme="Ed25519",
                   client={"auth": "signature", "trust": trusted.trust(),
-                          "identity": rogue.identity(CLIENT)},
-                  server={"trust": trusted.trust(), "identity": trusted.identity(SERVER)})
+                          "identity": rogue.new_identity(CLIENT)},
+                  server={"trust": trusted.trust(), "identity": trusted.new_identity(SERVER)})
     refused_by_server(world, alert=UNKNOWN_CA)
 
 
@@ -269,11 +237,11 @@ def test_server_refuses_a_client_scheme_it_does_not_accept() -> None:
 
 
 def test_server_refuses_a_client_leaf_naming_another_site() -> None:
-    ca = Authority.create()
+    ca = authority()
     world = build(scheme="Ed25519",
                   client={"auth": "signature", "trust": ca.trust(),
-                          "identity": ca.identity("site-c")},
-                  server={"trust": ca.trust(), "identity": ca.identity(SERVER)})
+                          "identity": ca.new_identity("site-c")},
+                  server={"trust": ca.trust(), "identity": ca.new_identity(SERVER)})
     refused_by_server(world, alert=BAD_CERTIFICATE)
 
 

@@ -48,6 +48,7 @@ from tests.hkx1_harness import (
     assert_refused,
     build,
     join_records,
+    key_ids,
     split_records,
     start,
 )
@@ -64,11 +65,9 @@ def nothing_changed(world: World, before: dict[str, tuple[int, int, int]]) -> No
 
 
 def status(world: World) -> dict[str, tuple[int, int, int]]:
-    pools = world.known_pools
     out = {}
-    for role, store, peer in (("client", pools.client_store, SERVER),
-                              ("server", pools.server_store, CLIENT)):
-        s = store.status(peer)
+    for role, peer in (("client", SERVER), ("server", CLIENT)):
+        s = world.store(role).status(peer)
         out[role] = (s.available_to_take, s.available_to_fetch, s.delivered)
     return out
 
@@ -92,9 +91,8 @@ def refused_before_sending(world: World, client: ClientConnection,
 @pytest.mark.parametrize("auth", ["auto", "signature", "psk"])
 def test_default_policy_with_an_empty_pool_fails_closed(empty: str, auth: str) -> None:
     world = build(keys=0 if empty == "no keys deposited" else 5, client={"auth": auth})
-    pools = world.known_pools
     if empty == "pool drained":
-        pools.client_store.take(SERVER, 5)
+        world.store("client").take(SERVER, 5)
     before = status(world)
     client, _ = world.pair()
     exc = refused_before_sending(world, client)
@@ -384,15 +382,15 @@ def test_keys_a_failed_handshake_used_stay_consumed(case: str) -> None:
     qkd_ids, auth_ids = named_key_ids(hellos[0])
     named = qkd_ids + auth_ids
     assert len(qkd_ids) == 1 and len(auth_ids) == (3 if client_options["auth"] == "psk" else 0)
-    assert set(named) <= set(pools.taken_by[CLIENT])
-    total = len(pools.taken_by[CLIENT])
+    assert set(named) <= set(key_ids(pools, CLIENT))
+    total = len(pools.taken_by(CLIENT))
     after = status(world)
     assert after["client"] == (total - len(named), total, len(named))  # all spent at the client
     consumed = {"all": named, "auth": auth_ids, "none": []}[reached]
     assert after["server"] == (total, total - len(consumed), len(consumed))
     for key_id in consumed:
         with pytest.raises(KeyNotAvailable):
-            pools.server_store.fetch(CLIENT, [key_id])
+            pools.store_b.fetch(CLIENT, [key_id])
 
 
 # -- 5. downgrades ----------------------------------------------------------------------

@@ -46,7 +46,7 @@ from hybridkex.errors import (
     RecordAuthenticationFailed,
     UnexpectedMessage,
 )
-from hybridkex.keydelivery.source import StoreKeySource
+from hybridkex.keydelivery import StoreKeySource, linked_pools
 from hybridkex.primitives import aead
 from hybridkex.protocol import (
     ClientConnection,
@@ -86,15 +86,14 @@ from hybridkex.protocol.wire import (
 from tests import hkx1_harness as harness
 from tests.hkx1 import (
     CLIENT,
-    PKI,
     SERVER,
     SecretLog,
     Sites,
     drain,
     handshake,
-    linked_pools,
     make_sites,
 )
+from tests.support import PKI
 
 _H = HandshakeType
 ROLES = ("client", "server")
@@ -141,7 +140,8 @@ def build_sites(mode: str, log: SecretLog) -> Sites:
         client["auth"] = "psk"
     elif mode == "x509":
         pki = _pki()
-        a, b = linked_pools()
+        pools = linked_pools(CLIENT, SERVER)
+        a, b = pools.store_a, pools.store_b
         return Sites(
             Config(site=CLIENT, key_source=StoreKeySource(a), identity=pki.identities[CLIENT],
                    trust=pki.trust(), auth="signature", secret_log=log.hook("client")),

@@ -16,17 +16,18 @@ import numpy.typing as npt
 import pytest
 
 from hybridkex.errors import HybridKexError, InvalidParameter
-from hybridkex.qkd.cascade import (
+from hybridkex.qkd.distillation.cascade import (
     FER_TARGET,
     MAX_PASSES,
     CascadeAlice,
     CascadeBob,
-    CascadeError,
     _Layout,
     binary_entropy,
     default_schedule,
     paper_schedule,
 )
+from hybridkex.qkd.distillation.messages import CascadeRequest, CascadeResponse
+from hybridkex.qkd.errors import CascadeError
 
 U8 = npt.NDArray[np.uint8]
 
@@ -43,12 +44,29 @@ def keys(n: int, qber: float, seed: int, exact: bool = False) -> tuple[U8, U8]:
     return alice, alice ^ err
 
 
+# Alice and Bob behind the wire format: every test talks bytes, so each round trip also
+# goes through the documented encoding and its strict decoding.
+
+
+def respond(alice: CascadeAlice, raw: object) -> bytes:
+    return alice.respond(CascadeRequest.decode(raw)).encode()  # type: ignore[arg-type]
+
+
+def receive(bob: CascadeBob, raw: object) -> None:
+    bob.receive(CascadeResponse.decode(raw))  # type: ignore[arg-type]
+
+
+def request(bob: CascadeBob) -> bytes | None:
+    req = bob.request()
+    return None if req is None else req.encode()
+
+
 def run(alice_bits: U8, bob_bits: U8, qber: float, seed: bytes | int = b"seed",
         **kw: object) -> tuple[CascadeAlice, CascadeBob]:
     alice = CascadeAlice(alice_bits)
     bob = CascadeBob(bob_bits, qber, seed, **kw)  # type: ignore[arg-type]
-    while (req := bob.request()) is not None:
-        bob.receive(alice.respond(req))
+    while (req := request(bob)) is not None:
+        receive(bob, respond(alice, req))
     return alice, bob
 
 
@@ -56,7 +74,7 @@ def first_request(n: int = 4096, frame_bits: int | None = None) -> tuple[Cascade
     a, b = keys(n, 0.02, 1)
     alice = CascadeAlice(a)
     bob = CascadeBob(b, 0.02, b"seed", frame_bits=frame_bits)
-    req = bob.request()
+    req = request(bob)
     assert req is not None
     return alice, req
 
@@ -96,7 +114,7 @@ def test_keys_agree_after_cascade(qber: float) -> None:
         assert int(bob.frame_leaked_bits.sum()) == bob.leaked_bits
         assert alice.round_trips == bob.round_trips
         assert bob.unresolved_nodes() == 0
-        assert bob.request() is None
+        assert request(bob) is None
 
 
 def test_one_100k_frame() -> None:
@@ -168,8 +186,8 @@ def test_alice_and_bob_accept_bytes_like_messages() -> None:
     a, b = keys(5_000, 0.03, 12)
     alice = CascadeAlice(a)
     bob = CascadeBob(b, 0.03, b"x")
-    while (req := bob.request()) is not None:
-        bob.receive(memoryview(alice.respond(bytearray(req))))
+    while (req := request(bob)) is not None:
+        receive(bob, memoryview(respond(alice, bytearray(req))))
     assert np.array_equal(bob.corrected, a)
 
 
@@ -237,7 +255,7 @@ def test_first_request_layout() -> None:
 
 def test_first_response_layout_and_node_numbering() -> None:
     alice, req = first_request(4096, 1024)
-    resp = alice.respond(req)
+    resp = respond(alice, req)
     magic, version, mtype, seq, count = struct.unpack_from("<3sBBII", resp, 0)
     assert (magic, version, mtype, seq) == (b"HKC", 1, 2, 0)
     assert len(resp) == 13 + (count + 7) // 8
@@ -247,7 +265,7 @@ def test_first_response_layout_and_node_numbering() -> None:
     keyidx, slot = layout.frame_slots(0, np.arange(layout.nframes, dtype=np.int64))
     members = keyidx[(slot >> ps.depth) == 3]
     assert members.size == ps.blk_len[3]
-    resp2 = alice.respond(query_request(1, [ps.node_base + 3 * ps.width + 1]))
+    resp2 = respond(alice, query_request(1, [ps.node_base + 3 * ps.width + 1]))
     assert resp2[9:13] == struct.pack("<I", 1)
     a = keys(4096, 0.02, 1)[0]
     assert resp2[13] == int(a[members].sum() % 2)
@@ -261,8 +279,8 @@ def test_truncated_first_request() -> None:
     alice, req = first_request()
     for cut in range(len(req)):
         with pytest.raises(CascadeError):
-            CascadeAlice(keys(4096, 0.02, 1)[0]).respond(req[:cut])
-    assert alice.respond(req)              # the whole request still works
+            respond(CascadeAlice(keys(4096, 0.02, 1)[0]), req[:cut])
+    assert respond(alice, req)              # the whole request still works
 
 
 def test_corrupted_first_request_fields() -> None:
@@ -290,13 +308,13 @@ def test_corrupted_first_request_fields() -> None:
     bad["too many tops"] = (req[:pos] + bytes([8]) + b"\x01" * 8 + struct.pack("<I", 0))
     for name, msg in bad.items():
         with pytest.raises(CascadeError):
-            CascadeAlice(a).respond(msg)
+            respond(CascadeAlice(a), msg)
         assert name
 
 
 def test_bad_query_requests_are_refused() -> None:
     alice, req = first_request()
-    alice.respond(req)
+    respond(alice, req)
     layout = _Layout(4096, 4096, b"seed", default_schedule(0.02, None, 4096))
     total = layout.total_nodes
     ps = layout.passes[0]
@@ -324,18 +342,18 @@ def test_bad_query_requests_are_refused() -> None:
     before = alice.leaked_bits
     for msg in cases.values():
         with pytest.raises(CascadeError):
-            alice.respond(msg)
+            respond(alice, msg)
     assert alice.leaked_bits == before             # nothing revealed by refused requests
-    resp = alice.respond(query_request(1, [good]))  # the session goes on
+    resp = respond(alice, query_request(1, [good]))  # the session goes on
     assert struct.unpack_from("<I", resp, 9) == (1,)
 
 
 def test_query_before_first_request_and_non_bytes() -> None:
     alice = CascadeAlice(keys(1000, 0.0, 1)[0])
     with pytest.raises(CascadeError):
-        alice.respond(query_request(0, [5]))
+        respond(alice, query_request(0, [5]))
     with pytest.raises(CascadeError):
-        alice.respond("not bytes")  # type: ignore[arg-type]
+        respond(alice, "not bytes")
 
 
 def test_random_mutations_only_raise_cascade_error() -> None:
@@ -344,9 +362,9 @@ def test_random_mutations_only_raise_cascade_error() -> None:
     alice = CascadeAlice(a)
     bob = CascadeBob(b, 0.03, b"m", frame_bits=4_000)
     reqs = []
-    while (req := bob.request()) is not None:
+    while (req := request(bob)) is not None:
         reqs.append(req)
-        bob.receive(alice.respond(req))
+        receive(bob, respond(alice, req))
     for i, req in enumerate(reqs[:12]):
         for _ in range(40):
             msg = bytearray(req)
@@ -355,8 +373,8 @@ def test_random_mutations_only_raise_cascade_error() -> None:
             fresh = CascadeAlice(a)
             try:
                 for earlier in reqs[:i]:
-                    fresh.respond(earlier)
-                fresh.respond(bytes(msg))
+                    respond(fresh, earlier)
+                respond(fresh, bytes(msg))
             except CascadeError:
                 pass
 
@@ -370,12 +388,12 @@ def test_bad_responses_are_refused() -> None:
     alice = CascadeAlice(a)
     bob = CascadeBob(b, 0.02, b"seed")
     with pytest.raises(CascadeError):
-        bob.receive(b"")                               # nothing asked yet
-    req = bob.request()
+        bob.receive(CascadeResponse(0, np.zeros(0, np.uint8)))  # nothing asked yet
+    req = request(bob)
     assert req is not None
     with pytest.raises(CascadeError):
-        bob.request()                                  # response outstanding
-    resp = alice.respond(req)
+        request(bob)                                  # response outstanding
+    resp = respond(alice, req)
     count = struct.unpack_from("<I", resp, 9)[0]
     bad: list[object] = [resp[:cut] for cut in range(len(resp))]
     bad += [
@@ -392,10 +410,10 @@ def test_bad_responses_are_refused() -> None:
         bad.append(resp[:-1] + bytes([resp[-1] | 0x80]))  # a padding bit set
     for msg in bad:
         with pytest.raises(CascadeError):
-            bob.receive(msg)  # type: ignore[arg-type]
-    bob.receive(resp)                                  # the real one still works
-    while (req := bob.request()) is not None:
-        bob.receive(alice.respond(req))
+            receive(bob, msg)
+    receive(bob, resp)                                  # the real one still works
+    while (req := request(bob)) is not None:
+        receive(bob, respond(alice, req))
     assert np.array_equal(bob.corrected, a)
 
 
@@ -406,14 +424,14 @@ def test_lying_alice_never_crashes_bob() -> None:
         alice = CascadeAlice(a)
         bob = CascadeBob(b, 0.03, trial, frame_bits=4_000)
         try:
-            while (req := bob.request()) is not None:
-                resp = bytearray(alice.respond(req))
+            while (req := request(bob)) is not None:
+                resp = bytearray(respond(alice, req))
                 count = struct.unpack_from("<I", resp, 9)[0]
                 for _ in range(3):
                     if count:
                         bit = int(rng.integers(count))
                         resp[13 + bit // 8] ^= 1 << (bit % 8)
-                bob.receive(bytes(resp))
+                receive(bob, bytes(resp))
         except CascadeError:
             continue
         assert bob.done

@@ -4,6 +4,7 @@ they must reproduce."""
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -23,10 +24,16 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=600, check=False)
 
 
-def _json(*args: str) -> Any:
+def _json(*args: str, status: int = 0) -> Any:
     result = _run(*args, "--json")
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == status, result.stderr
     return json.loads(result.stdout)
+
+
+ABORTED = 3  # the documented exit status of an aborted round
+#: What a round that ends at the QBER check has not measured.
+NOT_MEASURED_AT_QBER_ABORT = ("y1_lower", "e1_upper", "ec_leaked_bits", "ec_efficiency",
+                              "ec_round_trips", "pa_input_bits", "pa_terms")
 
 
 def test_simulate_at_25_km_gives_a_positive_net_key_with_f_reported() -> None:
@@ -37,13 +44,69 @@ def test_simulate_at_25_km_gives_a_positive_net_key_with_f_reported() -> None:
     assert 1.0 < report["ec_efficiency"] < 1.2
     assert report["secret_bits"] < report["pa_input_bits"] < report["sifted_bits"]
     assert "SIMULATION" in report["simulation"]
+    assert report["qber_basis"] == "Z-key" and 0.02 < report["qber"] < 0.05
+    assert report["keys_deposited"] == 0 < report["key_units"]  # no key store here
 
 
-def test_simulate_with_full_intercept_resend_aborts() -> None:
-    report = _json("simulate", "--distance-km", "25", "--pulses", "1e8", "--eve",
-                   "intercept-resend", "--eve-fraction", "1", "--seed", "2")
-    assert report["aborted"] and report["abort_reason"]
+def _intercept_resend_qber(f: float) -> float:
+    """The matching-basis QBER the simulated link should show under intercept-resend on a
+    fraction ``f`` of the pulses, from the model in docs/qkd.md (finite-key preset,
+    25 km): Eve resends one photon for each non-empty pulse she attacks; it errs with
+    1/4 + e_det/2 (her basis is wrong half of the time); dark counts err half of the
+    time.  Approximately e_det + f/4."""
+    e_det, y0, eta = 0.033, 1.7e-6, 10 ** (-0.21 * 25 / 10) * 0.045
+    gain = errors = 0.0
+    for k, p in ((0.4, 0.4), (0.2, 0.4), (0.0, 0.2)):
+        honest, attacked = 1 - math.exp(-eta * k), eta * (1 - math.exp(-k))
+        gain += p * (y0 + (1 - f) * honest + f * attacked)
+        errors += p * (y0 / 2 + (1 - f) * e_det * honest + f * (0.25 + e_det / 2) * attacked)
+    return errors / gain
+
+
+@pytest.mark.parametrize("fraction", [1.0, 0.5])
+def test_intercept_resend_shows_the_measured_qber_and_exits_non_zero(fraction: float) -> None:
+    report = _json("simulate", "--distance-km", "25", "--pulses", "3e8", "--eve",
+                   "intercept-resend", "--eve-fraction", str(fraction), "--seed", "2",
+                   status=ABORTED)
+    assert report["aborted"] and "QBER" in report["abort_reason"]
     assert report["secret_bits"] == 0 and report["keys_deposited"] == 0
+    # the QBER that decided the abort, named by its basis, and never 0
+    assert report["qber_basis"] == "Z-sample" and report["qber"] == report["qber_z_sample"]
+    sigma = math.sqrt(report["qber"] * (1 - report["qber"]) / report["z_sample_bits"])
+    assert abs(report["qber"] - _intercept_resend_qber(fraction)) < 4 * sigma + 0.002
+    assert abs(report["qber"] - (0.033 + fraction / 4)) < 4 * sigma + 0.02
+    sigma_x = math.sqrt(report["qber_x"] * (1 - report["qber_x"]) / report["x_bits"])
+    assert abs(report["qber_x"] - _intercept_resend_qber(fraction)) < 4 * sigma_x + 0.002
+    assert f"{report['qber']:.4f}" in report["abort_reason"]
+    assert report["qber_threshold"] == 0.11
+    for key in NOT_MEASURED_AT_QBER_ABORT:
+        assert report[key] is None, key
+
+
+def test_an_aborted_round_in_text_says_not_measured_and_exits_non_zero() -> None:
+    result = _run("simulate", "--distance-km", "25", "--pulses", "1e8", "--eve",
+                  "intercept-resend", "--seed", "2")
+    assert result.returncode == ABORTED, result.stderr
+    lines = {line.split()[0]: line for line in result.stdout.splitlines() if line.strip()}
+    assert "not measured" in lines["error"] and "not measured" in lines["single-photon"]
+    assert "Z sample" in lines["QBER"] and "0.0000" not in lines["QBER"]
+    assert "ABORTED: QBER" in result.stdout
+
+
+def test_a_round_without_key_shows_the_bounds_that_ended_it() -> None:
+    report = _json("simulate", "--distance-km", "60", "--pulses", "3e8", "--seed", "7",
+                   status=ABORTED)
+    assert "not positive" in report["abort_reason"] and "phi_Z^U" in report["abort_reason"]
+    assert report["y1_lower"] is not None and report["e1_upper"] is not None
+    assert report["pa_terms"]["ec_leaked_estimated"] and report["pa_terms"]["length"] < 0
+    assert str(report["pa_terms"]["length"]) in report["abort_reason"]
+
+
+def test_simulate_help_documents_the_exit_status_and_the_defaults() -> None:
+    result = _run("simulate", "--help")
+    text = " ".join(result.stdout.split())
+    assert f"{ABORTED} when it aborted" in text and "exit status: 0" in text
+    assert "--eve-fraction" in text and "default 1: every pulse" in text
 
 
 def test_simulate_without_json_says_it_is_a_simulation() -> None:

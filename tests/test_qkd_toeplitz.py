@@ -20,8 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hybridkex.errors import HybridKexError, InvalidParameter
-from hybridkex.qkd import toeplitz
-from hybridkex.qkd.toeplitz import (
+from hybridkex.qkd.distillation import toeplitz
+from hybridkex.qkd.distillation.toeplitz import (
     leftover_hash_output_length,
     rounding_error_bound,
     toeplitz_hash,

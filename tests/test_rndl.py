@@ -17,7 +17,8 @@ from collections.abc import Callable
 
 import pytest
 
-from hybridkex import cli, rndl
+from hybridkex import cli
+from hybridkex.demos import rndl
 from hybridkex.primitives import kem
 from hybridkex.protocol import ClientConnection, ServerConnection
 from hybridkex.protocol.record import HEADER_SIZE
@@ -289,6 +290,22 @@ def test_capturing_randomness_keeps_both_x25519_private_keys() -> None:
     public_m, private_m = capture.kem_keypair("ML-KEM-768")
     secret_m, ciphertext_m = capture.encapsulate("ML-KEM-768", public_m)
     assert kem("ML-KEM-768").decapsulate(ciphertext_m, private_m) == secret_m
+
+
+def test_both_sites_pools_hold_exactly_the_units_the_link_distilled() -> None:
+    pools, reports, discussion = rndl.fill_pools()
+    distilled = [key_id for report in reports if not report.aborted
+                 for key_id in report.key_ids]
+    assert distilled and [u.key_id for u in pools.units] == distilled
+    assert discussion  # the wiretap saw the round's public discussion
+    a_takes = len(pools.taken_by(rndl.CLIENT))
+    assert a_takes >= rndl.PSK_UNITS
+    assert pools.store_a.status(rndl.SERVER).available_to_take == a_takes
+    assert pools.store_b.status(rndl.CLIENT).available_to_fetch == a_takes
+    # what site-a takes, site-b fetches by ID: the same key at both ends
+    (taken,) = pools.store_a.take(rndl.SERVER)
+    (fetched,) = pools.store_b.fetch(rndl.CLIENT, [taken.key_id])
+    assert fetched.key == taken.key == pools.material()[taken.key_id]
 
 
 def test_an_unknown_adversary_is_refused() -> None:

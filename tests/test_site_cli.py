@@ -8,7 +8,6 @@ client's stream for replay.
 from __future__ import annotations
 
 import contextlib
-import datetime
 import json
 import os
 import re
@@ -39,6 +38,7 @@ from hybridkex.errors import InvalidParameter
 from hybridkex.protocol import SessionInfo
 from hybridkex.site import COMPOSITE, Site, SiteSettings, load_pin, pair
 from hybridkex.transport import Context
+from tests.support import self_signed
 
 TIMEOUT = 60
 ID_ML_DSA_65 = bytes.fromhex("0609608648016503040312")  # OID 2.16.840.1.101.3.4.3.18, DER
@@ -48,6 +48,37 @@ def hybridkex(*args: str, input: bytes = b"", timeout: float = TIMEOUT
               ) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run([sys.executable, "-m", "hybridkex", *args], input=input,
                           capture_output=True, timeout=timeout, check=False)
+
+
+# -- what a site loads ----------------------------------------------------------------------
+
+_REPORT_LOADED = ("\nimport sys\nsys.stderr.write(repr(sorted(m for m in sys.modules "
+                  "if m == 'numpy' or m.startswith(('numpy.', 'hybridkex.qkd', "
+                  "'hybridkex.demos')))))\n")
+_RUN_CLI = "import contextlib\nfrom hybridkex.cli import main\n" \
+           "with contextlib.suppress(SystemExit):\n    main({argv!r})"
+
+
+@pytest.mark.parametrize("code", [
+    "import hybridkex.site",
+    "from hybridkex.site import Site, pair, PairReport, SIGNATURE_SCHEMES",
+    *(_RUN_CLI.format(argv=argv) for argv in (["serve", "--help"], ["connect", "--help"],
+                                              ["site", "pair", "--help"], ["--help"])),
+])
+def test_sites_serve_and_connect_load_no_qkd_link(code: str) -> None:
+    """The simulated link (numpy) loads when a site pairs, not for every serve/connect."""
+    result = subprocess.run([sys.executable, "-c", code + _REPORT_LOADED],
+                            capture_output=True, text=True, timeout=TIMEOUT, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == "[]"
+
+
+def test_the_qkd_commands_still_get_their_options() -> None:
+    result = hybridkex("qkd", "sweep", "--help")
+    assert result.returncode == 0 and b"--model {infinite-decoy," in result.stdout
+    result = hybridkex("qkd", "sweep", "--from-km", "0", "--to-km", "1", "--step-km", "1",
+                       "--model", "bogus")
+    assert result.returncode == 2 and b"invalid choice: 'bogus'" in result.stderr
 
 
 # -- site init ------------------------------------------------------------------------------
@@ -146,18 +177,8 @@ def test_site_toml_round_trips_awkward_strings(tmp_path: Path) -> None:
 
 
 def test_ca_issued_sites_trust_the_ca(tmp_path: Path) -> None:
-    ca_key = ed25519.Ed25519PrivateKey.generate()
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test network CA")])
-    now = datetime.datetime.now(datetime.UTC)
-    ca = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-          .public_key(ca_key.public_key()).serial_number(1)
-          .not_valid_before(now - datetime.timedelta(hours=1))
-          .not_valid_after(now + datetime.timedelta(days=1))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .sign(ca_key, None))
-    (tmp_path / "ca.pem").write_bytes(ca.public_bytes(Encoding.PEM))
-    (tmp_path / "ca.key").write_bytes(ca_key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8,
-                                                           NoEncryption()))
+    ca = self_signed("Ed25519", "test network CA")
+    ca.write(tmp_path, "ca")
     for site_name in ("alpha", "beta"):
         assert cli.main(["site", "init", str(tmp_path / site_name), "--name", site_name,
                          "--ca-cert", str(tmp_path / "ca.pem"),
@@ -167,7 +188,7 @@ def test_ca_issued_sites_trust_the_ca(tmp_path: Path) -> None:
     with Site.load(tmp_path / "alpha") as a, Site.load(tmp_path / "beta") as b:
         assert a.peers() == [] and len(a.trust_store().anchors) == 1
         leaf = x509.load_pem_x509_certificate((tmp_path / "alpha" / "identity.crt").read_bytes())
-        assert leaf.issuer == name
+        assert leaf.issuer == ca.certificate.subject
         # No QKD keys: a policy that accepts ML-KEM alone lets the CA chain be tested.
         client, server = _session_pair(a.context(security="at-least-pq", auth="signature"),
                                        b.context(security="at-least-pq"), "beta")
@@ -248,6 +269,26 @@ def test_pair_fills_both_stores_with_the_same_key_ids(sites: tuple[Path, Path]) 
     with Site.load(a) as site:
         assert site.link_info("site-b")["simulated"] is True
         assert "SIMULATED" in site.qkd_source_label("site-b")
+
+
+def test_a_seed_never_makes_the_keys_pairing_deposits(tmp_path: Path) -> None:
+    """Two unrelated pairings with the same --seed: different key IDs, different keys."""
+    deposited = []
+    for run in ("one", "two"):
+        a, b = tmp_path / run / "a", tmp_path / run / "b"
+        for directory, name in ((a, "site-a"), (b, "site-b")):
+            assert hybridkex("site", "init", str(directory), "--name", name).returncode == 0
+        result = hybridkex("site", "pair", str(a), str(b), "--keys", "1",
+                           "--pulses-per-round", "3e8", "--seed", "1234", "--json")
+        assert result.returncode == 0, result.stderr
+        notes = [line for line in result.stderr.decode().splitlines() if "--seed" in line]
+        assert len(notes) == 1 and "ignored" in notes[0] and "OS randomness" in notes[0]
+        with contextlib.closing(sqlite3.connect(a / "keys.db")) as db:
+            deposited.append(dict(db.execute("SELECT key_id, material FROM qkd_keys")))
+    first, second = deposited
+    assert first and second
+    assert not first.keys() & second.keys()
+    assert not set(first.values()) & set(second.values())
 
 
 class Server:
@@ -464,7 +505,9 @@ def test_serve_without_echo_writes_what_it_receives(sites: tuple[Path, Path]) ->
 
 
 def test_sigterm_closes_open_sessions_with_close_notify(sites: tuple[Path, Path]) -> None:
-    server = Server("--site", str(sites[1]), "--listen", "127.0.0.1:0", "--echo")
+    # --grace 0: the open session is closed at once (test_cli_channel.py waits for one)
+    server = Server("--site", str(sites[1]), "--listen", "127.0.0.1:0", "--echo",
+                    "--grace", "0")
     client = subprocess.Popen([sys.executable, "-m", "hybridkex", "connect",
                                f"127.0.0.1:{server.port}", "--site", str(sites[0])],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE,

@@ -14,16 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import faulthandler
 import gc
 import hashlib
 import os
 import queue
 import socket
-import sys
 import threading
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -42,9 +39,7 @@ from hybridkex.errors import (
     ProtocolError,
     QKDKeyRefused,
 )
-from hybridkex.keydelivery.keys import StoredKey
 from hybridkex.keydelivery.source import StoreKeySource
-from hybridkex.keydelivery.store import MemoryKeyStore
 from hybridkex.protocol import SigningIdentity, TrustStore
 from hybridkex.tls import (
     GROUPS,
@@ -64,22 +59,14 @@ from hybridkex.tls import (
     _openssl,
 )
 from hybridkex.tls import asyncio as tls_asyncio
-from tests.hkx1 import CLIENT, PKI, SERVER
+from tests.support import CLIENT, PKI, SERVER, OneWayPools, one_end, one_way_pools
 
 TIMEOUT = 10.0  # seconds, for every socket operation
 TEST_LIMIT = 60.0  # seconds, for a whole test
+pytestmark = pytest.mark.time_limit(TEST_LIMIT)
 HOST = "127.0.0.1"
 SIGNATURES = {"ML-DSA-65": "mldsa65", "Ed25519": "ed25519",
               "ECDSA-P256": "ecdsa_secp256r1_sha256"}
-
-
-@pytest.fixture(autouse=True)
-def _no_hangs() -> Iterator[None]:
-    faulthandler.dump_traceback_later(TEST_LIMIT, exit=True, file=sys.stderr)
-    try:
-        yield
-    finally:
-        faulthandler.cancel_dump_traceback_later()
 
 
 # -- sites ----------------------------------------------------------------------------
@@ -108,33 +95,7 @@ def cert_contexts(scheme: str = "ML-DSA-65", *, client: dict[str, Any] | None = 
     return TLSContext(CLIENT, **c), TLSContext(SERVER, **s)
 
 
-@dataclass
-class Pools:
-    client: MemoryKeyStore
-    server: MemoryKeyStore
-    keys: dict[str, bytes]  # every key either store holds, by ID
-
-    def delivered(self) -> tuple[int, int]:
-        return (self.client.status(SERVER).delivered, self.server.status(CLIENT).delivered)
-
-
-def pools(count: int = 8, *, server_keys: Callable[[StoredKey], StoredKey] | None = None,
-          shared: bool = True) -> Pools:
-    """Client and server stores; ``count`` keys initiated by the client.  With
-    ``shared=False`` the server holds other keys; ``server_keys`` alters each server key."""
-    client, server = MemoryKeyStore(CLIENT), MemoryKeyStore(SERVER)
-    batch = [StoredKey(str(uuid.uuid4()), os.urandom(32), CLIENT) for _ in range(count)]
-    theirs = (batch if shared else
-              [StoredKey(str(uuid.uuid4()), os.urandom(32), CLIENT) for _ in range(count)])
-    if server_keys is not None:
-        theirs = [server_keys(k) for k in theirs]
-    client.add(SERVER, batch)
-    server.add(CLIENT, theirs)
-    keys = {k.key_id: k.key for k in batch} | {k.key_id: k.key for k in theirs}
-    return Pools(client, server, keys)
-
-
-def psk_contexts(p: Pools, *, client: dict[str, Any] | None = None,
+def psk_contexts(p: OneWayPools, *, client: dict[str, Any] | None = None,
                  server: dict[str, Any] | None = None) -> tuple[TLSContext, TLSContext]:
     c: dict[str, Any] = {"mode": "qkd-psk", "key_source": StoreKeySource(p.client),
                          "handshake_timeout": 5.0}
@@ -448,7 +409,7 @@ def test_configuration_errors() -> None:
     with pytest.raises(TLSConfigurationError, match="mode"):
         TLSContext(CLIENT, mode="psk", trust=p.trust())
     with pytest.raises(TLSConfigurationError, match="psk_cipher"):
-        TLSContext(CLIENT, mode="qkd-psk", key_source=StoreKeySource(pools().client),
+        TLSContext(CLIENT, mode="qkd-psk", key_source=StoreKeySource(one_way_pools().client),
                    psk_cipher="TLS_AES_128_CCM_SHA256")
     with pytest.raises(TLSConfigurationError, match="certificate chain"):
         TLSContext(CLIENT, identity=SigningIdentity.generate("Ed25519"), trust=p.trust())
@@ -468,7 +429,8 @@ def test_configuration_errors() -> None:
         server_only.new_connection(False, CLIENT)
     with pytest.raises(TLSConfigurationError, match="peer="):
         client_only.new_connection(False, None)
-    psk_server = TLSContext(SERVER, mode="qkd-psk", key_source=StoreKeySource(pools().server))
+    psk_server = TLSContext(SERVER, mode="qkd-psk",
+                            key_source=StoreKeySource(one_way_pools().server))
     with pytest.raises(TLSConfigurationError, match="peers="):
         psk_server.new_connection(True, None)
 
@@ -487,7 +449,7 @@ def test_error_classes_match_hkx_ones() -> None:
 
 
 def test_psk_mode_uses_the_qkd_key_and_spends_one_per_side() -> None:
-    p = pools(8)
+    p = one_way_pools(8)
     before = (p.client.status(SERVER), p.server.status(CLIENT))
     info, outcome, exported = exchange(*psk_contexts(p))
     server_info = outcome.session
@@ -502,7 +464,7 @@ def test_psk_mode_uses_the_qkd_key_and_spends_one_per_side() -> None:
         assert seen.key_exchange == ("ML-KEM-768", "X25519", "QKD key (external PSK)")
         assert "QKD key alone" in seen.authentication and "RFC 8773" in seen.authentication
     assert info.psk_key_id is not None and info.psk_key_id == server_info.psk_key_id
-    assert info.psk_key_id in p.keys
+    assert info.psk_key_id in p.material()
     assert exported == outcome.exporter
     after = (p.client.status(SERVER), p.server.status(CLIENT))
     assert after[0].available_to_take == before[0].available_to_take - 1
@@ -512,7 +474,7 @@ def test_psk_mode_uses_the_qkd_key_and_spends_one_per_side() -> None:
 
 @pytest.mark.parametrize("cipher", ["TLS_AES_128_GCM_SHA256", "TLS_CHACHA20_POLY1305_SHA256"])
 def test_psk_mode_with_a_sha256_suite(cipher: str) -> None:
-    p = pools()
+    p = one_way_pools()
     info, outcome, exported = exchange(*psk_contexts(p, client={"psk_cipher": cipher},
                                                      server={"psk_cipher": cipher}))
     assert info.cipher == cipher and info.psk_used
@@ -521,7 +483,7 @@ def test_psk_mode_with_a_sha256_suite(cipher: str) -> None:
 
 @pytest.mark.parametrize("group", list(GROUPS))
 def test_psk_mode_with_every_group(group: str) -> None:
-    p = pools()
+    p = one_way_pools()
     info = exchange(*psk_contexts(p, client={"groups": group}, server={"groups": group}))[0]
     assert info.group == group and info.psk_used
     assert p.delivered() == (1, 1)
@@ -530,7 +492,7 @@ def test_psk_mode_with_every_group(group: str) -> None:
 def test_psk_survives_a_hello_retry_request_with_one_key_per_side() -> None:
     """After a HelloRetryRequest OpenSSL asks both callbacks again; the same key is
     offered and found, not a second one taken or fetched (which would fail)."""
-    p = pools()
+    p = one_way_pools()
     info = exchange(*psk_contexts(
         p, client={"groups": ["X25519MLKEM768", "SecP384r1MLKEM1024"]},
         server={"groups": ["SecP384r1MLKEM1024"]}))[0]
@@ -539,7 +501,7 @@ def test_psk_survives_a_hello_retry_request_with_one_key_per_side() -> None:
 
 
 def test_consecutive_psk_sessions_use_fresh_keys() -> None:
-    p = pools(4)
+    p = one_way_pools(4)
     client, server = psk_contexts(p)
     ids = {exchange(client, server)[0].psk_key_id for _ in range(3)}
     assert len(ids) == 3
@@ -548,7 +510,7 @@ def test_consecutive_psk_sessions_use_fresh_keys() -> None:
 
 def test_concurrent_psk_sessions_each_get_their_own_key() -> None:
     """The callbacks are per OpenSSL context; each connection must see its own key."""
-    p = pools(16)
+    p = one_way_pools(16)
     client, server = psk_contexts(p)
     seen: list[tuple[str | None, bytes]] = []
     errors: list[BaseException] = []
@@ -577,7 +539,7 @@ def test_concurrent_psk_sessions_each_get_their_own_key() -> None:
 
 
 def test_unknown_key_id_fails_without_certificate_fallback() -> None:
-    p = pools(4, shared=False)
+    p = one_way_pools(4, server="other IDs")
     client_error, server_error = failed_exchange(*psk_contexts(p))
     assert isinstance(server_error, TLSQKDKeyRefused)
     assert isinstance(server_error, QKDKeyRefused)
@@ -589,9 +551,8 @@ def test_unknown_key_id_fails_without_certificate_fallback() -> None:
 def test_a_replayed_key_id_is_refused() -> None:
     """A key is delivered once: a second client holding the same pool key (a copy, or a
     replayed ClientHello's identity) cannot get a session with it."""
-    p = pools(1)
-    copy = MemoryKeyStore(CLIENT)
-    copy.add(SERVER, [StoredKey(key_id, key, CLIENT) for key_id, key in p.keys.items()])
+    p = one_way_pools(1)
+    copy = one_end(CLIENT, p.units)
     client, server = psk_contexts(p)
     exchange(client, server)
     replay = TLSContext(CLIENT, mode="qkd-psk", key_source=StoreKeySource(copy))
@@ -602,7 +563,7 @@ def test_a_replayed_key_id_is_refused() -> None:
 
 
 def test_different_key_under_the_same_id_fails_on_the_binder() -> None:
-    p = pools(4, server_keys=lambda k: StoredKey(k.key_id, os.urandom(32), k.initiator))
+    p = one_way_pools(4, server="other keys")
     client_error, server_error = failed_exchange(*psk_contexts(p))
     assert isinstance(server_error, TLSPeerAuthenticationFailed)
     assert "binder" in str(server_error)
@@ -611,7 +572,7 @@ def test_different_key_under_the_same_id_fails_on_the_binder() -> None:
 
 
 def test_server_accepts_only_pools_of_its_peers() -> None:
-    p = pools(4)
+    p = one_way_pools(4)
     client, server = psk_contexts(p, server={"peers": ["site-x"]})
     server_error = failed_exchange(client, server)[1]
     assert isinstance(server_error, TLSQKDKeyRefused)
@@ -622,7 +583,7 @@ def test_psk_client_refuses_a_server_that_ignores_the_psk() -> None:
     """A certificate-mode server has no PSK callback, so OpenSSL ignores the offered PSK
     and runs a certificate handshake.  The qkd-psk client trusts no certificate, and
     would refuse a session without the PSK anyway (SSL_session_reused)."""
-    p = pools(4)
+    p = one_way_pools(4)
     client, _ = psk_contexts(p)
     _, server = cert_contexts()
     client_error, server_error = failed_exchange(client, server)
@@ -634,7 +595,7 @@ def test_psk_client_refuses_a_server_that_ignores_the_psk() -> None:
 def test_psk_server_refuses_a_client_without_the_psk() -> None:
     """A qkd-psk server holds no certificate: a client that offers no PSK cannot get a
     certificate handshake from it."""
-    p = pools(4)
+    p = one_way_pools(4)
     _, server = psk_contexts(p)
     client, _ = cert_contexts()
     client_error, server_error = failed_exchange(client, server)
@@ -646,7 +607,7 @@ def test_psk_server_refuses_a_client_without_the_psk() -> None:
 def test_psk_not_used_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     """The check after the handshake, forced: SSL_session_reused != 1 is a typed error."""
     monkeypatch.setattr(_openssl, "session_reused", lambda conn: False)
-    p = pools(4)
+    p = one_way_pools(4)
     client_ctx, server_ctx = psk_contexts(p)
     with Server(server_ctx, handler=None) as srv:
         with pytest.raises(PSKNotUsed, match="SSL_session_reused"):
@@ -656,7 +617,7 @@ def test_psk_not_used_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_empty_pool_is_a_typed_error_and_nothing_is_sent() -> None:
-    p = pools(1)
+    p = one_way_pools(1)
     client, server = psk_contexts(p)
     exchange(client, server)
     with Server(server, handler=None) as srv:
@@ -667,26 +628,26 @@ def test_empty_pool_is_a_typed_error_and_nothing_is_sent() -> None:
 
 
 def test_connections_release_their_callback_state() -> None:
-    p = pools(4)
+    p = one_way_pools(4)
     exchange(*psk_contexts(p))
-    failed_exchange(*psk_contexts(pools(2, shared=False)))
+    failed_exchange(*psk_contexts(one_way_pools(2, server="other IDs")))
     exchange(*cert_contexts())
     gc.collect()
     assert len(_openssl._HOOKS) == 0
 
 
 def test_the_key_is_never_shown() -> None:
-    p = pools(2)
+    p = one_way_pools(2)
     client, server = psk_contexts(p)
     info, outcome, _ = exchange(client, server)
-    key = p.keys[info.psk_key_id or ""]
+    key = p.material()[info.psk_key_id or ""]
     texts = [repr(client), repr(server), repr(info), str(info.describe()),
              repr(outcome.session), repr(p.client), repr(StoreKeySource(p.client))]
-    bad = pools(2, server_keys=lambda k: StoredKey(k.key_id, os.urandom(32), k.initiator))
+    bad = one_way_pools(2, server="other keys")
     errors = failed_exchange(*psk_contexts(bad))
     texts += [repr(e) for e in errors] + [str(e) for e in errors]
     for text in texts:
-        for secret in (key, *bad.keys.values()):
+        for secret in (key, *bad.material().values()):
             assert secret.hex() not in text and repr(secret) not in text
 
 
@@ -796,7 +757,7 @@ def run(coro: Any) -> Any:
 
 @pytest.mark.parametrize("mode", ["certificate", "qkd-psk"])
 def test_asyncio_streams(mode: str) -> None:
-    p = pools(4)
+    p = one_way_pools(4)
     client_ctx, server_ctx = cert_contexts() if mode == "certificate" else psk_contexts(p)
     served: list[TLSSessionInfo] = []
 
@@ -849,7 +810,7 @@ def test_asyncio_failed_handshake_is_typed_and_never_reaches_the_callback() -> N
             with pytest.raises(TLSPeerAuthenticationFailed, match="site-c"):
                 await tls_asyncio.open_connection(HOST, port, context=client_ctx,
                                                   peer="site-c")
-            p = pools(2, shared=False)
+            p = one_way_pools(2, server="other IDs")
             psk_client, psk_server = psk_contexts(p)
             psk = await tls_asyncio.start_server(handle, HOST, 0, context=psk_server)
             async with psk:

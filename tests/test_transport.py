@@ -18,7 +18,7 @@ import struct
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -37,6 +37,7 @@ from tests.hkx1 import CLIENT, SERVER, Sites, make_sites
 from tests.loopback import (
     C2S,
     S2C,
+    TEST_LIMIT,
     TIMEOUT,
     Relay,
     Server,
@@ -44,19 +45,14 @@ from tests.loopback import (
     connect,
     contexts,
     count_fds,
-    hang_guard,
     reset,
     same_session,
     wait_for_fds,
 )
 
+pytestmark = pytest.mark.time_limit(TEST_LIMIT)
+
 PSK_UNITS = 4  # pool keys one psk handshake takes at each site: binder, two MACs, QKD key
-
-
-@pytest.fixture(autouse=True)
-def _no_hangs() -> Iterator[None]:
-    with hang_guard():
-        yield
 
 
 @pytest.fixture

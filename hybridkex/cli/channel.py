@@ -1,48 +1,43 @@
 """``hybridkex serve`` and ``hybridkex connect``: a channel between two sites, over HKX/1
 or (``--tls``) over real TLS 1.3.
 
-    hybridkex serve --site site-b --listen 127.0.0.1:4433 --echo
+    hybridkex serve   --site site-b --listen 127.0.0.1:4433 --forward 127.0.0.1:8080
+    hybridkex connect --site site-a --listen-local 127.0.0.1:8081 127.0.0.1:4433
+    hybridkex serve   --site site-b --listen 127.0.0.1:4433 --echo
     echo hello | hybridkex connect 127.0.0.1:4433 --site site-a --verbose
-    hybridkex serve --tls --tls-mode qkd-psk --site site-b --listen 127.0.0.1:4433 --echo
 
-``connect`` sends its standard input through the channel and writes what comes back
-to its standard output, like ``openssl s_client``.  ``serve`` answers many clients at
-once (one thread each): with ``--echo`` it sends back what it receives, without it
-writes what it receives to its standard output.  Both log to standard error, one
-line per event, never key material.
+``serve`` accepts channels on the asyncio layer (:mod:`hybridkex.cli.serving`) and
+relays each to a local TCP service (``--forward``), echoes it (``--echo``) or writes
+it to standard output.  ``connect`` either carries its standard input and output over
+one channel (like ``openssl s_client``), or with ``--listen-local`` gives every local
+TCP client a channel of its own (like stunnel's client side).  Both log to standard
+error, one line per event, never key material.
 
-One channel loop serves both transports: a :class:`Transport` wraps a connected socket
-into a :class:`ChannelSocket` (:class:`~hybridkex.transport.SecureSocket` for HKX/1,
-:class:`~hybridkex.tls.TLSSocket` for TLS) and tells the loop how to describe its
-sessions.  ``hybridkex.tls`` (the ``tls`` extra, pyOpenSSL) is imported only for
-``--tls``.  Exit status (docs/sites.md), the same for both transports:
-
-    0  the channel closed cleanly (close_notify both ways)
-    1  a local problem: the site directory, an argument's value, the key store
-    2  command-line usage
-    3  network: could not connect (refused, unreachable, timed out), or a socket
-       error during the handshake
-    4  the handshake failed (authentication, policy, QKD key refused, timeout)
-    5  the session failed after the handshake (a record that does not authenticate,
-       an alert, a connection cut without close_notify); nothing unauthenticated
-       was written
+One set of words serves both protocols: a :class:`Transport` makes the protocol's
+sockets and driving protocols and tells how to describe its sessions (HKX/1:
+:class:`HKXChannel`, TLS 1.3: :class:`TLSChannel`).  ``hybridkex.tls`` (the ``tls``
+extra, pyOpenSSL) is imported only for ``--tls``.  Exit status: :data:`EXIT_CODES`
+(also in ``hybridkex --help`` and docs/sites.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import os
-import signal
 import socket
 import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, BinaryIO, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from hybridkex.cli.args import connection_count, grace_seconds, seconds
 from hybridkex.errors import (
+    AlertReceived,
+    ConnectionTruncated,
+    DecodeError,
     HandshakeTimeout,
     HybridKexError,
     InvalidParameter,
@@ -51,53 +46,139 @@ from hybridkex.errors import (
 )
 from hybridkex.protocol import SessionInfo
 from hybridkex.protocol.identity import PeerIdentity
-from hybridkex.protocol.suites import AlertDescription
-from hybridkex.site import SIGNATURE_SCHEMES, Site
+from hybridkex.protocol.record import frame_record
+from hybridkex.protocol.suites import AlertDescription, ContentType
+from hybridkex.site import SIGNATURE_SCHEMES, Site, SiteError
 from hybridkex.transport import Context, SecureSocket
+from hybridkex.transport.aio import DrivingProtocol
+from hybridkex.transport.forward import (
+    DEFAULT_GRACE,
+    DEFAULT_MAX_CONNECTIONS,
+    format_address,
+)
 
 if TYPE_CHECKING:
     from hybridkex.tls import TLSContext, TLSSessionInfo, TLSSocket
 
 EXIT_OK, EXIT_LOCAL, EXIT_USAGE, EXIT_NETWORK, EXIT_HANDSHAKE, EXIT_SESSION = 0, 1, 2, 3, 4, 5
+EXIT_INTERRUPTED = 130
+EXIT_CODES = (
+    (EXIT_OK, "success; for serve --once and connect: the channel closed cleanly"),
+    (EXIT_LOCAL, "a local problem: a file or directory, an argument's value, the site, "
+                 "the key store"),
+    (EXIT_USAGE, "command-line usage: an unknown option, a missing argument, a value "
+                 "out of range (a negative or infinite time, a port above 65535)"),
+    (EXIT_NETWORK, "network: could not connect, or a socket error in the handshake"),
+    (EXIT_HANDSHAKE, "the handshake failed: authentication, policy, a QKD key refused, "
+                     "replay, timeout, an alert"),
+    (EXIT_SESSION, "the session failed after the handshake: a record that does not "
+                   "authenticate, an alert, a connection cut without close_notify"),
+    (EXIT_INTERRUPTED, "interrupted (SIGINT) where no clean stop is defined"),
+)
 _CHUNK = 1 << 16
 TLS_MODES = ("certificate", "qkd-psk")
 DEFAULT_TLS_GROUP = "X25519MLKEM768"  # hybridkex.tls.DEFAULT_GROUPS, without importing it
+PSK_HANDSHAKE_KEYS = 4  # 3 authentication units and 1 QKD key (docs/protocol.md)
+# What a refused HKX/1 client reads: a plaintext fatal alert (docs/protocol.md, 11).
+HKX_BUSY = frame_record(ContentType.ALERT, bytes([2, AlertDescription.SERVER_BUSY]))
+
+
+# -- values checked when the command line is parsed (a usage error, status 2) ---------------
+
+
+
+
+
+def parse_address(text: str, what: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[IPv6]:PORT`` -> (host, port)."""
+    host, sep, port_text = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise InvalidParameter(f"{what} must be HOST:PORT with a port from 0 to 65535, "
+                               f"got {text!r}")
+    return host, int(port_text)
+
+
+def address(what: str, *, any_port: bool = True) -> Callable[[str], tuple[str, int]]:
+    """An argparse type for ``HOST:PORT`` (port 0 only where ``any_port``: to listen)."""
+
+    def parse(text: str) -> tuple[str, int]:
+        try:
+            host, port = parse_address(text, what)
+        except InvalidParameter as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        if port == 0 and not any_port:
+            raise argparse.ArgumentTypeError(f"{what} needs a port from 1 to 65535, "
+                                             f"got {text!r}")
+        return host, port
+
+    parse.__name__ = what  # argparse names the type in its messages
+    return parse
 
 
 def register(sub: Any) -> None:
     s = sub.add_parser("serve", help="accept channels for a site (HKX/1, or TLS 1.3 with "
-                       "--tls): echo, or data to stdout")
+                       "--tls): forward each to a TCP service, echo, or data to stdout")
     s.add_argument("--site", required=True, metavar="DIR", help="the site directory")
     s.add_argument("--listen", required=True, metavar="HOST:PORT",
+                   type=address("--listen"),
                    help="address to listen on ([::1]:PORT for IPv6; port 0 picks a free "
                    "one, printed on stderr as 'listening on HOST:PORT')")
-    s.add_argument("--echo", action="store_true",
-                   help="send every client's data back to it (default: write it to stdout)")
+    what = s.add_mutually_exclusive_group()
+    what.add_argument("--forward", metavar="HOST:PORT",
+                      type=address("--forward", any_port=False),
+                      help="relay each channel to this TCP service (stunnel-style), "
+                      "connected once the channel's handshake has completed")
+    what.add_argument("--echo", action="store_true",
+                      help="send every client's data back to it (default: write it to "
+                      "stdout)")
     s.add_argument("--once", action="store_true",
                    help="handle one connection, then exit with its status")
     s.add_argument("--auth", choices=["auto", "signature", "psk"],
                    help="HKX/1 only: authentication modes accepted (default: site.toml's "
                    "auth; auto accepts both)")
-    s.add_argument("--timeout", type=float, metavar="S",
-                   help="handshake time limit in seconds (default: site.toml's)")
+    s.add_argument("--timeout", type=seconds, metavar="S",
+                   help="handshake time limit per connection in seconds (default: "
+                   "site.toml's handshake_timeout_s)")
+    _add_stream_options(s)
     _add_tls_options(s)
     s.set_defaults(func=cmd_serve, usage_error=s.error)
 
     c = sub.add_parser("connect", help="open a channel (HKX/1, or TLS 1.3 with --tls): "
-                       "stdin to the peer, the peer's answer to stdout")
-    c.add_argument("address", metavar="HOST:PORT")
+                       "stdin to the peer and its answer to stdout, or with --listen-local "
+                       "one channel per local TCP client")
+    c.add_argument("address", metavar="HOST:PORT", type=address("HOST:PORT", any_port=False),
+                   help="the peer's serve address")
     c.add_argument("--site", required=True, metavar="DIR", help="the site directory")
+    c.add_argument("--listen-local", metavar="HOST:PORT", type=address("--listen-local"),
+                   help="listen on this local address; every TCP client that connects gets "
+                   "its own channel to the peer (stunnel-style; default: stdin/stdout)")
     c.add_argument("--auth", choices=["auto", "signature", "psk"], default=None,
                    help="HKX/1 only: auto: psk when the pool can pay for it, else "
                    "signature (default: site.toml's auth)")
     c.add_argument("--peer", metavar="NAME",
                    help="the site to connect to (default: the only peer in trust/)")
-    c.add_argument("--timeout", type=float, metavar="S",
-                   help="connect and handshake time limit in seconds (default: site.toml's)")
+    c.add_argument("--timeout", type=seconds, metavar="S",
+                   help="connect and handshake time limit in seconds (default: site.toml's "
+                   "handshake_timeout_s)")
     c.add_argument("--verbose", "-v", action="store_true",
                    help="print what the session is made of (session_info) on stderr")
+    _add_stream_options(c)
     _add_tls_options(c)
     c.set_defaults(func=cmd_connect, usage_error=c.error)
+
+
+def _add_stream_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-connections", type=connection_count, metavar="N",
+                        default=DEFAULT_MAX_CONNECTIONS,
+                        help="at most N channels at once; one more is refused at once, "
+                        f"never queued (default {DEFAULT_MAX_CONNECTIONS}; connect: with "
+                        "--listen-local)")
+    parser.add_argument("--grace", type=grace_seconds, metavar="S", default=DEFAULT_GRACE,
+                        help="after SIGINT or SIGTERM, let open channels finish for up to "
+                        f"S seconds, then close them (default {DEFAULT_GRACE:g}; connect: "
+                        "with --listen-local)")
 
 
 def _add_tls_options(parser: argparse.ArgumentParser) -> None:
@@ -121,25 +202,12 @@ def _check_options(args: argparse.Namespace) -> None:
                          "--tls; use --tls-mode certificate|qkd-psk")
     if not args.tls and (args.tls_mode is not None or args.group is not None):
         args.usage_error("--tls-mode and --group apply to TLS only; add --tls")
+    if getattr(args, "listen_local", None) is not None and args.verbose:
+        args.usage_error("--verbose applies to a stdin/stdout channel; with --listen-local "
+                         "every session is described in the log")
 
 
-# -- shared helpers -------------------------------------------------------------------------
-
-
-def parse_address(text: str, what: str) -> tuple[str, int]:
-    """``HOST:PORT`` or ``[IPv6]:PORT`` -> (host, port)."""
-    host, sep, port_text = text.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise InvalidParameter(f"{what} must be HOST:PORT with a port from 0 to 65535, "
-                               f"got {text!r}")
-    return host, int(port_text)
-
-
-def format_address(address: Any) -> str:
-    host, port = address[0], address[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+# -- words for people -------------------------------------------------------------------------
 
 
 def hkx_alert_name(code: int) -> str:
@@ -158,6 +226,41 @@ def reason(exc: BaseException, alert_name: Callable[[int], str] = hkx_alert_name
     if isinstance(exc, ProtocolError) and exc.alert:
         text += f" (alert {exc.alert} {alert_name(exc.alert)})"
     return " ".join(text.split())
+
+
+SPENT_WHY = ("a key that has entered a handshake is never used again, since whoever "
+             "chose the other secrets could test guesses of it offline (docs/protocol.md, "
+             "section 7)")
+
+
+def spent_note(spent: int, in_flight: int = 0) -> str:
+    """How many pool keys a failed attempt consumed, and why they are gone."""
+    if not spent and not in_flight:
+        return "no pool keys consumed"
+    text = f"{spent} pool key{'' if spent == 1 else 's'} consumed"
+    if in_flight:
+        text += f" and {in_flight} more on their way from the key source (consumed too)"
+    return f"{text}, not returned: {SPENT_WHY}"
+
+
+def hint(exc: BaseException, tls: bool, auth: str | None) -> str:
+    """What a user can do about a failed client handshake, when the error says enough."""
+    if isinstance(exc, AlertReceived) and exc.alert == AlertDescription.INSUFFICIENT_SECURITY \
+            and not tls and auth != "psk":
+        return (f"; if the server accepts psk authentication only, connect with --auth psk "
+                f"(it needs {PSK_HANDSHAKE_KEYS} pool keys)")
+    if isinstance(exc, DecodeError) and "speaks TLS" in str(exc):
+        return "; it is a TLS port: connect with --tls"
+    if not tls and (
+            (isinstance(exc, AlertReceived) and exc.alert == AlertDescription.PROTOCOL_VERSION)
+            or (isinstance(exc, ConnectionTruncated) and "a word of HKX/1" in str(exc))):
+        return "; if it is a TLS port, connect with --tls"
+    if tls and "is it an HKX/1 server" in str(exc):
+        return "; connect without --tls"
+    if tls and isinstance(exc, ConnectionTruncated) and "handshake" in str(exc):
+        return ("; the server closed the connection without answering (at its "
+                "--max-connections limit, or not a TLS server?)")
+    return ""
 
 
 def describe_session(info: SessionInfo, qkd_source: str | None = None) -> list[tuple[str, str]]:
@@ -192,17 +295,32 @@ def describe_session(info: SessionInfo, qkd_source: str | None = None) -> list[t
     return lines
 
 
+def pool_level(site: Site, peer: str) -> str:
+    """The pool with ``peer``, and a warning below site.toml's [pool] warn_below."""
+    try:
+        pool = site.pool_status(peer)
+    except HybridKexError as exc:
+        return f"pool with {peer}: not readable ({exc})"
+    text = (f"pool with {peer}: {pool.available_to_take} keys to take, "
+            f"{pool.available_to_fetch} to fetch")
+    below = site.settings.pool_warn_below
+    if pool.available_to_take < below:
+        text += (f" (WARNING: below {below}, site.toml's [pool] warn_below; refill it: "
+                 "hybridkex site pair, or the QKD link)")
+    return text
+
+
 def _print_lines(lines: list[tuple[str, str]], out: Any) -> None:
     width = max(len(label) for label, _ in lines)
     for label, value in lines:
         print(f"  {label:<{width}}  {value}", file=out)
 
 
-# -- the two transports ------------------------------------------------------------------------
+# -- the two protocols ------------------------------------------------------------------------
 
 
 class SessionSnapshot(Protocol):
-    """What the channel loop reads of any session_info(): SessionInfo and TLSSessionInfo."""
+    """What the channel code reads of any session_info(): SessionInfo and TLSSessionInfo."""
 
     @property
     def peer(self) -> PeerIdentity: ...
@@ -216,9 +334,13 @@ _InfoT_co = TypeVar("_InfoT_co", bound=SessionSnapshot, covariant=True)
 
 
 class ChannelSocket(Protocol[_InfoT_co]):
-    """What the channel loop uses of a secure socket: :class:`SecureSocket` (HKX/1,
-    ``session_info()`` a :class:`SessionInfo`) and :class:`~hybridkex.tls.TLSSocket`
-    (TLS 1.3, a :class:`~hybridkex.tls.TLSSessionInfo`) both are one."""
+    """What the stdin/stdout channel uses of a blocking secure socket:
+    :class:`SecureSocket` (HKX/1) and :class:`~hybridkex.tls.TLSSocket` (TLS 1.3)."""
+
+    def do_handshake(self) -> None: ...
+
+    @property
+    def pool_keys_spent(self) -> int: ...
 
     def recv(self, bufsize: int, /) -> bytes: ...
 
@@ -232,8 +354,8 @@ class ChannelSocket(Protocol[_InfoT_co]):
 
 
 class Transport(Protocol[_InfoT]):
-    """A site's channel protocol, as the channel loop needs it: a handshake over a
-    connected socket, and words for the sessions it makes."""
+    """A site's channel protocol, as the commands need it: its handshakes (blocking
+    sockets, asyncio driving protocols), and words for the sessions it makes."""
 
     @property
     def label(self) -> str:
@@ -246,12 +368,20 @@ class Transport(Protocol[_InfoT]):
     def uses_qkd(self) -> bool:
         """Whether its handshakes take keys from the site's QKD pools."""
 
+    @property
+    def refusal(self) -> bytes:
+        """What a client refused at the connection limit reads (an alert, or nothing)."""
+
     def wrap(self, raw: socket.socket, *, server_side: bool,
              peer: str | None) -> ChannelSocket[_InfoT]:
-        """Run the handshake over ``raw`` (owned from now on) or raise a typed error."""
+        """A blocking secure socket over ``raw`` (owned from now on), handshake not run."""
+
+    def driving_protocol(self, app: asyncio.Protocol, *, server_side: bool,
+                         peer: str | None) -> DrivingProtocol:
+        """An asyncio driving protocol for one connection (keys fetched off the loop)."""
 
     def summary(self, info: _InfoT) -> str:
-        """One line after the handshake, for the server's log (without the peer)."""
+        """One line after the handshake, for the log (without the peer)."""
 
     def describe(self, info: _InfoT, qkd_source: str) -> list[tuple[str, str]]:
         """(label, value) lines for ``connect --verbose``."""
@@ -267,6 +397,7 @@ class HKXChannel:
 
     label = "HKX/1"
     uses_qkd = True
+    refusal = HKX_BUSY
 
     def __init__(self, context: Context) -> None:
         self.context = context
@@ -276,12 +407,22 @@ class HKXChannel:
         return self.context.handshake_timeout
 
     def wrap(self, raw: socket.socket, *, server_side: bool, peer: str | None) -> SecureSocket:
-        return self.context.wrap_socket(raw, server_side=server_side, peer=peer)
+        return self.context.wrap_socket(raw, server_side=server_side, peer=peer,
+                                        do_handshake_on_connect=False)
+
+    def driving_protocol(self, app: asyncio.Protocol, *, server_side: bool,
+                         peer: str | None) -> DrivingProtocol:
+        from hybridkex.asyncio import SecureProtocol
+
+        connection = self.context.new_connection(server_side, peer, key_events=True)
+        return SecureProtocol(connection, app, self.context.handshake_timeout)
 
     def summary(self, info: SessionInfo) -> str:
         qkd = ", ".join(info.qkd_key_ids) or "none"
+        secrets = " + ".join([*info.kems, "QKD key" if info.qkd else "no QKD key"])
         return (f"{info.auth_mode} authentication, {info.suite}, QKD key {qkd}"
-                + (f" (fallback: {info.fallback})" if info.fallback else ""))
+                + (f" (fallback: {info.fallback})" if info.fallback else "")
+                + f"; secrets {secrets}")
 
     def describe(self, info: SessionInfo, qkd_source: str) -> list[tuple[str, str]]:
         return describe_session(info, qkd_source)
@@ -295,6 +436,8 @@ class HKXChannel:
 
 class TLSChannel:
     """TLS 1.3 (docs/tls.md) through a :class:`hybridkex.tls.TLSContext`."""
+
+    refusal = b""  # TLS has no alert for it: the refused client reads a closed connection
 
     def __init__(self, context: TLSContext) -> None:
         self.context = context
@@ -312,7 +455,15 @@ class TLSChannel:
         return self.context.mode == "qkd-psk"
 
     def wrap(self, raw: socket.socket, *, server_side: bool, peer: str | None) -> TLSSocket:
-        return self.context.wrap_socket(raw, server_side=server_side, peer=peer)
+        return self.context.wrap_socket(raw, server_side=server_side, peer=peer,
+                                        do_handshake_on_connect=False)
+
+    def driving_protocol(self, app: asyncio.Protocol, *, server_side: bool,
+                         peer: str | None) -> DrivingProtocol:
+        from hybridkex.tls.asyncio import TLSProtocol
+
+        connection = self.context.new_connection(server_side, peer, key_events=True)
+        return TLSProtocol(connection, app, self.context.handshake_timeout)
 
     def summary(self, info: TLSSessionInfo) -> str:
         if info.psk_used:
@@ -320,7 +471,7 @@ class TLSChannel:
         else:
             auth = f"certificate authentication ({info.peer_signature_scheme or 'none'})"
         return (f"{auth}, {info.version}, {info.cipher}, group {info.group}, "
-                f"QKD key {info.psk_key_id or 'none'}")
+                f"QKD key {info.psk_key_id or 'none'}; secrets {' + '.join(info.key_exchange)}")
 
     def describe(self, info: TLSSessionInfo, qkd_source: str) -> list[tuple[str, str]]:
         lines = info.describe()
@@ -394,164 +545,138 @@ def _tls_channel(site: Site, args: argparse.Namespace, *, server_side: bool,
                        timeout=args.timeout, server_side=server_side, peer=peer)
 
 
-# -- the server ---------------------------------------------------------------------------------
+def channel_for(site: Site, args: argparse.Namespace, *, server_side: bool,
+                peer: str | None = None) -> HKXChannel | TLSChannel:
+    if args.tls:
+        return _tls_channel(site, args, server_side=server_side, peer=peer)
+    return hkx_channel(site, args)
 
 
-@dataclass
-class ServedSession(Generic[_InfoT]):
-    """What the server saw of one connection (for logs, --once, and the demo)."""
-
-    address: str
-    status: int
-    info: _InfoT | None = None  # at the end of the session (None if no handshake)
-    handshake_info: _InfoT | None = None  # right after the handshake
-    received: int = 0
-    sent: int = 0
-    error: str = ""
-
-
-class ChannelServer(Generic[_InfoT]):
-    """Accepts connections on ``listener`` over ``transport`` (HKX/1 or TLS 1.3), one
-    thread per client, until stopped."""
-
-    def __init__(self, transport: Transport[_InfoT], listener: socket.socket, *, echo: bool,
-                 output: BinaryIO | None = None, log: Callable[[str], None] | None = None,
-                 on_session: Callable[[ServedSession[_InfoT]], None] | None = None) -> None:
-        self.transport = transport
-        self.listener = listener
-        self.echo = echo
-        self.output = output
-        self.log = log or (lambda line: None)
-        self.on_session = on_session
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._active: dict[int, tuple[socket.socket, ChannelSocket[_InfoT] | None]] = {}
-        self._threads: list[threading.Thread] = []
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    @property
-    def stopping(self) -> bool:
-        return self._stop.is_set()
-
-    def serve(self, once: bool = False) -> int:
-        """Accept until :meth:`stop` (or, with ``once``, one connection); then close every
-        session still open (close_notify first).  Returns the status of the last session."""
-        last: list[ServedSession[_InfoT]] = []
-        self.listener.settimeout(0.2)
-        try:
-            while not self._stop.is_set():
-                try:
-                    raw, address = self.listener.accept()
-                except TimeoutError:
-                    continue
-                raw.settimeout(None)
-                thread = threading.Thread(target=lambda r=raw, a=address: last.append(
-                    self.handle(r, a)), name="channel-session", daemon=True)
-                self._threads = [t for t in self._threads if t.is_alive()]
-                self._threads.append(thread)
-                thread.start()
-                if once:
-                    self.listener.close()
-                    while thread.is_alive() and not self._stop.is_set():
-                        thread.join(0.2)
-                    break
-        finally:
-            with contextlib.suppress(OSError):
-                self.listener.close()
-            self._close_all()
-        if once and not last:
-            return EXIT_NETWORK if not self._stop.is_set() else EXIT_OK
-        return last[-1].status if once else EXIT_OK
-
-    def _close_all(self) -> None:
-        with self._lock:
-            active = list(self._active.values())
-
-        def notify(secure: ChannelSocket[_InfoT]) -> None:
-            with contextlib.suppress(OSError, HybridKexError):
-                secure.shutdown(socket.SHUT_WR)  # close_notify
-
-        # close_notify from helper threads: a session blocked sending to a peer that does
-        # not read holds the socket's write lock, and must not hold up the shutdown.
-        notifiers = [threading.Thread(target=notify, args=(secure,), daemon=True)
-                     for _, secure in active if secure is not None]
-        for thread in notifiers:
-            thread.start()
-        for thread in notifiers:
-            thread.join(1.0)
-        for raw, _ in active:
-            with contextlib.suppress(OSError):
-                raw.shutdown(socket.SHUT_RDWR)  # wakes every session's reader
-        deadline = time.monotonic() + 5.0
-        for thread in self._threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
-
-    def handle(self, raw: socket.socket, address: Any) -> ServedSession[_InfoT]:
-        """One connection: handshake, then echo or copy to output until the peer closes."""
-        session: ServedSession[_InfoT] = ServedSession(format_address(address), EXIT_OK)
-        key = id(raw)
-        with self._lock:
-            self._active[key] = (raw, None)
-        try:
-            self._run(raw, session, key)
-        finally:
-            with self._lock:
-                self._active.pop(key, None)
-            if self.on_session is not None:
-                self.on_session(session)
-        return session
-
-    def _run(self, raw: socket.socket, session: ServedSession[_InfoT], key: int) -> None:
-        where, transport = session.address, self.transport
-        try:
-            secure = transport.wrap(raw, server_side=True, peer=None)
-        except (ProtocolError, HandshakeTimeout) as exc:
-            session.status, session.error = EXIT_HANDSHAKE, reason(exc, transport.alert_name)
-            self.log(f"{where}: handshake failed: {session.error}")
-            return
-        except (OSError, HybridKexError) as exc:
-            session.status, session.error = EXIT_NETWORK, reason(exc, transport.alert_name)
-            self.log(f"{where}: handshake failed: {session.error}")
-            return
-        with self._lock:
-            self._active[key] = (raw, secure)
-        info = session.handshake_info = secure.session_info()
-        peer = info.peer.site
-        self.log(f"{where}: session with {peer}: {transport.summary(info)}")
-        try:
-            while True:
-                data = secure.recv(_CHUNK)
-                if not data:
-                    break
-                session.received += len(data)
-                if self.echo:
-                    secure.sendall(data)
-                    session.sent += len(data)
-                elif self.output is not None:
-                    with self._lock:
-                        self.output.write(data)
-                        self.output.flush()
-            session.info = end = secure.session_info()
-            secure.close()
-        except (OSError, HybridKexError) as exc:
-            with contextlib.suppress(HybridKexError):
-                session.info = secure.session_info()
-            _linger(raw)
-            secure.close()
-            if self._stop.is_set():
-                session.error = "closed by server shutdown"
-                self.log(f"{where}: session with {peer} closed by server shutdown")
-                return
-            session.status, session.error = EXIT_SESSION, reason(exc, transport.alert_name)
-            self.log(f"{where}: session with {peer} failed: {session.error}")
-            return
-        self.log(f"{where}: session with {peer} closed cleanly: {session.received} bytes in, "
-                 f"{session.sent} out, {transport.counters(end)}")
+def choose_peer(site: Site, named: str | None) -> str:
+    """``--peer``, or the only peer in trust/.  A name the site does not trust is refused
+    here, with that reason, rather than later as a missing QKD key (a site trusting a
+    CA may connect to any name the CA certifies, so it is let through then)."""
+    if named is None:
+        return site.default_peer()
+    trusted = site.trusted()
+    if named == site.name:
+        raise SiteError(f"--peer {named} is this site itself")
+    if named not in site.peers() and not any(t.kind == "x509-ca" for t in trusted):
+        listed = ", ".join(site.peers()) or "none"
+        raise SiteError(f"site {site.name} does not trust a site named {named!r} (it trusts: "
+                        f"{listed}); add its identity with `hybridkex site trust`")
+    return named
 
 
-def _linger(raw: socket.socket, seconds: float = 1.0) -> None:
+def listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return socket.create_server((host, port), family=family, backlog=1024)
+
+
+def raise_fd_limit(connections: int) -> None:
+    """Enough file descriptors for ``connections`` streams of two sockets each, or a
+    one-line reason why not."""
+    try:
+        import resource
+    except ImportError:  # not POSIX: nothing to check
+        return
+    needed = 2 * connections + 64
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if target < needed:
+        raise InvalidParameter(f"--max-connections {connections} needs about {needed} open "
+                               f"files, and this process may have {hard} (ulimit -n)")
+
+
+# -- serve ------------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from hybridkex.cli.serving import serve
+
+    _check_options(args)
+    raise_fd_limit(args.max_connections)
+    with Site.load(args.site) as site:
+        return serve(args, site, channel_for(site, args, server_side=True))
+
+
+# -- connect ----------------------------------------------------------------------------------
+
+
+def _fail(status: int, message: str) -> int:
+    print(f"hybridkex connect: {message}", file=sys.stderr, flush=True)
+    return status
+
+
+def cmd_connect(args: argparse.Namespace) -> int:
+    _check_options(args)
+    with Site.load(args.site) as site:
+        peer = choose_peer(site, args.peer)
+        if args.tls:
+            return _open(args, site, peer, _tls_channel(site, args, server_side=False,
+                                                        peer=peer))
+        return _open(args, site, peer, hkx_channel(site, args))
+
+
+def _open(args: argparse.Namespace, site: Site, peer: str,
+          transport: Transport[_InfoT]) -> int:
+    if args.listen_local is not None:
+        from hybridkex.cli.serving import forward_local
+
+        raise_fd_limit(args.max_connections)
+        return forward_local(args, site, peer, transport)
+    return _connect(args, site, peer, transport)
+
+
+def handshake_failure(peer: str, exc: BaseException, transport: Transport[Any], spent: int,
+                      in_flight: int, args: argparse.Namespace) -> str:
+    """The one line for a client's failed handshake: what, what to do, what it cost."""
+    return (f"handshake with {peer} failed: {reason(exc, transport.alert_name)}"
+            f"{hint(exc, bool(args.tls), args.auth)}; {spent_note(spent, in_flight)}")
+
+
+def _connect(args: argparse.Namespace, site: Site, peer: str,
+             transport: Transport[_InfoT]) -> int:
+    where = format_address(args.address)
+    try:
+        raw = socket.create_connection(args.address, timeout=transport.handshake_timeout)
+    except OSError as exc:
+        return _fail(EXIT_NETWORK, f"cannot connect to {where}: {reason(exc)}; "
+                                   f"{spent_note(0)}")
+    raw.settimeout(None)
+    secure = transport.wrap(raw, server_side=False, peer=peer)
+    try:
+        secure.do_handshake()
+    except (ProtocolError, HandshakeTimeout) as exc:
+        return _fail(EXIT_HANDSHAKE, handshake_failure(peer, exc, transport,
+                                                       secure.pool_keys_spent, 0, args))
+    except OSError as exc:
+        secure.close()
+        return _fail(EXIT_NETWORK, handshake_failure(peer, exc, transport,
+                                                     secure.pool_keys_spent, 0, args))
+    except HybridKexError as exc:
+        secure.close()
+        raise HybridKexError(handshake_failure(peer, exc, transport, secure.pool_keys_spent,
+                                               0, args)) from exc
+    try:
+        if args.verbose:
+            print(f"hybridkex connect: connected to {peer} at {where} ({transport.label})",
+                  file=sys.stderr)
+            _print_lines(transport.describe(secure.session_info(),
+                                            site.qkd_source_label(peer)), sys.stderr)
+            if transport.uses_qkd:
+                print(f"  {pool_level(site, peer)}", file=sys.stderr)
+            sys.stderr.flush()
+        return _exchange(secure, raw, peer, transport, args.verbose)
+    finally:
+        secure.close()
+
+
+def linger(raw: socket.socket, seconds: float = 1.0) -> None:
     """After a failed session: stop sending, then read and drop what the peer still sends
     for a moment, so closing does not reset the connection (a TCP reset can destroy the
     alert just sent before the peer reads it)."""
@@ -562,104 +687,6 @@ def _linger(raw: socket.socket, seconds: float = 1.0) -> None:
             raw.settimeout(remaining)
             if not raw.recv(_CHUNK):
                 break
-
-
-def listen(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    return socket.create_server((host, port), family=family, backlog=128)
-
-
-def cmd_serve(args: argparse.Namespace) -> int:
-    _check_options(args)
-    host, port = parse_address(args.listen, "--listen")
-    with Site.load(args.site) as site:
-        if args.tls:
-            return _serve(args, site, host, port, _tls_channel(site, args, server_side=True))
-        return _serve(args, site, host, port, hkx_channel(site, args))
-
-
-def _serve(args: argparse.Namespace, site: Site, host: str, port: int,
-           transport: Transport[_InfoT]) -> int:
-    try:
-        listener = listen(host, port)
-    except OSError as exc:
-        raise InvalidParameter(f"cannot listen on {args.listen}: "
-                               f"{exc.strerror or exc}") from None
-
-    def log(line: str) -> None:
-        print(f"hybridkex serve: {line}", file=sys.stderr, flush=True)
-
-    server = ChannelServer(transport, listener, echo=args.echo,
-                           output=None if args.echo else sys.stdout.buffer, log=log)
-    previous = {sig: signal.signal(sig, lambda *_: server.stop())
-                for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        peers = ", ".join(site.peers()) or (
-            "none in trust/ (psk only)" if isinstance(transport, HKXChannel)
-            else "none in trust/ (any certificate trust/ admits)")
-        mode = "echo" if args.echo else "data to stdout"
-        log(f"site {site.name} ({transport.label}; {mode}; peers: {peers}) "
-            f"listening on {format_address(listener.getsockname())}")
-        if transport.uses_qkd:
-            for peer in site.peers():
-                pool = site.pool_status(peer)
-                log(f"QKD pool with {peer}: {pool.available_to_fetch} keys to fetch, "
-                    f"{pool.available_to_take} to take; from {site.qkd_source_label(peer)}")
-        status = server.serve(once=args.once)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    log(f"site {site.name} stopped")
-    return status
-
-
-# -- the client ------------------------------------------------------------------------------
-
-
-def _fail(status: int, message: str) -> int:
-    print(f"hybridkex connect: {message}", file=sys.stderr, flush=True)
-    return status
-
-
-def cmd_connect(args: argparse.Namespace) -> int:
-    _check_options(args)
-    host, port = parse_address(args.address, "the address")
-    with Site.load(args.site) as site:
-        peer = args.peer or site.default_peer()
-        if args.tls:
-            transport = _tls_channel(site, args, server_side=False, peer=peer)
-            return _connect(args, site, peer, (host, port), transport)
-        return _connect(args, site, peer, (host, port), hkx_channel(site, args))
-
-
-def _connect(args: argparse.Namespace, site: Site, peer: str, address: tuple[str, int],
-             transport: Transport[_InfoT]) -> int:
-    try:
-        raw = socket.create_connection(address, timeout=transport.handshake_timeout)
-    except OSError as exc:
-        return _fail(EXIT_NETWORK, f"cannot connect to {args.address}: {reason(exc)}")
-    raw.settimeout(None)
-    try:
-        secure = transport.wrap(raw, server_side=False, peer=peer)
-    except (ProtocolError, HandshakeTimeout) as exc:
-        return _fail(EXIT_HANDSHAKE, f"handshake with {peer} failed: "
-                     f"{reason(exc, transport.alert_name)}")
-    except OSError as exc:
-        raw.close()
-        return _fail(EXIT_NETWORK, f"handshake with {peer} failed: {reason(exc)}")
-    except HybridKexError:
-        raw.close()
-        raise
-    try:
-        if args.verbose:
-            print(f"hybridkex connect: connected to {peer} at {args.address} "
-                  f"({transport.label})", file=sys.stderr)
-            _print_lines(transport.describe(secure.session_info(),
-                                            site.qkd_source_label(peer)), sys.stderr)
-            sys.stderr.flush()
-        return _exchange(secure, raw, peer, transport, args.verbose)
-    finally:
-        secure.close()
 
 
 def _exchange(secure: ChannelSocket[_InfoT], raw: socket.socket, peer: str,
@@ -693,7 +720,7 @@ def _exchange(secure: ChannelSocket[_InfoT], raw: socket.socket, peer: str,
             out.write(data)
             out.flush()
     except (ProtocolError, LocalProtocolError, OSError) as exc:
-        _linger(raw, 0.5)  # let our alert reach the peer rather than a reset
+        linger(raw, 0.5)  # let our alert reach the peer rather than a reset
         return _fail(EXIT_SESSION, f"session with {peer} failed: "
                      f"{reason(exc, transport.alert_name)}")
     if send_error and not isinstance(send_error[0], OSError):

@@ -18,23 +18,17 @@ import queue
 import socket
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from hybridkex.cli.channel import (
-    ChannelServer,
-    HKXChannel,
-    ServedSession,
-    format_address,
-    listen,
-)
+from hybridkex.cli.channel import HKXChannel, listen
+from hybridkex.cli.serving import BackgroundServer
 from hybridkex.errors import HybridKexError
 from hybridkex.protocol import SessionInfo
-from hybridkex.qkd.link import SIMULATION_LABEL
 from hybridkex.site import Site, pair
 from hybridkex.transport import SecureSocket
+from hybridkex.transport.forward import Echo, Stream, format_address
 
 DISTANCE_KM = 25.0
 # Two rounds of 5e8 pulses at 25 km (about 370 keys each, 1 s each on one core): the
@@ -74,7 +68,7 @@ def _peer_json(info: SessionInfo) -> dict[str, Any]:
 
 
 def _session(site: Site, number: int, auth: str, address: tuple[str, int],
-             served: queue.Queue[ServedSession[SessionInfo]], payload: bytes) -> dict[str, Any]:
+             served: queue.Queue[Stream], payload: bytes) -> dict[str, Any]:
     context = site.context(auth=auth)
     started = time.perf_counter()
     raw = socket.create_connection(address, timeout=10)
@@ -92,9 +86,10 @@ def _session(site: Site, number: int, auth: str, address: tuple[str, int],
         tail = s.recv(1)
         info = s.session_info()
     elapsed_s = time.perf_counter() - started
-    server = served.get(timeout=30)
-    if server.info is None or server.status:
-        raise HybridKexError(f"the server's side of session {number} failed: {server.error}")
+    stream = served.get(timeout=30)
+    if stream.outcome != "closed":
+        raise HybridKexError(f"the server's side of session {number} failed: {stream.error}")
+    server = stream.session_info()
     auth_keys = PSK_AUTH_KEYS if at_handshake.auth_mode == "psk" else 0
     return {
         "number": number,
@@ -108,7 +103,7 @@ def _session(site: Site, number: int, auth: str, address: tuple[str, int],
         "security_policy": info.security_policy,
         "fallback": info.fallback,
         "peer": _peer_json(info),
-        "server_saw": _peer_json(server.info),
+        "server_saw": _peer_json(server),
         "pool_keys": {
             "handshake": at_handshake.pool_keys_spent,
             "authentication": auth_keys,
@@ -116,10 +111,10 @@ def _session(site: Site, number: int, auth: str, address: tuple[str, int],
             "rekeys": info.pool_keys_spent - at_handshake.pool_keys_spent,
             "total": info.pool_keys_spent,
         },
-        "both_sides_agree": (server.info.transcript_hash == info.transcript_hash
-                             and server.info.qkd_key_ids == info.qkd_key_ids
-                             and server.info.pool_keys_spent == info.pool_keys_spent
-                             and server.info.qkd_rekeys == info.qkd_rekeys == 1),
+        "both_sides_agree": (server.transcript_hash == info.transcript_hash
+                             and server.qkd_key_ids == info.qkd_key_ids
+                             and server.pool_keys_spent == info.pool_keys_spent
+                             and server.qkd_rekeys == info.qkd_rekeys == 1),
         "transcript_hash": info.transcript_hash,
         "bytes": len(payload),
         "echo_ok": echoed == payload and tail == b"",
@@ -137,6 +132,8 @@ def _pools(a: Site, b: Site) -> dict[str, dict[str, int]]:
 def run_demo(directory: Path, psk_sessions: int = PSK_SESSIONS, *,
              progress: bool = False) -> dict[str, Any]:
     """Everything the demo does, as the JSON object ``--json`` prints."""
+    from hybridkex.qkd.labels import SIMULATION_LABEL  # not at import: serve/connect skip it
+
     started = time.perf_counter()
 
     def say(text: str) -> None:
@@ -152,12 +149,11 @@ def run_demo(directory: Path, psk_sessions: int = PSK_SESSIONS, *,
         t_pair = time.perf_counter()
         before = _pools(a, b)
 
-        served: queue.Queue[ServedSession[SessionInfo]] = queue.Queue()
+        served: queue.Queue[Stream] = queue.Queue()
         listener = listen("127.0.0.1", 0)
         address = listener.getsockname()[:2]
-        server = ChannelServer(HKXChannel(b.context()), listener, echo=True, on_session=served.put)
-        thread = threading.Thread(target=server.serve, name="demo-server", daemon=True)
-        thread.start()
+        server = BackgroundServer(HKXChannel(b.context()), listener, Echo(), served.put)
+        server.start()
         payload = os.urandom(PAYLOAD_BYTES)
         sessions = []
         try:
@@ -166,7 +162,7 @@ def run_demo(directory: Path, psk_sessions: int = PSK_SESSIONS, *,
                 sessions.append(_session(a, number, auth, address, served, payload))
         finally:
             server.stop()
-            thread.join(10)
+            listener.close()
         t_sessions = time.perf_counter()
         after = _pools(a, b)
 

@@ -1,7 +1,8 @@
 """``hybridkex kme serve``: one site's ETSI GS QKD 014 Key Management Entity.
 
     hybridkex kme serve --site-id A --store sqlite:///a.db --listen 0.0.0.0:8443 \\
-        --cert kme-a.pem --key kme-a.key --ca ca.pem --sae-map saes.json
+        --cert kme-a.pem --key kme-a.key --ca ca.pem --sae-map saes.json \\
+        --peer B=https://kme-b.example:8443
 
 The server itself (aiohttp) is imported only when the command runs, so the rest of
 the command line works without the ``kme`` extra.  SIGTERM and SIGINT stop it cleanly.
@@ -33,10 +34,34 @@ def register(sub: Any) -> None:
     s.add_argument("--cert", required=True, metavar="PEM", help="the KME's TLS certificate")
     s.add_argument("--key", required=True, metavar="PEM", help="its private key")
     s.add_argument("--ca", required=True, metavar="PEM",
-                   help="CA that issues the SAE client certificates")
+                   help="CA that issues the SAE client certificates and the peer KMEs' "
+                   "certificates")
     s.add_argument("--sae-map", required=True, metavar="FILE",
-                   help='JSON object mapping SAE IDs to site IDs: {"sae-a": "A", ...}')
+                   help='JSON object mapping SAE IDs to site IDs: {"sae-a": "A", ...}; an '
+                   'entry may be {"site": "A", "skip_peer": "sae-b"}')
+    s.add_argument("--peer", action="append", default=[], metavar="SITE_ID=https://HOST:PORT",
+                   help="a peer KME (repeatable): keys for SAEs at SITE_ID are reserved "
+                   "there, and sync is accepted only from these KMEs")
+    s.add_argument("--reserve-ahead", type=int, default=None, metavar="N",
+                   help="keys reserved ahead at both KMEs per SAE pair and size "
+                   "(default 32; 0: one sync round per enc_keys)")
+    s.add_argument("--retention", type=float, default=None, metavar="SECONDS",
+                   help="how long delivered keys' rows stay in the store before they are "
+                   "purged (default 86400)")
     s.set_defaults(func=cmd_serve)
+
+
+def parse_peers(values: list[str]) -> dict[str, str]:
+    """``SITE_ID=https://HOST:PORT`` entries -> {site: url}; each site once."""
+    peers: dict[str, str] = {}
+    for value in values:
+        site, sep, url = value.partition("=")
+        if not sep or not site or not url:
+            raise InvalidParameter(f"--peer must be SITE_ID=https://HOST:PORT, got {value!r}")
+        if site in peers:
+            raise InvalidParameter(f"--peer names site {site!r} twice")
+        peers[site] = url
+    return peers
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -77,8 +102,11 @@ def _open_store(url: str, site_id: str) -> KeyStore:
 def cmd_serve(args: argparse.Namespace) -> int:
     try:
         from hybridkex.keydelivery.kme.server import (
+            DEFAULT_RESERVE_AHEAD,
+            DEFAULT_RETENTION_S,
             KMEServer,
             load_sae_map,
+            peer_tls,
             run_until_signalled,
             server_ssl_context,
         )
@@ -89,6 +117,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     host, port = parse_listen(args.listen)
     sae_map = load_sae_map(args.sae_map)
     ssl_context = server_ssl_context(args.cert, args.key, args.ca)
+    peers = parse_peers(args.peer)
+    reserve_ahead = DEFAULT_RESERVE_AHEAD if args.reserve_ahead is None else args.reserve_ahead
+    retention = DEFAULT_RETENTION_S if args.retention is None else args.retention
+    if reserve_ahead < 0:
+        raise InvalidParameter("--reserve-ahead must not be negative")
+    if not retention >= 0:
+        raise InvalidParameter("--retention must be a non-negative number of seconds")
     if args.site_id not in sae_map.values():
         print(f"kme: warning: no SAE in {args.sae_map} is attached to site {args.site_id!r}",
               file=sys.stderr)
@@ -96,7 +131,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     store = _open_store(args.store, args.site_id)
     try:
-        server = KMEServer(store, args.site_id, sae_map, ssl_context)
+        server = KMEServer(store, args.site_id, sae_map, ssl_context, peers=peers,
+                           peer_tls=peer_tls(args.cert, args.key, args.ca),
+                           reserve_ahead=reserve_ahead, retention_s=retention)
 
         def ready(bound_host: str, bound_port: int) -> None:
             shown = f"[{bound_host}]" if ":" in bound_host else bound_host

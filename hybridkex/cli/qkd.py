@@ -1,36 +1,52 @@
 """``hybridkex qkd simulate`` and ``hybridkex qkd sweep``: the simulated QKD link.
 
 Everything these commands show is labelled a simulation: the optical layer is a
-Monte Carlo model, the distillation that follows it is the real protocol.
+Monte Carlo model, the distillation that follows it is the real protocol.  A figure the
+round did not measure shows as "not measured" (JSON null), never as zero.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from dataclasses import asdict, replace
 from functools import partial
+from pathlib import Path
 from typing import Any
 
-from hybridkex.errors import InvalidParameter
-from hybridkex.keydelivery.store import open_store
+from hybridkex.cli.args import fraction, kilometres, positive_count, positive_number
+from hybridkex.errors import HybridKexError, InvalidParameter
+from hybridkex.keydelivery.store import KeyStore, open_store
 from hybridkex.qkd import analytic, montecarlo
-from hybridkex.qkd.link import SIMULATION_LABEL, QKDLink, SiteIdentity
+from hybridkex.qkd.distillation import DistillationConfig
+from hybridkex.qkd.labels import SIMULATION_LABEL
+from hybridkex.qkd.link import QKDLink, SiteIdentity
 from hybridkex.qkd.parameters import Eavesdropper, LinkParameters, finite_key_parameters
-from hybridkex.qkd.postprocessing import DistillationConfig
+
+#: ``qkd simulate``'s exit status when the round aborted (no key); 1 is an error.
+EXIT_ABORTED = 3
+_SIMULATE_EPILOG = (f"exit status: 0 when the round distilled a key, {EXIT_ABORTED} when it "
+                    "aborted (the report shows the measured values and bounds that decided "
+                    "it), 1 on an error")
 
 
-def register(sub: Any) -> None:
-    qkd = sub.add_parser("qkd", help="the simulated decoy-state BB84 link")
+def register(qkd: argparse.ArgumentParser) -> None:
+    """Add the ``qkd`` subcommands to the ``hybridkex qkd`` parser.  The command line
+    calls this only when that parser parses (:mod:`hybridkex.cli`), because these
+    options name the simulator's defaults, and importing it loads numpy."""
     qsub = qkd.add_subparsers(dest="qkd_command", required=True)
 
-    p = qsub.add_parser("simulate", help="one link session end to end (simulation)")
-    p.add_argument("--distance-km", type=float, required=True)
-    p.add_argument("--pulses", type=_count, required=True)
+    p = qsub.add_parser("simulate", help="one link session end to end (simulation)",
+                        epilog=_SIMULATE_EPILOG)
+    p.add_argument("--distance-km", type=kilometres, required=True)
+    p.add_argument("--pulses", type=positive_count, required=True)
     p.add_argument("--eve", choices=["intercept-resend", "pns"])
-    p.add_argument("--eve-fraction", type=float, default=1.0)
+    p.add_argument("--eve-fraction", type=fraction, default=1.0,
+                   help="fraction of the pulses Eve attacks, 0 to 1 (default 1: every "
+                   "pulse; only with --eve)")
     p.add_argument("--seed", type=int)
     p.add_argument("--preset", choices=["finite-key", "gys"], default="finite-key",
                    help="intensities and probabilities: finite-key (default; see "
@@ -50,22 +66,22 @@ def register(sub: Any) -> None:
     k.add_argument("--store-a", required=True, help="memory:, sqlite:///path or postgresql://...")
     k.add_argument("--site-b", required=True)
     k.add_argument("--store-b", required=True)
-    k.add_argument("--distance-km", type=float, default=25.0)
-    k.add_argument("--target-keys", type=_count,
+    k.add_argument("--distance-km", type=kilometres, default=25.0)
+    k.add_argument("--target-keys", type=positive_count,
                    help="stop once this many 256-bit keys were deposited (default: run until "
                    "interrupted)")
-    k.add_argument("--pulses-per-round", type=_count, default=500_000_000)
+    k.add_argument("--pulses-per-round", type=positive_count, default=500_000_000)
     k.add_argument("--json", action="store_true", help="one JSON object per round on stdout")
     k.set_defaults(func=cmd_link)
 
     s = qsub.add_parser("sweep", help="key rate against distance: analytic, and simulated")
-    s.add_argument("--from-km", type=float, required=True)
-    s.add_argument("--to-km", type=float, required=True)
-    s.add_argument("--step-km", type=float, required=True)
+    s.add_argument("--from-km", type=kilometres, required=True)
+    s.add_argument("--to-km", type=kilometres, required=True)
+    s.add_argument("--step-km", type=positive_number, required=True)
     s.add_argument("--model", choices=list(analytic.MODELS), default="vacuum-weak")
     s.add_argument("--mu", type=float, default=LinkParameters.mu)
     s.add_argument("--nu", type=float, default=LinkParameters.nu)
-    s.add_argument("--pulses", type=_count,
+    s.add_argument("--pulses", type=positive_count,
                    help="also estimate the rate from this many simulated pulses per point")
     s.add_argument("--seed", type=int, default=1)
     s.add_argument("--json", action="store_true", help="print one JSON object")
@@ -74,11 +90,46 @@ def register(sub: Any) -> None:
     s.set_defaults(func=cmd_sweep)
 
 
-def _count(text: str) -> int:
-    value = float(text)  # accepts 1e8
-    if value != int(value) or value < 1:
-        raise argparse.ArgumentTypeError("must be a positive whole number")
-    return int(value)
+def _open_store(url: str, site: str, option: str) -> KeyStore:
+    """The store ``url`` names, or one line saying why it cannot be opened."""
+    if url.startswith("sqlite:///"):
+        path = Path(url[len("sqlite:///"):])
+        if not path.parent.is_dir():
+            raise InvalidParameter(f"{option} {url}: the directory {path.parent} does not "
+                                   "exist (sqlite:///relative/path, sqlite:////absolute/path)")
+    try:
+        return open_store(url, site)
+    except HybridKexError:
+        raise
+    except Exception as exc:  # sqlite3.Error, OSError: a file that cannot be opened
+        raise InvalidParameter(f"{option} {url}: cannot open the key store: "
+                               f"{type(exc).__name__}: {exc}") from None
+
+
+def _check_plot(path: str) -> None:
+    """Refuse, before any computation, a --plot file that cannot be written."""
+    target = Path(path)
+    parent = target.parent
+    if not parent.is_dir():
+        raise InvalidParameter(f"--plot {path}: the directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InvalidParameter(f"--plot {path}: the directory {parent} is not writable")
+    if target.is_dir():
+        raise InvalidParameter(f"--plot {path} is a directory")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+    except ImportError:
+        raise InvalidParameter(
+            "--plot needs matplotlib: pip install 'hybridkex[plot]'") from None
+    formats = FigureCanvasAgg.get_supported_filetypes()
+    suffix = target.suffix.lower().lstrip(".")
+    if suffix and suffix not in formats:
+        raise InvalidParameter(f"--plot {path}: matplotlib cannot write .{suffix} files; "
+                               f"name a .png, .pdf or .svg file (or one of "
+                               f"{', '.join('.' + f for f in sorted(formats))})")
 
 
 class _Progress:
@@ -118,14 +169,18 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     report = link.run_round(args.pulses, args.seed, progress)
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
-        return 0
-    _print_report(report.to_json())
-    return 0
+    else:
+        _print_report(report.to_json())
+    return EXIT_ABORTED if report.aborted else 0
 
 
 def cmd_link(args: argparse.Namespace) -> int:
-    store_a = open_store(args.store_a, args.site_a)
-    store_b = open_store(args.store_b, args.site_b)
+    store_a = _open_store(args.store_a, args.site_a, "--store-a")
+    try:
+        store_b = _open_store(args.store_b, args.site_b, "--store-b")
+    except BaseException:
+        store_a.close()
+        raise
     link = QKDLink(args.site_a, args.site_b, finite_key_parameters(distance_km=args.distance_km),
                    store_a=store_a, store_b=store_b, identity_a=SiteIdentity.generate(),
                    identity_b=SiteIdentity.generate())
@@ -159,32 +214,88 @@ def cmd_link(args: argparse.Namespace) -> int:
     return 0
 
 
+NOT_MEASURED = "not measured"
+_QBER_BASIS = {"Z-key": "Z key block, errors corrected", "Z-sample": "Z sample"}
+
+
+def _value(value: float | None, spec: str) -> str:
+    """A figure as text, or "not measured" (the round ended before the step that measures
+    it): never a zero that was not measured."""
+    return NOT_MEASURED if value is None else format(value, spec)
+
+
 def _print_report(r: dict[str, Any]) -> None:
     print(f"*** {SIMULATION_LABEL} ***")
-    print(f"link: {r['distance_km']:g} km, {r['pulses']:.3g} pulses (seed {r['seed']})")
-    print(f"  detections            {r['detections']}")
-    print(f"  sifted bits           {r['sifted_bits']}")
-    print(f"  QBER (key, after EC)  {r['qber']:.4f}   X basis {r['qber_x']:.4f}")
-    bound = f"finite-size, eps_sec {r['eps_sec']:.0e}" if r["finite_key"] else "asymptotic"
-    print(f"  single-photon bounds  Y1 >= {r['y1_lower']:.3g}, e1 <= {r['e1_upper']:.4f}"
-          f"  ({bound})")
-    eff = r["ec_efficiency"]
-    print(f"  error correction      {r['ec_leaked_bits']} bits leaked, f = "
-          f"{eff:.3f}" if eff is not None else "n/a", f", {r['ec_round_trips']} round trips")
-    print(f"  privacy amplification {r['pa_input_bits']} -> {r['secret_bits']} bits")
+    seed = "seed not shown" if r["seed"] is None else f"seed {r['seed']}"
+    print(f"link: {r['distance_km']:g} km, {r['pulses']:.3g} pulses ({seed})")
+    print(f"  detections            {_value(r['detections'], 'd')}")
+    print(f"  sifted bits           {_value(r['sifted_bits'], 'd')}")
+    basis = _QBER_BASIS.get(r["qber_basis"] or "", "")
+    print(f"  QBER                  {_value(r['qber'], '.4f')}"
+          + (f" ({basis})" if basis else "") + f", abort above {r['qber_threshold']:g}")
+    print(f"                        X basis {_value(r['qber_x'], '.4f')}, "
+          f"Z sample {_value(r['qber_z_sample'], '.4f')}")
+    terms = r["pa_terms"]
+    if r["finite_key"]:
+        bound, error = f"finite-size, eps_sec {r['eps_sec']:.0e}", "phi_Z^U"
+    else:
+        bound, error = "asymptotic", "e1"
+    if r["y1_lower"] is None:
+        print(f"  single-photon bounds  {NOT_MEASURED}")
+    else:
+        print(f"  single-photon bounds  Y1 >= {r['y1_lower']:.4g}, "
+              f"{error} <= {r['e1_upper']:.4f}  ({bound})")
+    if r["ec_leaked_bits"] is None:
+        print(f"  error correction      {NOT_MEASURED}")
+    else:
+        print(f"  error correction      {r['ec_leaked_bits']} bits disclosed, "
+              f"f = {_value(r['ec_efficiency'], '.3f')}, {r['ec_round_trips']} round trips")
+    if terms is None:
+        print(f"  secret length         {NOT_MEASURED}")
+    else:
+        _print_terms(terms, error)
+    if r["pa_input_bits"] is None:
+        print(f"  privacy amplification {NOT_MEASURED}")
+    else:
+        print(f"  privacy amplification {r['pa_input_bits']} -> {r['secret_bits']} bits kept "
+              f"(+{terms['confirmation_bits']} confirmation bits, disclosed and discarded)")
     print(f"  authentication        {r['auth_mode']}, {r['auth_bits_consumed']} key bits spent")
     print(f"  net secret bits       {r['net_secret_bits']}")
-    print(f"  keys deposited        {r['keys_deposited']} x 256 bits, "
-          f"{r['auth_reserve_bits']} bits kept to authenticate the next round")
     if r["aborted"]:
         print(f"  ABORTED: {r['abort_reason']}")
+    else:
+        where = ("deposited in the key stores" if r["keys_deposited"]
+                 else "deposited nowhere (no key store)")
+        print(f"  key units             {r['key_units']} x 256 bits, {where}")
+        print(f"                        {r['auth_reserve_bits']} bits kept to authenticate "
+              "the next round")
     print(f"  time                  {r['elapsed_s']:.2f} s "
           f"(optical simulation {r['simulation_s']:.2f} s)")
 
 
+def _print_terms(t: dict[str, Any], error: str) -> None:
+    """Every term of the secret length, as ``pa_terms`` has them."""
+    leak = (f"~{t['ec_leaked_bits']:.0f} (estimated before reconciliation)"
+            if t["ec_leaked_estimated"] else f"{t['ec_leaked_bits']:.0f}")
+    vacuum = "" if t["s_z0_lower"] is None else f"s_Z0 {t['s_z0_lower']:.0f} + "
+    finite = ("" if t["finite_size_bits"] is None
+              else f" - finite size {t['finite_size_bits']:.1f}")
+    print(f"  secret length         {t['length']} bits  ({t['bound']})")
+    print(f"    = {vacuum}s_Z1 {t['s_z1_lower']:.0f} x (1 - h({error} {t['phi_z_upper']:.4f}))"
+          f" - reconciliation {leak}")
+    print(f"      - verification tag {t['verification_tag_bits']}"
+          f" - confirmation {t['confirmation_bits']}{finite}")
+    eps = ("" if t["eps_sec"] is None else
+           f"eps_sec {t['eps_sec']:.1e} ({t['eps_terms']} terms of {t['eps_per_term']:.1e}), ")
+    print(f"  security              {eps}eps_cor {t['eps_cor']:.1e} (verification "
+          "hash collision bound)")
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
-    if args.step_km <= 0 or args.to_km < args.from_km:
-        raise InvalidParameter("need --step-km > 0 and --to-km >= --from-km")
+    if args.to_km < args.from_km:
+        raise InvalidParameter("need --to-km >= --from-km")
+    if args.plot:
+        _check_plot(args.plot)
     params = LinkParameters(mu=args.mu, nu=args.nu)
     model = args.model
     points: list[dict[str, Any]] = []

@@ -1,8 +1,9 @@
 """``hybridkex rndl-demo``: record three HKX/1 sessions, then attack them as a future adversary.
 
-The logic lives in :mod:`hybridkex.rndl`; docs/rndl.md explains the demonstration and
-what it does not show.  The breaks are simulated by disclosing the sites' ephemeral KEM
-private keys.  The decryption attempts are real.  The QKD link is simulated.
+The logic lives in :mod:`hybridkex.demos.rndl`, imported when the command runs;
+docs/rndl.md explains the demonstration and what it does not show.  The breaks are
+simulated by disclosing the sites' ephemeral KEM private keys.  The decryption attempts
+are real.  The QKD link is simulated.
 """
 
 from __future__ import annotations
@@ -11,11 +12,12 @@ import argparse
 import json
 import sys
 import textwrap
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from hybridkex import rndl
 from hybridkex.protocol import suite_by_name
-from hybridkex.qkd.link import SIMULATION_LABEL
+
+if TYPE_CHECKING:
+    from hybridkex.demos.rndl import DemoResult
 
 AUTH = {"classical": "signature (Ed25519)", "pq-hybrid": "signature (Ed25519)",
         "pq+qkd": "psk (one-time MACs keyed from the pool)"}
@@ -37,7 +39,10 @@ def _cell(falls: bool) -> str:
     return "FALLS" if falls else "secret"
 
 
-def _print_text(result: rndl.DemoResult) -> None:
+def _print_text(result: DemoResult) -> None:
+    from hybridkex.demos import rndl
+    from hybridkex.qkd.labels import SIMULATION_LABEL
+
     out = result.to_json()
     link = out["qkd_link"]
     width = max(len(s) for s in rndl.SCENARIOS)
@@ -125,6 +130,9 @@ def _print_text(result: rndl.DemoResult) -> None:
 
 
 def cmd_rndl_demo(args: argparse.Namespace) -> int:
+    # The demo runs the simulated QKD link: numpy loads only for this command.
+    from hybridkex.demos import rndl
+
     result = rndl.run_demo()
     if args.json:
         print(json.dumps(result.to_json(), indent=2))

@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from hybridkex.cli.qkd import _count
-from hybridkex.qkd.link import SIMULATION_LABEL, LinkReport
-from hybridkex.site import DEFAULT_PULSES_PER_ROUND, SIGNATURE_SCHEMES, Site, pair
+from hybridkex.cli.args import positive_count
+from hybridkex.site import DEFAULT_PULSES_PER_ROUND, SIGNATURE_SCHEMES, Site, SiteError, pair
+
+if TYPE_CHECKING:
+    from hybridkex.qkd.link import LinkReport
 
 
 def register(sub: Any) -> None:
@@ -50,13 +54,15 @@ def register(sub: Any) -> None:
     p.add_argument("dir_b", metavar="DIR_B")
     p.add_argument("--distance-km", type=float, default=25.0,
                    help="fibre length of the simulated link (default 25)")
-    p.add_argument("--keys", type=_count, default=500,
+    p.add_argument("--keys", type=positive_count, default=500,
                    help="run rounds until at least this many 256-bit keys were deposited, "
                    "both directions together (default 500)")
-    p.add_argument("--pulses-per-round", type=_count, default=DEFAULT_PULSES_PER_ROUND,
+    p.add_argument("--pulses-per-round", type=positive_count, default=DEFAULT_PULSES_PER_ROUND,
                    help="simulated pulses per round (default 5e8: about 370 keys per round "
                    "at 25 km)")
-    p.add_argument("--seed", type=int, help="make the simulated rounds reproducible")
+    p.add_argument("--seed", type=int, help="ignored, with a note on stderr: keys deposited "
+                   "in key stores always come from OS randomness (seeds are for "
+                   "`qkd simulate` reports)")
     p.add_argument("--replace-trust", action="store_true",
                    help="replace a different identity already trusted under a peer's name")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
@@ -76,10 +82,30 @@ def register(sub: Any) -> None:
     s.set_defaults(func=cmd_show)
 
 
+def _creatable(directory: Path) -> None:
+    """Refuse, saying why, a site directory that cannot be made where it is asked for."""
+    for parent in directory.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise SiteError(f"cannot create site directory {directory}: {parent} is a "
+                                "file, not a directory")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise SiteError(f"cannot create site directory {directory}: {parent} is "
+                                "not writable")
+            return
+
+
 def cmd_init(args: argparse.Namespace) -> int:
-    with Site.init(args.dir, args.name, args.sig, ca_certificate=args.ca_cert,
-                   ca_key=args.ca_key, days=args.days, security=args.security,
-                   auth=args.auth) as site:
+    directory = Path(args.dir)
+    _creatable(directory)
+    try:
+        site = Site.init(directory, args.name, args.sig, ca_certificate=args.ca_cert,
+                         ca_key=args.ca_key, days=args.days, security=args.security,
+                         auth=args.auth)
+    except OSError as exc:
+        raise SiteError(f"cannot create site directory {directory}: "
+                        f"{exc.strerror or exc}") from None
+    with site:
         print(f"site {site.name} created in {site.path}")
         print(f"  identity    {site.scheme}, {site.settings.identity}")
         print(f"  public key  sha256 {site.fingerprint}")
@@ -95,6 +121,8 @@ class _PairProgress:
         self.round = 1
         self.deposited = 0
         self.last = 0.0
+        from hybridkex.qkd.labels import SIMULATION_LABEL
+
         print(f"*** QKD link: {SIMULATION_LABEL} ***", file=sys.stderr)
 
     def pulses(self, done: int, total: int) -> None:
@@ -126,11 +154,18 @@ def _pulses(n: float) -> str:
     return f"{n:.2g}".replace("e+0", "e").replace("e+", "e")
 
 
+#: What ``site pair --seed`` prints: pairing deposits keys, which a seed must not decide.
+SEED_IGNORED = ("hybridkex: note: --seed ignored: the keys pairing deposits come from OS "
+                "randomness (seeds are for `qkd simulate` reports)")
+
+
 def cmd_pair(args: argparse.Namespace) -> int:
+    if args.seed is not None:
+        print(SEED_IGNORED, file=sys.stderr)
     with Site.load(args.dir_a) as site_a, Site.load(args.dir_b) as site_b:
         progress = None if args.json else _PairProgress(args.keys)
         report = pair(site_a, site_b, args.distance_km, args.keys,
-                      pulses_per_round=args.pulses_per_round, seed=args.seed,
+                      pulses_per_round=args.pulses_per_round,
                       replace_trust=args.replace_trust,
                       on_pulses=progress.pulses if progress else None,
                       on_round=progress.round_done if progress else None)
@@ -142,7 +177,7 @@ def cmd_pair(args: argparse.Namespace) -> int:
         for line in report.trust:
             print(f"    {line}")
         print("    (compare the key sha256 with each site's `hybridkex site show` output)")
-        print(f"  QKD link: {SIMULATION_LABEL}")
+        print(f"  QKD link: {report.simulation}")
         print(f"    {report.distance_km:g} km, {len(report.rounds)} rounds of "
               f"{_pulses(report.pulses_per_round)} pulses ({report.aborted_rounds} aborted), "
               f"{report.elapsed_s:.1f} s")
@@ -158,6 +193,13 @@ def cmd_pair(args: argparse.Namespace) -> int:
 
 
 def cmd_trust(args: argparse.Namespace) -> int:
+    path = Path(args.file)
+    if not path.exists():
+        raise SiteError(f"{path} does not exist (give a peer's identity.crt or "
+                        "identity.pin, or a CA certificate)")
+    if not path.is_file():
+        raise SiteError(f"{path} is not a file (give a peer's identity.crt or "
+                        "identity.pin, or a CA certificate)")
     with Site.load(args.dir) as site:
         entry = site.trust(args.file, replace=args.replace)
         print(f"site {site.name} trusts {entry.name}: {entry.describe()}")
@@ -168,11 +210,13 @@ def cmd_trust(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     with Site.load(args.dir) as site:
         pools = {}
+        warn_below = site.settings.pool_warn_below
         for peer in sorted(set(site.peers()) | set(site.store.peers())):
             status = site.pool_status(peer)
             pools[peer] = {"available_to_take": status.available_to_take,
                            "available_to_fetch": status.available_to_fetch,
                            "delivered": status.delivered,
+                           "below_warning_level": status.available_to_take < warn_below,
                            "link": site.link_info(peer),
                            "source": site.qkd_source_label(peer)}
         result: dict[str, Any] = {
@@ -184,6 +228,7 @@ def cmd_show(args: argparse.Namespace) -> int:
             "security": site.settings.security,
             "auth": site.settings.auth,
             "suites": list(site.settings.suites),
+            "pool_warn_below": warn_below,
             "trusted": [{"name": t.name, "kind": t.kind, "scheme": t.scheme,
                          "public_key_sha256": t.public_key_sha256, "file": str(t.path)}
                         for t in site.trusted()],
@@ -202,10 +247,15 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(f"    {t.name}: {t.describe()}")
     if not result["trusted"]:
         print("    nobody yet (hybridkex site pair / site trust)")
-    print("  QKD key pools (256-bit keys)")
+    print(f"  QKD key pools (256-bit keys; warning below {result['pool_warn_below']} to "
+          "take, site.toml's [pool] warn_below)")
     for peer, pool in pools.items():
         print(f"    {peer}: {pool['available_to_take']} to take, {pool['available_to_fetch']} "
               f"to fetch, {pool['delivered']} used; from {pool['source']}")
+        if pool["below_warning_level"]:
+            print(f"    WARNING: {peer}'s pool is below {result['pool_warn_below']} keys to "
+                  "take: a psk handshake takes 4, a signature handshake 1, and a failed "
+                  "one keeps what it took; refill it (hybridkex site pair, or the QKD link)")
     if not pools:
         print("    empty")
     return 0

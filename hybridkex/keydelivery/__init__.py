@@ -11,12 +11,15 @@ them (ETSI GS QKD 014 calls the role "key delivery"):
   :mod:`~hybridkex.keydelivery.sqlite` and :mod:`~hybridkex.keydelivery.postgres`;
 * :mod:`~hybridkex.keydelivery.pools` - :func:`linked_pools`, two sites' stores
   holding the same units;
-* :mod:`~hybridkex.keydelivery.kme` - the ETSI GS QKD 014 KME: server, client, and
-  :class:`~hybridkex.keydelivery.kme.client.KMEKeySource`.
+* :mod:`~hybridkex.keydelivery.kme` - the ETSI GS QKD 014 KME: server, clients
+  (blocking and asyncio), and the key sources over them,
+  :class:`~hybridkex.keydelivery.kme.client.KMEKeySource` and
+  :class:`~hybridkex.keydelivery.kme.aio_client.AsyncKMEKeySource`.
 
 Importing this package loads none of sqlite3, http.client, aiohttp or numpy: the
-stores and the KME client are imported when named (``SQLiteKeyStore``,
-``PostgresKeyStore``, ``KMEClient``, ``KMEKeySource``).
+stores and the KME clients are imported when named (``SQLiteKeyStore``,
+``PostgresKeyStore``, ``KMEClient``, ``KMEKeySource``, ``AsyncKMEClient``,
+``AsyncKMEKeySource``; the last two need aiohttp, the ``kme`` extra).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from hybridkex.keydelivery.source import AsyncKeySource, KeySource, StoreKeySour
 from hybridkex.keydelivery.store import KeyStore, MemoryKeyStore, StoreStatus, open_store
 
 if TYPE_CHECKING:
+    from hybridkex.keydelivery.kme.aio_client import AsyncKMEClient, AsyncKMEKeySource
     from hybridkex.keydelivery.kme.client import KMEClient, KMEKeySource
     from hybridkex.keydelivery.postgres import PostgresKeyStore
     from hybridkex.keydelivery.sqlite import SQLiteKeyStore
@@ -46,6 +50,8 @@ if TYPE_CHECKING:
 __all__ = [
     "UNIT_BITS",
     "UNIT_BYTES",
+    "AsyncKMEClient",
+    "AsyncKMEKeySource",
     "AsyncKeySource",
     "DeliveredKey",
     "KMEClient",
@@ -72,6 +78,8 @@ __all__ = [
 ]
 
 _LAZY = {
+    "AsyncKMEClient": "hybridkex.keydelivery.kme.aio_client",
+    "AsyncKMEKeySource": "hybridkex.keydelivery.kme.aio_client",
     "KMEClient": "hybridkex.keydelivery.kme.client",
     "KMEKeySource": "hybridkex.keydelivery.kme.client",
     "PostgresKeyStore": "hybridkex.keydelivery.postgres",

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from hybridkex.errors import HybridKexError
 
-__all__ = ["KeyNotAvailable", "KeySourceError", "KeysExhausted"]
+__all__ = ["KeyAccessDenied", "KeyNotAvailable", "KeySourceError", "KeysExhausted",
+           "ReservationRefused"]
 
 
 class KeySourceError(HybridKexError):
@@ -23,3 +24,13 @@ class KeysExhausted(KeySourceError):
 class KeyNotAvailable(KeySourceError):
     """A key ID is unknown, already delivered, or not this side's to fetch; nothing was
     delivered."""
+
+
+class KeyAccessDenied(KeySourceError):
+    """The key exists but is bound to other SAEs (or another master): nothing was
+    delivered, and the key stays deliverable to the SAEs it was reserved for."""
+
+
+class ReservationRefused(KeySourceError):
+    """A peer KME's reservation names units that are unknown, already bound or
+    delivered, or not the peer's to take: nothing of it was recorded."""

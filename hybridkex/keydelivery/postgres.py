@@ -6,7 +6,13 @@ key's material is erased in the transaction that delivers it.  Open one with
 ``open_store("postgresql://user@host/db", site_id)`` or construct it directly; it
 needs psycopg 3 (``pip install 'hybridkex[postgres]'``).
 
-Schema.  Two tables, created if absent (in ``schema`` if given, else the first
+Counts.  ``status`` reads counter rows (``hybridkex_qkd_counts``) that every take,
+fetch and deposit updates in its own transaction, spread over 16 shards per pool so
+concurrent takers rarely wait for one row; it never reads the delivered rows.
+Keys bound to SAEs (:mod:`hybridkex.keydelivery.binding`) live in
+``hybridkex_qkd_bound``, changed in one transaction per operation with row locks.
+
+Schema.  Tables created if absent (in ``schema`` if given, else the first
 schema of the connection's ``search_path``): ``hybridkex_qkd_keys`` holds one row
 per unit *per site*, keyed by ``(site_id, key_id)``, and ``hybridkex_qkd_meta`` the
 schema version.  Every query names the store's ``site_id``, so the two sites of a
@@ -77,9 +83,22 @@ from contextlib import contextmanager
 from typing import Any
 
 from hybridkex.errors import BackendUnavailable, InvalidParameter
-from hybridkex.keydelivery.errors import KeyNotAvailable, KeysExhausted, KeySourceError
+from hybridkex.keydelivery.binding import Binding
+from hybridkex.keydelivery.errors import (
+    KeyNotAvailable,
+    KeysExhausted,
+    KeySourceError,
+    ReservationRefused,
+)
 from hybridkex.keydelivery.keys import StoredKey
-from hybridkex.keydelivery.store import KeyStore, StoreStatus
+from hybridkex.keydelivery.store import (
+    BoundRow,
+    Expected,
+    KeyStore,
+    RecordRow,
+    StoreStatus,
+    check_access,
+)
 
 try:
     import psycopg
@@ -89,11 +108,21 @@ except ImportError as exc:  # pragma: no cover - exercised where psycopg is abse
         "the PostgreSQL key store needs psycopg 3: pip install 'hybridkex[postgres]'"
     ) from exc
 
-__all__ = ["KEYS_TABLE", "META_TABLE", "SCHEMA_VERSION", "PostgresKeyStore"]
+__all__ = ["BOUND_TABLE", "COUNTS_TABLE", "KEYS_TABLE", "META_TABLE", "SCHEMA_VERSION",
+           "PostgresKeyStore"]
 
 KEYS_TABLE = "hybridkex_qkd_keys"
 META_TABLE = "hybridkex_qkd_meta"
-SCHEMA_VERSION = "1"
+COUNTS_TABLE = "hybridkex_qkd_counts"
+BOUND_TABLE = "hybridkex_qkd_bound"
+SCHEMA_VERSION = "2"
+"""1: the units alone; 2: adds the counters and the keys bound to SAEs (a version 1
+schema is upgraded in place, once, when a store opens it)."""
+
+COUNTER_SHARDS = 16
+"""Each connection adds its deliveries to one of this many counter rows per pool
+(``pg_backend_pid() % 16``), so concurrent takers rarely wait for each other's
+counter row; :meth:`PostgresKeyStore.status` adds the shards up."""
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS {meta} (
@@ -113,7 +142,50 @@ CREATE TABLE IF NOT EXISTS {keys} (
 );
 CREATE INDEX IF NOT EXISTS {index}
     ON {keys} (site_id, peer_site, initiator, seq) WHERE material IS NOT NULL;
+CREATE INDEX IF NOT EXISTS {delivered_index}
+    ON {keys} (site_id, delivered_at) WHERE material IS NULL;
+CREATE TABLE IF NOT EXISTS {counts} (
+    site_id    TEXT NOT NULL,
+    peer_site  TEXT NOT NULL,
+    initiator  BOOLEAN NOT NULL,
+    shard      INTEGER NOT NULL,
+    available  BIGINT NOT NULL,
+    delivered  BIGINT NOT NULL,
+    PRIMARY KEY (site_id, peer_site, initiator, shard)
+);
+CREATE TABLE IF NOT EXISTS {bound} (
+    seq          BIGINT GENERATED ALWAYS AS IDENTITY,
+    site_id      TEXT NOT NULL,
+    key_id       UUID NOT NULL,
+    peer_site    TEXT NOT NULL,
+    master_side  BOOLEAN NOT NULL,       -- true: handed to the master SAE here
+    binding      TEXT NOT NULL,          -- JSON ["master", "slave", ...]
+    size_bits    INTEGER NOT NULL,
+    units        UUID[] NOT NULL,        -- the key ID first
+    waiting      TEXT[] NOT NULL,        -- slave SAEs that have not had it yet
+    state        SMALLINT NOT NULL,      -- 0 pending, 1 open, 2 done
+    material     BYTEA,                  -- NULL once done
+    created_at   TIMESTAMPTZ NOT NULL DEFAULT now(),
+    done_at      TIMESTAMPTZ,
+    PRIMARY KEY (site_id, key_id)
+);
+CREATE INDEX IF NOT EXISTS {ready_index}
+    ON {bound} (site_id, peer_site, binding, size_bits, seq) WHERE state = 1 AND master_side;
+CREATE INDEX IF NOT EXISTS {closed_index}
+    ON {bound} (site_id, state, done_at) WHERE state <> 1;
 """
+
+# Adds a statement's deliveries to this connection's counter shard; {initiator} is
+# TRUE for take, FALSE for fetch.  Appended to the take and fetch statements as a
+# last data-modifying CTE, so the counts change in the same transaction.
+_COUNTED = """, counted AS (
+    INSERT INTO {counts} (site_id, peer_site, initiator, shard, available, delivered)
+    SELECT %(site)s, %(peer)s, {initiator}, pg_backend_pid() %% 16, -count(*), count(*)
+    FROM erased HAVING count(*) > 0
+    ON CONFLICT (site_id, peer_site, initiator, shard) DO UPDATE
+    SET available = {counts}.available + EXCLUDED.available,
+        delivered = {counts}.delivered + EXCLUDED.delivered
+)"""
 
 # Take, in one statement (so one transaction, one round trip): lock the oldest
 # available units, and only if there are n of them erase them and return the old
@@ -135,7 +207,7 @@ WITH chosen AS (
     WHERE site_id = %(site)s AND key_id = ANY(ARRAY(SELECT key_id FROM chosen))
       AND (SELECT ok FROM enough)
     RETURNING key_id
-)
+){counted}
 SELECT chosen.seq, chosen.key_id, chosen.material FROM chosen JOIN erased USING (key_id)
 """
 
@@ -160,7 +232,7 @@ WITH chosen AS (
     WHERE site_id = %(site)s AND key_id = ANY(ARRAY(SELECT key_id FROM chosen))
       AND (SELECT ok FROM enough)
     RETURNING key_id
-)
+){counted}
 SELECT chosen.key_id, chosen.material FROM chosen JOIN erased USING (key_id)
 """
 
@@ -170,10 +242,25 @@ WHERE site_id = %(site)s AND peer_site = %(peer)s AND initiator AND material IS 
 """
 
 _STATUS = """
-SELECT count(*) FILTER (WHERE initiator AND material IS NOT NULL),
-       count(*) FILTER (WHERE NOT initiator AND material IS NOT NULL),
+SELECT COALESCE(sum(available) FILTER (WHERE initiator), 0)::bigint,
+       COALESCE(sum(available) FILTER (WHERE NOT initiator), 0)::bigint,
+       COALESCE(sum(delivered), 0)::bigint
+FROM {counts} WHERE site_id = %(site)s AND peer_site = %(peer)s
+"""
+
+_ADD_COUNTS = """
+INSERT INTO {counts} (site_id, peer_site, initiator, shard, available, delivered)
+VALUES (%(site)s, %(peer)s, %(initiator)s, pg_backend_pid() %% 16, %(n)s, 0)
+ON CONFLICT (site_id, peer_site, initiator, shard) DO UPDATE
+SET available = {counts}.available + EXCLUDED.available
+"""
+
+_MIGRATE_COUNTS = """
+INSERT INTO {counts} (site_id, peer_site, initiator, shard, available, delivered)
+SELECT site_id, peer_site, initiator, 0, count(*) FILTER (WHERE material IS NOT NULL),
        count(*) FILTER (WHERE material IS NULL)
-FROM {keys} WHERE site_id = %(site)s AND peer_site = %(peer)s
+FROM {keys} GROUP BY site_id, peer_site, initiator
+ON CONFLICT DO NOTHING
 """
 
 
@@ -212,15 +299,28 @@ class PostgresKeyStore(KeyStore):
             return sql.Identifier(schema, name)
 
         self._keys_table = table(KEYS_TABLE)
+        self._counts_table = table(COUNTS_TABLE)
+        self._bound_table = table(BOUND_TABLE)
         names = {"keys": self._keys_table, "meta": table(META_TABLE),
-                 "index": sql.Identifier(f"{KEYS_TABLE}_available")}
+                 "counts": self._counts_table, "bound": self._bound_table,
+                 "index": sql.Identifier(f"{KEYS_TABLE}_available"),
+                 "delivered_index": sql.Identifier(f"{KEYS_TABLE}_delivered"),
+                 "ready_index": sql.Identifier(f"{BOUND_TABLE}_ready"),
+                 "closed_index": sql.Identifier(f"{BOUND_TABLE}_closed")}
+        self._names = names
+
+        def counted(initiator: bool) -> sql.Composed:
+            return sql.SQL(_COUNTED).format(counts=self._counts_table,
+                                            initiator=sql.SQL("TRUE" if initiator else "FALSE"))
+
         self._sql_take_skip = sql.SQL(_TAKE).format(
-            lock=sql.SQL("FOR UPDATE SKIP LOCKED"), keys=self._keys_table)
+            lock=sql.SQL("FOR UPDATE SKIP LOCKED"), keys=self._keys_table, counted=counted(True))
         self._sql_take_wait = sql.SQL(_TAKE).format(
-            lock=sql.SQL("FOR UPDATE"), keys=self._keys_table)
-        self._sql_fetch = sql.SQL(_FETCH).format(keys=self._keys_table)
+            lock=sql.SQL("FOR UPDATE"), keys=self._keys_table, counted=counted(True))
+        self._sql_fetch = sql.SQL(_FETCH).format(keys=self._keys_table, counted=counted(False))
         self._sql_available = sql.SQL(_AVAILABLE).format(keys=self._keys_table)
-        self._sql_status = sql.SQL(_STATUS).format(keys=self._keys_table)
+        self._sql_status = sql.SQL(_STATUS).format(counts=self._counts_table)
+        self._sql_add_counts = sql.SQL(_ADD_COUNTS).format(counts=self._counts_table)
         self._create_schema(names)
 
     # -- connections and transactions ---------------------------------------------------
@@ -298,6 +398,12 @@ class PostgresKeyStore(KeyStore):
                 row = conn.execute(sql.SQL(
                     "SELECT value FROM {meta} WHERE name = 'schema_version'").format(
                         **names)).fetchone()
+                if row is not None and row[0] == "1":  # upgrade: count the existing rows once
+                    conn.execute(sql.SQL(_MIGRATE_COUNTS).format(**names))
+                    conn.execute(sql.SQL(
+                        "UPDATE {meta} SET value = %s WHERE name = 'schema_version'").format(
+                            **names), (SCHEMA_VERSION,))
+                    row = (SCHEMA_VERSION,)
         except psycopg.Error as exc:
             raise KeySourceError(f"cannot create the key store tables: {exc}") from None
         if row is None or row[0] != SCHEMA_VERSION:
@@ -322,6 +428,11 @@ class PostgresKeyStore(KeyStore):
                                         k.initiator == self.site_id, k.key))
             except psycopg.errors.UniqueViolation:
                 raise InvalidParameter("a key ID is already in the store") from None
+            for initiator in (True, False):
+                added = sum(1 for k in keys if (k.initiator == self.site_id) == initiator)
+                if added:
+                    conn.execute(self._sql_add_counts, {"site": self.site_id, "peer": peer,
+                                                        "initiator": initiator, "n": added})
         self._refresh_statistics(len(keys))
 
     def _refresh_statistics(self, added: int) -> None:
@@ -370,8 +481,148 @@ class PostgresKeyStore(KeyStore):
     def peers(self) -> list[str]:
         rows = self._execute(
             sql.SQL("SELECT DISTINCT peer_site FROM {} WHERE site_id = %(site)s "
-                    "ORDER BY peer_site").format(self._keys_table), {"site": self.site_id})
+                    "ORDER BY peer_site").format(self._counts_table), {"site": self.site_id})
         return [r[0] for r in rows]
+
+    # -- bound keys (one transaction each, several statements, row locks)
+
+    def _q(self, text: str) -> sql.Composed:
+        return sql.SQL(text).format(**self._names)
+
+    def _take_units(self, conn: psycopg.Connection[Any], peer: str,
+                    units: int) -> list[tuple[str, bytes]]:
+        params = {"site": self.site_id, "peer": peer, "n": units}
+        rows = conn.execute(self._sql_take_skip, params).fetchall()
+        if len(rows) != units:
+            rows = conn.execute(self._sql_take_wait, params).fetchall()
+        if len(rows) != units:
+            raise KeysExhausted(f"fewer than {units} keys available for {peer!r}")
+        return _in_order(rows)
+
+    def _reserve(self, peer: str, tag: str, size_bits: int, units: int,
+                 count: int) -> list[tuple[str, ...]]:
+        with self._transaction() as conn:
+            taken = self._take_units(conn, peer, units * count)
+            groups, rows = [], []
+            for n in range(0, len(taken), units):
+                part = taken[n:n + units]
+                ids = tuple(i for i, _ in part)
+                groups.append(ids)
+                rows.append((self.site_id, ids[0], peer, tag, size_bits, list(ids),
+                             b"".join(m for _, m in part)[: size_bits // 8]))
+            with conn.cursor() as cur:
+                cur.executemany(self._q(
+                    "INSERT INTO {bound} (site_id, key_id, peer_site, master_side, binding, "
+                    "size_bits, units, waiting, state, material) VALUES "
+                    "(%s, %s::uuid, %s, TRUE, %s, %s, %s::uuid[], '{{}}', 0, %s)"), rows)
+        return groups
+
+    def _hand_out(self, conn: psycopg.Connection[Any],
+                  rows: list[tuple[Any, ...]]) -> list[BoundRow]:
+        if rows:
+            conn.execute(self._q("UPDATE {bound} SET state = 2, material = NULL, done_at = now() "
+                                 "WHERE site_id = %s AND seq = ANY(%s)"),
+                         (self.site_id, [r[0] for r in rows]))
+        return [(str(r[1]), r[2], tuple(str(u) for u in r[3]), bytes(r[4])) for r in rows]
+
+    def _confirm(self, peer: str, key_ids: list[str], hand_out: int) -> list[BoundRow]:
+        with self._transaction() as conn:
+            found = conn.execute(self._q(
+                "SELECT seq, key_id, size_bits, units, material FROM {bound} "
+                "WHERE site_id = %s AND key_id = ANY(%s::uuid[]) AND peer_site = %s "
+                "AND master_side AND state = 0 ORDER BY key_id FOR UPDATE"),
+                (self.site_id, key_ids, peer)).fetchall()
+            if len(found) != len(key_ids):
+                raise KeyNotAvailable("a key to confirm is not pending here")
+            by_id = {str(r[1]): r for r in found}
+            rows = [by_id[k] for k in key_ids]
+            if rows[hand_out:]:
+                conn.execute(self._q("UPDATE {bound} SET state = 1 WHERE site_id = %s "
+                                     "AND seq = ANY(%s)"),
+                             (self.site_id, [r[0] for r in rows[hand_out:]]))
+            return self._hand_out(conn, rows[:hand_out])
+
+    def _take_bound(self, peer: str, tag: str, size_bits: int, count: int) -> list[BoundRow]:
+        select = ("SELECT seq, key_id, size_bits, units, material FROM {bound} "
+                  "WHERE site_id = %s AND peer_site = %s AND binding = %s AND size_bits = %s "
+                  "AND state = 1 AND master_side ORDER BY seq LIMIT %s ")
+        params = (self.site_id, peer, tag, size_bits, count)
+        with self._transaction() as conn:
+            rows = conn.execute(self._q(select + "FOR UPDATE SKIP LOCKED"), params).fetchall()
+            if len(rows) != count:
+                rows = conn.execute(self._q(select + "FOR UPDATE"), params).fetchall()
+            if len(rows) != count:
+                raise KeysExhausted(f"fewer than {count} reserved keys ready")
+            return self._hand_out(conn, rows)
+
+    def _ready_count(self, peer: str, tag: str, size_bits: int) -> int:
+        rows = self._execute(self._q(
+            "SELECT count(*) FROM {bound} WHERE site_id = %(site)s AND peer_site = %(peer)s "
+            "AND binding = %(tag)s AND size_bits = %(size)s AND state = 1 AND master_side"),
+            {"site": self.site_id, "peer": peer, "tag": tag, "size": size_bits})
+        return int(rows[0][0])
+
+    def _record(self, peer: str, rows: list[RecordRow]) -> None:
+        flat = [u for _, _, _, units, _ in rows for u in units]
+        with self._transaction() as conn:
+            got = conn.execute(self._sql_fetch, {"site": self.site_id, "peer": peer,
+                                                 "ids": flat, "n": len(flat)}).fetchall()
+            if len(got) != len(flat):
+                raise ReservationRefused(
+                    "a reserved unit is unknown here, already bound or delivered, "
+                    "or not the peer's to take")
+            material = {str(k): bytes(m) for k, m in got}
+            try:
+                with conn.cursor() as cur:
+                    cur.executemany(self._q(
+                        "INSERT INTO {bound} (site_id, key_id, peer_site, master_side, binding, "
+                        "size_bits, units, waiting, state, material) VALUES "
+                        "(%s, %s::uuid, %s, FALSE, %s, %s, %s::uuid[], %s, 1, %s)"),
+                        [(self.site_id, key_id, peer, tag, size, list(units), list(slaves),
+                          b"".join(material[u] for u in units)[: size // 8])
+                         for key_id, tag, size, units, slaves in rows])
+            except psycopg.errors.UniqueViolation:
+                raise ReservationRefused("a key ID is already bound here") from None
+
+    def _deliver(self, peer: str, sae: str, masters: frozenset[str], key_ids: list[str],
+                 expected: Expected | None) -> list[BoundRow]:
+        with self._transaction() as conn:
+            found = conn.execute(self._q(
+                "SELECT seq, key_id, size_bits, units, material, binding, waiting FROM {bound} "
+                "WHERE site_id = %s AND key_id = ANY(%s::uuid[]) AND peer_site = %s "
+                "AND NOT master_side ORDER BY key_id FOR UPDATE"),
+                (self.site_id, key_ids, peer)).fetchall()
+            if len(found) != len(key_ids):
+                raise KeyNotAvailable("a requested key ID is unknown or already delivered")
+            by_id = {str(r[1]): r for r in found}
+            rows = [by_id[k] for k in key_ids]
+            check_access([(Binding.from_tag(r[5]), sae in r[6], r[2],
+                           tuple(str(u) for u in r[3])) for r in rows], sae, masters, expected)
+            out: list[BoundRow] = []
+            for row in rows:
+                still = [s for s in row[6] if s != sae]
+                out.append((str(row[1]), row[2], tuple(str(u) for u in row[3]), bytes(row[4])))
+                if still:
+                    conn.execute(self._q("UPDATE {bound} SET waiting = %s WHERE site_id = %s "
+                                         "AND seq = %s"), (still, self.site_id, row[0]))
+                else:
+                    conn.execute(self._q("UPDATE {bound} SET waiting = '{{}}', material = NULL, "
+                                         "state = 2, done_at = now() WHERE site_id = %s "
+                                         "AND seq = %s"), (self.site_id, row[0]))
+            return out
+
+    def _purge(self, cutoff: float) -> int:
+        with self._transaction() as conn:
+            removed = 0
+            for text in (
+                    "DELETE FROM {keys} WHERE site_id = %s AND material IS NULL "
+                    "AND delivered_at < to_timestamp(%s)",
+                    "DELETE FROM {bound} WHERE site_id = %s AND state = 2 "
+                    "AND done_at < to_timestamp(%s)",
+                    "DELETE FROM {bound} WHERE site_id = %s AND state = 0 "
+                    "AND created_at < to_timestamp(%s)"):
+                removed += conn.execute(self._q(text), (self.site_id, cutoff)).rowcount
+        return removed
 
     def purge(self, full: bool = False) -> None:
         """``VACUUM`` the key table, removing the old row versions that still hold the

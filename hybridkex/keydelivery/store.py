@@ -15,6 +15,12 @@ A request for another size than 256 bits is served as ETSI GS QKD 014 allows: a
 shorter key is the first bits of one unit (the rest is erased with it), a longer one
 the concatenation of consecutive units cut to length (:mod:`hybridkex.keydelivery.keys`).
 
+A KME does not hand out units directly: it binds each key to the SAEs that may have
+it (:meth:`KeyStore.reserve` and the methods after it; :mod:`hybridkex.keydelivery.
+binding`).  The binding moves units out of the pool in the same transaction.
+:meth:`KeyStore.status` reads counters, never the delivered rows, and
+:meth:`KeyStore.purge_delivered` deletes delivered rows after a retention.
+
 Backends: :class:`MemoryKeyStore` (tests), :class:`~hybridkex.keydelivery.sqlite.
 SQLiteKeyStore` (the embedded default: WAL, ``synchronous=FULL``, ``secure_delete``),
 and :class:`~hybridkex.keydelivery.postgres.PostgresKeyStore` for a KME run as several
@@ -28,13 +34,22 @@ from __future__ import annotations
 import abc
 import collections
 import threading
+import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from hybridkex.errors import InvalidParameter
-from hybridkex.keydelivery.errors import KeyNotAvailable, KeysExhausted
+from hybridkex.keydelivery.binding import Binding, Reservation, check_disjoint
+from hybridkex.keydelivery.errors import (
+    KeyAccessDenied,
+    KeyNotAvailable,
+    KeysExhausted,
+    ReservationRefused,
+)
 from hybridkex.keydelivery.keys import (
+    MAX_KEYS_PER_REQUEST,
     UNIT_BITS,
     UNIT_BYTES,
     DeliveredKey,
@@ -67,7 +82,45 @@ class StoreStatus:
         return self.available_to_take < self.low_water
 
 
+PENDING, OPEN, DONE = 0, 1, 2
+"""States of a bound key: pending (master side, until the peer KME recorded it), open
+(deliverable: ready for the master, or waiting for slave SAEs), done (delivered, erased)."""
+
+BoundRow = tuple[str, int, tuple[str, ...], bytes]
+"""A bound key as a backend hands it out: key ID, size in bits, unit IDs, material."""
+
+RecordRow = tuple[str, str, int, tuple[str, ...], tuple[str, ...]]
+"""A reservation as a backend records it: key ID, binding tag, size, units, slave SAEs."""
+
+
+Expected = Sequence[tuple[int, tuple[str, ...]] | None]
+"""Per requested key, the (size, units) the caller claims for it, or None."""
+
+
+def check_access(rows: Sequence[tuple[Binding, bool, int, tuple[str, ...]]], sae: str,
+                 masters: Collection[str], expected: Expected | None) -> None:
+    """For each requested key (its binding, whether ``sae`` still waits for it, its
+    size and units): refuse the whole request if any key is bound to other SAEs or to
+    a master not in ``masters`` (KeyAccessDenied first, so a refused SAE learns
+    nothing about delivery state), then if ``sae`` already has any of them, or the
+    size and units the caller claims differ from the key's (KeyNotAvailable)."""
+    for binding, _, _, _ in rows:
+        if binding.master not in masters or sae not in binding.slaves:
+            raise KeyAccessDenied("a requested key is bound to other SAEs")
+    if not all(waiting for _, waiting, _, _ in rows):
+        raise KeyNotAvailable("a requested key ID is unknown or already delivered")
+    for (_, _, size, units), claim in zip(rows, expected or [None] * len(rows), strict=True):
+        if claim is not None and claim != (size, units):
+            raise KeyNotAvailable("a key_ID_extension does not match the key's size and units")
+
+
+def bound_key(row: BoundRow) -> DeliveredKey:
+    key_id, size, units, material = row
+    return DeliveredKey(key_id, material, size, units[1:])
+
+
 class KeyStore(abc.ABC):
+
     """One site's view of its QKD key pools (one pool per peer site)."""
 
     site_id: str
@@ -147,6 +200,119 @@ class KeyStore(abc.ABC):
     def _fetch(self, peer: str, key_ids: list[str]) -> dict[str, bytes]:
         """Atomically deliver exactly these responder-side keys, or raise KeyNotAvailable."""
 
+    # -- keys bound to SAEs (what a KME does with the units) ----------------------------
+
+    def reserve(self, peer: str, binding: Binding, size_bits: int,
+                count: int) -> list[Reservation]:
+        """Master side: set ``count`` keys of ``size_bits`` aside for ``binding``, cut
+        from the oldest units this site takes for ``peer``; all or nothing.
+
+        The keys are *pending*: no one gets them until :meth:`confirm` says the peer's
+        KME has recorded them.  A pending key that is never confirmed is never handed
+        out (its units are lost, which is safe); :meth:`purge_delivered` drops it
+        after the retention.  Raises KeysExhausted if too few units are free.
+        """
+        units = units_for(size_bits)
+        if not isinstance(count, int) or isinstance(count, bool) or not (
+                1 <= count * units <= MAX_KEYS_PER_REQUEST):
+            raise InvalidParameter(f"a reservation spans 1 to {MAX_KEYS_PER_REQUEST} units")
+        groups = self._reserve(peer, binding.tag, size_bits, units, count)
+        return [Reservation(g[0], size_bits, g, binding) for g in groups]
+
+    def confirm(self, peer: str, key_ids: Sequence[str],
+                hand_out: int = 0) -> list[DeliveredKey]:
+        """Master side: the peer's KME recorded these pending keys.  The first
+        ``hand_out`` of them are handed out now (delivered, erased) and returned; the
+        rest become ready for :meth:`take_bound`.  All or nothing."""
+        ids = [check_key_id(k) for k in key_ids]
+        if not 0 <= hand_out <= len(ids):
+            raise InvalidParameter("cannot hand out more keys than are confirmed")
+        return [bound_key(row) for row in self._confirm(peer, ids, hand_out)]
+
+    def take_bound(self, peer: str, binding: Binding, size_bits: int,
+                   count: int) -> list[DeliveredKey]:
+        """Master side: hand out the ``count`` oldest ready keys of ``size_bits`` for
+        ``binding``, or raise KeysExhausted and hand out nothing."""
+        check_count(count)
+        return [bound_key(row)
+                for row in self._take_bound(peer, binding.tag, size_bits, count)]
+
+    def ready_count(self, peer: str, binding: Binding, size_bits: int) -> int:
+        """Master side: ready keys of ``size_bits`` for ``binding`` (an index of ready
+        keys only; delivered ones are never counted)."""
+        return self._ready_count(peer, binding.tag, size_bits)
+
+    def record(self, peer: str, reservations: Sequence[Reservation]) -> None:
+        """Slave side: bind the units named by ``peer``'s KME to its reservations.
+
+        Every unit must be one ``peer`` takes, still available and unbound here; the
+        units leave the pool and the key, cut to its size, waits for its slave SAEs.
+        All or nothing: ReservationRefused records none of the batch (a replayed
+        reservation is refused this way, as its units are no longer available).
+        """
+        batch = list(reservations)
+        if not batch:
+            raise InvalidParameter("a reservation batch names at least one key")
+        check_disjoint(batch)
+        self._record(peer, [(r.key_id, r.binding.tag, r.size_bits, r.units,
+                             r.binding.slaves) for r in batch])
+
+    def deliver(self, peer: str, sae: str, masters: Collection[str], key_ids: Sequence[str],
+                expected: Expected | None = None) -> list[DeliveredKey]:
+        """Slave side: the keys a master SAE at ``peer`` took, for slave SAE ``sae``;
+        all or nothing.  Each key's master must be in ``masters`` (ETSI names one in
+        the path; SKIP names only the remote site).  Each key goes to each of its
+        slave SAEs exactly once, and its material is erased when the last has it.
+        ``expected`` optionally gives, per key, the (size, units) the caller claims.
+
+        KeyAccessDenied if a key is bound to other SAEs or another master (nothing is
+        delivered, the key stays deliverable to its SAEs); KeyNotAvailable if a key
+        is unknown, ``sae`` already has it, or a claim does not match.
+        """
+        ids = [check_key_id(k) for k in key_ids]
+        check_count(len(ids))
+        if len(set(ids)) != len(ids):
+            raise KeyNotAvailable("a key ID appears twice in the request")
+        if expected is not None and len(expected) != len(ids):
+            raise InvalidParameter("expected must give one claim (or None) per key")
+        return [bound_key(row) for row in self._deliver(peer, sae, frozenset(masters), ids,
+                                                        expected)]
+
+    def purge_delivered(self, older_than_s: float) -> int:
+        """Delete the rows of units and keys delivered (or left pending) more than
+        ``older_than_s`` seconds ago; returns how many rows went.  Their material is
+        already erased: this only keeps the store from growing.  The counts of
+        :meth:`status` are kept."""
+        if not older_than_s >= 0:
+            raise InvalidParameter("the retention must be a non-negative number of seconds")
+        return self._purge(time.time() - older_than_s)
+
+    # -- what a backend implements for bound keys -------------------------------------------
+
+    @abc.abstractmethod
+    def _reserve(self, peer: str, tag: str, size_bits: int, units: int,
+                 count: int) -> list[tuple[str, ...]]: ...
+
+    @abc.abstractmethod
+    def _confirm(self, peer: str, key_ids: list[str], hand_out: int) -> list[BoundRow]: ...
+
+    @abc.abstractmethod
+    def _take_bound(self, peer: str, tag: str, size_bits: int,
+                    count: int) -> list[BoundRow]: ...
+
+    @abc.abstractmethod
+    def _ready_count(self, peer: str, tag: str, size_bits: int) -> int: ...
+
+    @abc.abstractmethod
+    def _record(self, peer: str, rows: list[RecordRow]) -> None: ...
+
+    @abc.abstractmethod
+    def _deliver(self, peer: str, sae: str, masters: frozenset[str], key_ids: list[str],
+                 expected: Expected | None) -> list[BoundRow]: ...
+
+    @abc.abstractmethod
+    def _purge(self, cutoff: float) -> int: ...
+
     def _signal(self, peer: str) -> None:
         if self.on_low_water is not None:
             status = self.status(peer)
@@ -163,17 +329,54 @@ class KeyStore(abc.ABC):
         return f"<{type(self).__name__} site={self.site_id!r}>"
 
 
+class _Bound:
+    """A bound key in a :class:`MemoryKeyStore` (see :meth:`KeyStore.reserve`)."""
+
+    __slots__ = ("created", "done_at", "master_side", "material", "peer", "size", "state",
+                 "tag", "units", "waiting")
+
+    def __init__(self, peer: str, master_side: bool, tag: str, size: int,
+                 units: tuple[str, ...], waiting: list[str], material: bytes) -> None:
+        self.peer = peer
+        self.master_side = master_side
+        self.tag = tag
+        self.size = size
+        self.units = units
+        self.waiting = waiting
+        self.state = PENDING if master_side else OPEN
+        self.material: bytearray | None = bytearray(material)
+        self.created = time.time()
+        self.done_at: float | None = None
+
+    def erase(self) -> bytes:
+        assert self.material is not None
+        out = bytes(self.material)
+        self.material[:] = bytes(len(self.material))
+        self.material = None
+        self.state = DONE
+        self.done_at = time.time()
+        return out
+
+
 class MemoryKeyStore(KeyStore):
-    """In-process store for tests and simulations; a lock makes each operation atomic."""
+    """In-process store for tests and simulations; a lock makes each operation atomic.
+
+    Counts are counters, so :meth:`status` costs the same whatever the store holds.
+    """
 
     def __init__(self, site_id: str, low_water: int = 64,
                  on_low_water: Callable[[StoreStatus], None] | None = None) -> None:
         super().__init__(site_id, low_water, on_low_water)
         self._lock = threading.Lock()
-        # peer -> key_id -> [initiator_is_local, material or None]; dicts keep deposit order
-        self._pools: dict[str, dict[str, tuple[bool, bytearray | None]]] = {}
+        # peer -> key_id -> [initiator_is_local, material or None, delivered_at or None]
+        self._pools: dict[str, dict[str, list[Any]]] = {}
         # peer -> IDs this site may still take, in deposit order (take is O(count))
         self._takeable: dict[str, collections.deque[str]] = {}
+        # peer -> [available to take, available to fetch, delivered]
+        self._counts: dict[str, list[int]] = {}
+        self._bound: dict[str, _Bound] = {}
+        # (peer, tag, size) -> ready master-side keys, oldest first
+        self._ready: dict[tuple[str, str, int], collections.deque[str]] = {}
 
     def _add(self, peer: str, keys: list[StoredKey]) -> None:
         with self._lock:
@@ -181,22 +384,27 @@ class MemoryKeyStore(KeyStore):
             if any(k.key_id in pool for k in keys):
                 raise InvalidParameter("a key ID is already in the store")
             takeable = self._takeable.setdefault(peer, collections.deque())
+            counts = self._counts.setdefault(peer, [0, 0, 0])
             for k in keys:
                 key_id = str(uuid.UUID(k.key_id))
                 mine = k.initiator == self.site_id
-                pool[key_id] = (mine, bytearray(k.key))
+                pool[key_id] = [mine, bytearray(k.key), None]
                 if mine:
                     takeable.append(key_id)
+                counts[0 if mine else 1] += 1
+
+    def _take_locked(self, peer: str, units: int) -> list[tuple[str, bytes]]:
+        pool = self._pools.get(peer, {})
+        takeable = self._takeable.get(peer, collections.deque())
+        if len(takeable) < units:
+            raise KeysExhausted(f"{len(takeable)} keys available for {peer!r}, "
+                                f"{units} needed")
+        chosen = [takeable.popleft() for _ in range(units)]
+        return [(key_id, self._deliver_unit(peer, pool, key_id)) for key_id in chosen]
 
     def _take(self, peer: str, units: int) -> list[tuple[str, bytes]]:
         with self._lock:
-            pool = self._pools.get(peer, {})
-            takeable = self._takeable.get(peer, collections.deque())
-            if len(takeable) < units:
-                raise KeysExhausted(f"{len(takeable)} keys available for {peer!r}, "
-                                    f"{units} needed")
-            chosen = [takeable.popleft() for _ in range(units)]
-            return [(key_id, self._deliver(pool, key_id)) for key_id in chosen]
+            return self._take_locked(peer, units)
 
     def _fetch(self, peer: str, key_ids: list[str]) -> dict[str, bytes]:
         with self._lock:
@@ -205,31 +413,130 @@ class MemoryKeyStore(KeyStore):
                 entry = pool.get(key_id)
                 if entry is None or entry[0] or entry[1] is None:
                     raise KeyNotAvailable("a requested key ID is unknown or already delivered")
-            return {key_id: self._deliver(pool, key_id) for key_id in key_ids}
+            return {key_id: self._deliver_unit(peer, pool, key_id) for key_id in key_ids}
 
-    @staticmethod
-    def _deliver(pool: dict[str, tuple[bool, bytearray | None]], key_id: str) -> bytes:
-        mine, material = pool[key_id]
+    def _deliver_unit(self, peer: str, pool: dict[str, list[Any]], key_id: str) -> bytes:
+        entry = pool[key_id]
+        material = entry[1]
         assert material is not None
         out = bytes(material)
         material[:] = bytes(len(material))  # overwrite before dropping the reference
-        pool[key_id] = (mine, None)
+        entry[1] = None
+        entry[2] = time.time()
+        counts = self._counts[peer]
+        counts[0 if entry[0] else 1] -= 1
+        counts[2] += 1
         return out
 
     def status(self, peer: str) -> StoreStatus:
         with self._lock:
-            entries = list(self._pools.get(peer, {}).values())
-        return StoreStatus(
-            self.site_id, peer,
-            available_to_take=sum(1 for mine, m in entries if mine and m is not None),
-            available_to_fetch=sum(1 for mine, m in entries if not mine and m is not None),
-            delivered=sum(1 for _, m in entries if m is None),
-            low_water=self.low_water,
-        )
+            take, fetch, delivered = self._counts.get(peer, (0, 0, 0))
+        return StoreStatus(self.site_id, peer, available_to_take=take,
+                           available_to_fetch=fetch, delivered=delivered,
+                           low_water=self.low_water)
 
     def peers(self) -> list[str]:
         with self._lock:
             return sorted(self._pools)
+
+    # -- bound keys
+
+    def _reserve(self, peer: str, tag: str, size_bits: int, units: int,
+                 count: int) -> list[tuple[str, ...]]:
+        with self._lock:
+            taken = self._take_locked(peer, units * count)
+            groups = []
+            for n in range(0, len(taken), units):
+                part = taken[n:n + units]
+                ids = tuple(i for i, _ in part)
+                material = b"".join(m for _, m in part)[: size_bits // 8]
+                self._bound[ids[0]] = _Bound(peer, True, tag, size_bits, ids, [], material)
+                groups.append(ids)
+            return groups
+
+    def _confirm(self, peer: str, key_ids: list[str], hand_out: int) -> list[BoundRow]:
+        with self._lock:
+            rows = [self._bound.get(k) for k in key_ids]
+            if any(r is None or r.peer != peer or not r.master_side or r.state != PENDING
+                   for r in rows):
+                raise KeyNotAvailable("a key to confirm is not pending here")
+            out: list[BoundRow] = []
+            for n, (key_id, row) in enumerate(zip(key_ids, rows, strict=True)):
+                assert row is not None
+                if n < hand_out:
+                    out.append((key_id, row.size, row.units, row.erase()))
+                else:
+                    row.state = OPEN
+                    self._ready.setdefault((peer, row.tag, row.size),
+                                           collections.deque()).append(key_id)
+            return out
+
+    def _take_bound(self, peer: str, tag: str, size_bits: int, count: int) -> list[BoundRow]:
+        with self._lock:
+            ready = self._ready.get((peer, tag, size_bits), collections.deque())
+            if len(ready) < count:
+                raise KeysExhausted(f"{len(ready)} reserved keys ready, {count} needed")
+            out: list[BoundRow] = []
+            for _ in range(count):
+                key_id = ready.popleft()
+                row = self._bound[key_id]
+                out.append((key_id, row.size, row.units, row.erase()))
+            return out
+
+    def _ready_count(self, peer: str, tag: str, size_bits: int) -> int:
+        with self._lock:
+            return len(self._ready.get((peer, tag, size_bits), ()))
+
+    def _record(self, peer: str, rows: list[RecordRow]) -> None:
+        with self._lock:
+            pool = self._pools.get(peer, {})
+            for key_id, _, _, units, _ in rows:
+                if key_id in self._bound:
+                    raise ReservationRefused("a key ID is already bound here")
+                for unit in units:
+                    entry = pool.get(unit)
+                    if entry is None or entry[0] or entry[1] is None:
+                        raise ReservationRefused(
+                            "a reserved unit is unknown here, already bound or delivered, "
+                            "or not the peer's to take")
+            for key_id, tag, size, units, slaves in rows:
+                material = b"".join(self._deliver_unit(peer, pool, u) for u in units)
+                self._bound[key_id] = _Bound(peer, False, tag, size, units, list(slaves),
+                                             material[: size // 8])
+
+    def _deliver(self, peer: str, sae: str, masters: frozenset[str], key_ids: list[str],
+                 expected: Expected | None) -> list[BoundRow]:
+        with self._lock:
+            rows = []
+            for key_id in key_ids:
+                row = self._bound.get(key_id)
+                if row is None or row.peer != peer or row.master_side:
+                    raise KeyNotAvailable("a requested key ID is unknown or already delivered")
+                rows.append(row)
+            check_access([(Binding.from_tag(r.tag), sae in r.waiting, r.size, r.units)
+                          for r in rows], sae, masters, expected)
+            out: list[BoundRow] = []
+            for key_id, row in zip(key_ids, rows, strict=True):
+                row.waiting.remove(sae)
+                assert row.material is not None
+                material = bytes(row.material) if row.waiting else row.erase()
+                out.append((key_id, row.size, row.units, material))
+            return out
+
+    def _purge(self, cutoff: float) -> int:
+        with self._lock:
+            gone = [k for k, r in self._bound.items()
+                    if (r.state == DONE and r.done_at is not None and r.done_at < cutoff)
+                    or (r.state == PENDING and r.created < cutoff)]
+            for k in gone:
+                del self._bound[k]
+            removed = len(gone)
+            for pool in self._pools.values():
+                old = [k for k, e in pool.items() if e[1] is None and e[2] < cutoff]
+                for k in old:
+                    del pool[k]
+                removed += len(old)
+            return removed
 
 
 def open_store(url: str, site_id: str, **options: object) -> KeyStore:

@@ -4,7 +4,8 @@ The primitives take and return keys as ``bytes``, and cryptography can only use 
 key object, so a private key used twice (an ephemeral ML-KEM key generated, then
 used to decapsulate; a signing key used for every handshake) would otherwise be
 decoded again every time: for ML-KEM and ML-DSA that re-runs key generation from the
-seed (65 and 126 µs of a 25 µs decapsulation and a 750 µs signature here).
+seed, which costs more than an ML-KEM decapsulation itself.  The measured costs are
+in docs/performance.md (Primitives).
 """
 
 from __future__ import annotations

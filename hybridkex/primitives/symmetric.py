@@ -19,7 +19,8 @@ from hybridkex.errors import AuthenticationFailed, InvalidKey, InvalidParameter
 from hybridkex.primitives._checks import Bytes, as_bytes
 from hybridkex.primitives.kdf import hash_algorithm
 
-__all__ = ["AEAD", "HMAC", "MAC", "KeyedAEAD", "Poly1305", "TagMismatch"]
+__all__ = ["AEAD", "HMAC", "MAC", "KeyedAEAD", "Poly1305", "Poly1305Stream",
+           "TagMismatch"]
 
 #: What :meth:`KeyedAEAD.backend_calls`' ``decrypt`` raises for a tag that does not verify.
 TagMismatch = InvalidTag
@@ -271,6 +272,36 @@ class Poly1305(MAC):
         except InvalidSignature:
             return False
         return True
+
+    def stream(self, key: Bytes) -> Poly1305Stream:
+        """A tag over data given in pieces, under the one-time ``key``: for a message too
+        long to hold whole (the Wegman-Carter tag over a run of deferred frames)."""
+        return Poly1305Stream(as_bytes(key, "Poly1305 key", self.key_size, error=InvalidKey))
+
+
+class Poly1305Stream:
+    """One Poly1305 computation fed piece by piece; it ends with exactly one of
+    :meth:`finalize` (the sender) or :meth:`verify` (the receiver, constant time).
+    The key stays inside the backend object and appears in no repr."""
+
+    def __init__(self, key: bytes) -> None:
+        self._context = poly1305.Poly1305(key)
+
+    def update(self, data: Bytes) -> None:
+        self._context.update(as_bytes(data, "data"))
+
+    def finalize(self) -> bytes:
+        return self._context.finalize()
+
+    def verify(self, tag: Bytes) -> bool:
+        try:
+            self._context.verify(as_bytes(tag, "tag"))
+        except InvalidSignature:
+            return False
+        return True
+
+    def __repr__(self) -> str:
+        return "<Poly1305Stream>"
 
 
 AEADS: dict[str, AEAD] = {

@@ -17,6 +17,7 @@ from hybridkex.protocol.events import (
     HandshakeComplete,
     KeyUpdated,
     NeedData,
+    QKDKeysNeeded,
 )
 from hybridkex.protocol.identity import PeerIdentity, SigningIdentity, TrustStore
 from hybridkex.protocol.randomness import Randomness, SystemRandomness
@@ -37,6 +38,7 @@ __all__ = [
     "KeyUpdated",
     "NeedData",
     "PeerIdentity",
+    "QKDKeysNeeded",
     "Randomness",
     "ReplayCache",
     "SecurityPolicy",

@@ -2,10 +2,18 @@
 
 A connection never touches a socket, a thread or a clock of its own.  The
 application feeds it what arrived (``receive_data``), asks for events
-(``next_event``), and sends what ``data_to_send`` returns.  The QKD key source is
-called synchronously from inside ``start_handshake`` and ``next_event`` (``take`` on
-the initiating side, ``fetch`` on the responding one); a source that blocks (a KME
-over the network) blocks there.
+(``next_event``), and sends what ``data_to_send`` returns.
+
+QKD keys: by default the key source is called synchronously from inside
+``start_handshake`` and ``next_event`` (``take`` on the initiating side, ``fetch`` on
+the responding one), so a source that blocks (a KME over the network) blocks there.
+A connection made with ``key_events=True`` never calls it: where it needs keys it
+pauses, and ``next_event`` returns :class:`~hybridkex.protocol.events.QKDKeysNeeded`
+with the :class:`~hybridkex.keydelivery.request.KeyRequest` to make; the driver makes
+it wherever waiting does no harm (an executor thread, an async KME client) and
+answers ``supply_keys(keys)`` or ``refuse_keys(error)``.  Both ways run the same
+code: each step that needs keys is a generator that yields its request, answered
+inline by the source or later by the driver.
 
 Every state and every message a state accepts are in :data:`TRANSITIONS`; a message
 that is not listed for the current state is an ``unexpected_message``.  A connection
@@ -20,8 +28,8 @@ import dataclasses
 import enum
 import hmac
 from collections import deque
-from collections.abc import Sequence
-from typing import Final
+from collections.abc import Callable, Generator, Sequence
+from typing import Any, Final, TypeAlias, TypeVar
 
 from cryptography.hazmat.primitives import hashes
 
@@ -40,6 +48,7 @@ from hybridkex.errors import (
 )
 from hybridkex.keydelivery.errors import KeySourceError
 from hybridkex.keydelivery.keys import UNIT_BITS, DeliveredKey, key_id_bytes, key_id_text
+from hybridkex.keydelivery.request import KeyRequest
 from hybridkex.primitives import kem, mac, signature
 from hybridkex.primitives.kdf import running_hash
 from hybridkex.protocol import keyschedule as ks
@@ -52,6 +61,7 @@ from hybridkex.protocol.events import (
     HandshakeComplete,
     KeyUpdated,
     NeedData,
+    QKDKeysNeeded,
 )
 from hybridkex.protocol.identity import PeerIdentity
 from hybridkex.protocol.record import (
@@ -90,7 +100,13 @@ from hybridkex.protocol.wire import (
     decode_handshake,
 )
 
-__all__ = ["TRANSITIONS", "ClientConnection", "Connection", "ServerConnection", "State"]
+__all__ = ["TRANSITIONS", "ClientConnection", "Connection", "KeySteps", "ServerConnection",
+           "State"]
+
+_T = TypeVar("_T")
+#: A step that may need QKD keys: it yields each KeyRequest and is sent the keys (or
+#: thrown the key source's error), and returns its result.
+KeySteps: TypeAlias = Generator[KeyRequest, list[DeliveredKey], _T]
 
 
 class State(enum.Enum):
@@ -145,6 +161,37 @@ _DIRECTION = {"client": "c", "server": "s"}
 _POLY1305 = mac("Poly1305")
 _ALERT_LEVEL_FATAL = 2
 _ALERT_LEVEL_WARNING = 1
+_A = AlertDescription
+# What an alert in answer to a ClientHello tells the client, beyond its name.
+_HELLO_REFUSALS: Final[dict[int, str]] = {
+    _A.UNRECOGNIZED_NAME: "the server is not site {peer!r}: it refuses a ClientHello "
+                          "addressed to another site",
+    _A.INSUFFICIENT_SECURITY: "the server does not accept {mode} authentication, or its "
+                              "security policy needs more than this hello offers",
+    _A.QKD_REQUIRED: "the server's security policy requires a QKD key and this hello "
+                     "offers none it can use",
+    _A.QKD_KEY_UNAVAILABLE: "the server cannot fetch the pool keys this hello names (not "
+                            "in its pool for this site, or already used)",
+    _A.REPLAY_DETECTED: "the server has seen this ClientHello before",
+    _A.HANDSHAKE_FAILURE: "no suite in common, or the server cannot authenticate in "
+                          "{mode} mode",
+    _A.SERVER_BUSY: "the server is at its connection limit; try again later",
+    _A.PROTOCOL_VERSION: "the server does not speak this version of HKX/1; a TLS server "
+                         "answers an HKX/1 hello so",
+}
+
+
+def _looks_like_tls(first: bytes) -> bool:
+    """A TLS record header (alert or handshake, version 3.1 to 3.4).  No HKX/1 peer's
+    first record can start so: it would be a 769- to 772-byte alert or hello, and no
+    HKX/1 alert or hello has that length."""
+    return first[0] in (0x15, 0x16) and first[1] == 0x03 and 0x01 <= first[2] <= 0x04
+
+
+def _ready(value: _T) -> KeySteps[_T]:
+    """A step that needs no keys (the shape the generator steps share)."""
+    yield from ()
+    return value
 _APPLICATION_DATA = int(ContentType.APPLICATION_DATA)
 _HANDSHAKE_TYPES = {int(t): t for t in HandshakeType}  # a dict lookup, not an enum call
 _CONNECTED = State.CONNECTED  # a module constant: an enum member lookup costs ~70 ns
@@ -162,11 +209,19 @@ class Connection:
     role: str
     peer_role: str
 
-    def __init__(self, config: Config, state: State) -> None:
+    def __init__(self, config: Config, state: State, key_events: bool = False) -> None:
         if not isinstance(config, Config):
             raise TypeError("config must be a hybridkex.protocol.Config")
         self.config = config
         self.state = state
+        self.key_events = key_events
+        # The step waiting for keys (key_events), what to do when it returns, and the
+        # request it waits on.
+        self._steps: KeySteps[Any] | None = None
+        self._steps_done: Callable[[Any], None] | None = None
+        self._key_request: KeyRequest | None = None
+        self._sniff: bytearray | None = bytearray()  # the stream's first bytes
+        self._other_protocol = False
         self.peer_site: str | None = None
         self._records = RecordBuffer()
         self._handshake_buffer = bytearray()
@@ -213,6 +268,11 @@ class Connection:
         if data:
             if self._eof:
                 raise LocalProtocolError("data after end of file")
+            if self._sniff is not None:
+                self._sniff += data[:3 - len(self._sniff)]
+                if len(self._sniff) == 3:
+                    self._other_protocol = _looks_like_tls(bytes(self._sniff))
+                    self._sniff = None
             self._records.feed(bytes(data))
         else:
             self._eof = True
@@ -236,7 +296,7 @@ class Connection:
         record, another kind of record, one larger than ``out``, an event waiting),
         and ``next_event`` then goes on as ever.  Only authenticated bytes are written."""
         if (self.state is not _CONNECTED or self._events or self._handshake_buffer
-                or self._peer_closed):
+                or self._peer_closed or self._steps is not None):
             return 0
         assert self._receive is not None
         try:
@@ -248,7 +308,7 @@ class Connection:
     def next_event(self) -> Event | NeedData:
         """The next event, or NEED_DATA.  Raises a ProtocolError if the peer misbehaved."""
         if self.state is _CONNECTED and not (self._events or self._handshake_buffer
-                                              or self._peer_closed):
+                                              or self._peer_closed or self._steps is not None):
             # application data, the common case: opened where it lies, or None
             try:
                 data = self._records.open_application_data(self._receive)  # type: ignore[arg-type]
@@ -263,10 +323,21 @@ class Connection:
             raise LocalProtocolError("the connection has failed; no further events")
         try:
             while not self._events:
+                if self._key_request is not None:
+                    return QKDKeysNeeded(self._key_request)
                 if self._peer_closed:
                     return ConnectionClosed()
+                if self._other_protocol and self.state in (State.WAIT_CLIENT_HELLO,
+                                                           State.WAIT_SERVER_HELLO):
+                    raise DecodeError(f"the {self.peer_role} speaks TLS, not HKX/1: its "
+                                      "first bytes are a TLS record",
+                                      AlertDescription.PROTOCOL_VERSION)
                 record = self._records.next_record()
                 if record is None:
+                    if self._eof and self._sniff is not None and not self._sniff and self.state in (
+                            State.WAIT_SERVER_HELLO, State.WAIT_CLIENT_HELLO):
+                        raise ConnectionTruncated(f"the {self.peer_role} closed the "
+                                                  "connection without a word of HKX/1")
                     if self._eof:
                         raise ConnectionTruncated(
                             "the transport closed without close_notify"
@@ -282,6 +353,95 @@ class Connection:
             self._fail(error)
             raise error from exc
         return self._events.popleft()
+
+    # -- QKD keys, when the driver delivers them (key_events=True) -------------------------
+
+    @property
+    def key_request(self) -> KeyRequest | None:
+        """What the connection waits for (see :class:`QKDKeysNeeded`), or None."""
+        return self._key_request
+
+    @property
+    def pool_keys_spent(self) -> int:
+        """Pool keys this connection has consumed so far, also after a failure.  A key
+        delivered once is never returned to the pool (docs/protocol.md, section 7): an
+        attacker who chose the other two secrets could otherwise test guesses of it."""
+        return self._spent
+
+    def supply_keys(self, keys: Sequence[DeliveredKey]) -> None:
+        """Answer :class:`QKDKeysNeeded` with the keys its request delivered, and go on.
+
+        Raises what the handshake raises from there (a ProtocolError, with the alert in
+        ``data_to_send()``).  Keys that are not what was asked for are refused as a key
+        source's failure would be."""
+        request = self._waiting_request()
+        try:
+            checked = request.check(keys)
+        except KeySourceError as exc:
+            self._resume(None, exc)
+            return
+        self._resume(checked, None)
+
+    def refuse_keys(self, error: KeySourceError) -> None:
+        """Answer :class:`QKDKeysNeeded` with the key source's failure, and go on (the
+        handshake decides: a fetch refused is fatal, a take may fall back)."""
+        self._waiting_request()
+        if not isinstance(error, KeySourceError):
+            raise TypeError("refuse_keys takes the key source's KeySourceError")
+        self._resume(None, error)
+
+    def _waiting_request(self) -> KeyRequest:
+        if self.state is State.ERROR:
+            raise LocalProtocolError("the connection has failed; no keys are wanted")
+        if self._key_request is None:
+            raise LocalProtocolError("the connection is not waiting for QKD keys")
+        return self._key_request
+
+    def _resume(self, keys: list[DeliveredKey] | None, error: KeySourceError | None) -> None:
+        self._key_request = None
+        try:
+            self._advance(keys, error)
+            if self._steps is None:
+                self._drain_handshake_buffer()
+        except ProtocolError as exc:
+            self._fail(exc)
+            raise
+        except HybridKexError as exc:
+            failure = ProtocolError(f"handshake failed: {exc}", AlertDescription.INTERNAL_ERROR)
+            self._fail(failure)
+            raise failure from exc
+
+    def _begin(self, steps: KeySteps[_T], done: Callable[[_T], None]) -> None:
+        """Run ``steps`` until it needs keys the driver must deliver, or to its end."""
+        self._steps, self._steps_done = steps, done
+        self._advance(None, None)
+
+    def _advance(self, keys: list[DeliveredKey] | None, error: KeySourceError | None) -> None:
+        steps = self._steps
+        assert steps is not None
+        while True:
+            try:
+                request = steps.throw(error) if error is not None else steps.send(
+                    keys)  # type: ignore[arg-type]  # None starts the generator
+            except StopIteration as stop:
+                done = self._steps_done
+                self._steps = self._steps_done = None
+                assert done is not None
+                done(stop.value)
+                return
+            except BaseException:
+                self._steps = self._steps_done = None
+                raise
+            keys = error = None
+            if self.key_events:
+                self._key_request = request
+                return
+            source = self.config.key_source
+            assert source is not None
+            try:
+                keys = request.perform(source)
+            except KeySourceError as exc:
+                error = exc
 
     def data_to_send(self) -> bytes:
         """Bytes for the transport, in order; empty when there is nothing to send."""
@@ -354,24 +514,39 @@ class Connection:
         self._require_open_for_sending()
         self._send_key_update(request_peer)
 
-    def rekey_qkd(self) -> tuple[str, ...]:
+    def rekey_request(self) -> KeyRequest:
+        """The take a QKD re-key needs: make it, then pass the keys to ``rekey_qkd``."""
+        if self.config.key_source is None:
+            raise LocalProtocolError("QKD re-key needs a key_source")
+        assert self.peer_site is not None
+        return KeyRequest.take(self.peer_site, 1, UNIT_BITS, purpose="a QKD re-key")
+
+    def rekey_qkd(self, keys: Sequence[DeliveredKey] | None = None) -> tuple[str, ...]:
         """Mix a fresh QKD key, taken from this side's pool, into both traffic secrets.
 
         Sends QkdRekey and switches the sending key at once; the receiving key switches
         when the peer's QkdRekeyAck arrives (the peer switches its own sending key just
-        after sending it).  Returns the key IDs used.
+        after sending it).  Returns the key IDs used.  ``keys``: what
+        :meth:`rekey_request` delivered (required with ``key_events``; otherwise the key
+        source is called here).
         """
         self._require_open_for_sending()
         if self._pending_rekey is not None:
             raise LocalProtocolError("a QKD re-key is already in flight")
+        request = self.rekey_request()
         source = self.config.key_source
-        if source is None:
-            raise LocalProtocolError("QKD re-key needs a key_source")
-        assert self.peer_site is not None
+        assert source is not None
         # A shortage here is local (KeysExhausted or another KeySourceError, raised as
         # is): nothing has been sent and the session goes on under its current keys.
-        keys = source.take(self.peer_site, 1, UNIT_BITS)
-        self._spent += len(keys)
+        if keys is None:
+            if self.key_events:
+                raise LocalProtocolError("this connection does not call its key source "
+                                         "(key_events): make rekey_request() and pass keys=")
+            delivered = request.perform(source)
+        else:
+            delivered = request.check(keys)
+        self._spent += len(delivered)
+        keys = delivered
         qkd_key = b"".join(k.key for k in keys)
         ids = tuple(key_id_bytes(k.key_id) for k in keys)
         self._send_handshake_message(QkdRekey(ids))
@@ -501,11 +676,17 @@ class Connection:
             name = AlertDescription(description).name.lower()
         except ValueError:
             name = f"alert {description}"
-        raise AlertReceived(f"the peer ended the connection: {name}", description)
+        text = f"the peer ended the connection: {name}"
+        why = _HELLO_REFUSALS.get(description) if self.state is State.WAIT_SERVER_HELLO else None
+        if why is not None:
+            mode = self._auth_mode.name.lower() if self._auth_mode else "this"
+            text += f" ({why.format(peer=self.peer_site, mode=mode)})"
+        raise AlertReceived(text, description)
 
     def _drain_handshake_buffer(self) -> None:
+        """Process every whole handshake message buffered, unless one waits for keys."""
         buffer = self._handshake_buffer
-        while len(buffer) >= 4:
+        while len(buffer) >= 4 and self._steps is None:
             length = int.from_bytes(buffer[1:4], "big")
             if length > MAX_HANDSHAKE_MESSAGE:
                 raise DecodeError(f"handshake message of {length} bytes is too long")
@@ -513,10 +694,7 @@ class Connection:
                 return
             raw = bytes(buffer[:4 + length])
             del buffer[:4 + length]
-            receive_key = self._receive
             self._process_message(raw[0], raw[4:], raw)
-            if self._receive is not receive_key and buffer:
-                raise UnexpectedMessage("a handshake message straddles a key change")
 
     def _process_message(self, msg_type: int, body: bytes, raw: bytes) -> None:
         allowed = TRANSITIONS[self.role].get(self.state, {})
@@ -526,12 +704,18 @@ class Connection:
         if kind not in allowed:
             raise UnexpectedMessage(f"{kind.name} is not allowed in state {self.state.value}")
         message = decode_handshake(msg_type, body)
-        next_state = self._handle(message, raw)
-        if next_state not in allowed[kind]:  # a handler that breaks the table is a bug
-            raise AssertionError(f"{kind.name} led to {next_state} outside TRANSITIONS")
-        self.state = next_state
+        receive_key = self._receive
 
-    def _handle(self, message: Message, raw: bytes) -> State:
+        def done(next_state: State) -> None:
+            if next_state not in allowed[kind]:  # a handler that breaks the table is a bug
+                raise AssertionError(f"{kind.name} led to {next_state} outside TRANSITIONS")
+            self.state = next_state
+            if self._receive is not receive_key and self._handshake_buffer:
+                raise UnexpectedMessage("a handshake message straddles a key change")
+
+        self._begin(self._handle(message, raw), done)
+
+    def _handle(self, message: Message, raw: bytes) -> KeySteps[State]:
         if isinstance(message, Identity):
             return self._on_identity(message, raw)
         if isinstance(message, IdentityVerify):
@@ -543,12 +727,12 @@ class Connection:
         if isinstance(message, KeyUpdate):
             return self._on_key_update(message)
         if isinstance(message, QkdRekey):
-            return self._on_qkd_rekey(message)
+            return (yield from self._on_qkd_rekey(message))
         if isinstance(message, QkdRekeyAck):
             return self._on_qkd_rekey_ack()
-        return self._on_hello(message, raw)
+        return (yield from self._on_hello(message, raw))
 
-    def _on_hello(self, message: Message, raw: bytes) -> State:
+    def _on_hello(self, message: Message, raw: bytes) -> KeySteps[State]:
         raise UnexpectedMessage(f"{type(message).__name__} is not expected")
 
     # -- key schedule glue --------------------------------------------------------------
@@ -695,10 +879,10 @@ class Connection:
     def _mix_qkd(self, secret: bytes, qkd_key: bytes, role: str, ids: tuple[bytes, ...]) -> bytes:
         return ks.qkd_rekey_secret(self.suite, secret, qkd_key, _DIRECTION[role], ids)
 
-    def _on_qkd_rekey(self, message: QkdRekey) -> State:
+    def _on_qkd_rekey(self, message: QkdRekey) -> KeySteps[State]:
         if self.config.key_source is None:
             raise QKDKeyRefused("the peer asked for a QKD re-key and this site has no key source")
-        keys = self._fetch(message.key_ids, "the re-key's QKD keys")
+        keys = yield from self._fetch(message.key_ids, "the re-key's QKD keys")
         qkd_key = b"".join(k.key for k in keys)
         self._update_receive(self._mix_qkd(self._receive_secret, qkd_key, self.peer_role,
                                            message.key_ids))
@@ -723,12 +907,12 @@ class Connection:
 
     # -- QKD keys -------------------------------------------------------------------------
 
-    def _fetch(self, key_ids: Sequence[bytes], what: str) -> list[DeliveredKey]:
+    def _fetch(self, key_ids: Sequence[bytes], what: str) -> KeySteps[list[DeliveredKey]]:
         """The keys the peer took, by ID, counted as spent; all or nothing."""
-        source = self.config.key_source
-        assert source is not None and self.peer_site is not None
+        assert self.config.key_source is not None and self.peer_site is not None
         try:
-            keys = source.fetch(self.peer_site, [key_id_text(i) for i in key_ids], UNIT_BITS)
+            keys = yield KeyRequest.fetch(self.peer_site, [key_id_text(i) for i in key_ids],
+                                          UNIT_BITS, purpose=what)
         except KeySourceError as exc:
             raise QKDKeyRefused(f"{what} cannot be fetched: {exc}") from exc
         self._spent += len(keys)
@@ -766,8 +950,8 @@ class ClientConnection(Connection):
     role = "client"
     peer_role = "server"
 
-    def __init__(self, config: Config, peer: str) -> None:
-        super().__init__(config, State.START)
+    def __init__(self, config: Config, peer: str, *, key_events: bool = False) -> None:
+        super().__init__(config, State.START, key_events)
         if not isinstance(peer, str) or not 0 < len(peer.encode("utf-8")) < 256:
             raise LocalProtocolError("peer must be a site name of 1 to 255 UTF-8 bytes")
         if peer == config.site:
@@ -779,17 +963,23 @@ class ClientConnection(Connection):
 
     def start_handshake(self) -> None:
         """Draw the pool keys and queue the ClientHello.  Fails closed (PolicyViolation,
-        nothing sent) when the policy needs a QKD key and the pool has none."""
-        if self.state is not State.START:
+        nothing sent) when the policy needs a QKD key and the pool has none.  With
+        ``key_events`` the draw waits for the driver (``next_event`` returns
+        QKDKeysNeeded); the hello is queued once the keys are supplied."""
+        if self.state is not State.START or self._steps is not None:
             raise LocalProtocolError("the handshake has already started")
+
+        def sent(_: None) -> None:
+            self.state = State.WAIT_SERVER_HELLO
+
         try:
-            self._send_client_hello()
+            self._begin(self._send_client_hello(), sent)
         except ProtocolError:
             self.state = State.ERROR
             raise
-        self.state = State.WAIT_SERVER_HELLO
 
-    def _draw_pool_keys(self) -> tuple[AuthMode, list[DeliveredKey], list[DeliveredKey]]:
+    def _draw_pool_keys(self) -> KeySteps[tuple[AuthMode, list[DeliveredKey],
+                                                list[DeliveredKey]]]:
         """(auth mode, psk authentication units, QKD keys), consuming them from the pool."""
         config, source = self.config, self.config.key_source
         assert self.peer_site is not None
@@ -799,7 +989,9 @@ class ClientConnection(Connection):
             return AuthMode.SIGNATURE, [], []
         if config.auth in ("psk", "auto"):
             try:
-                keys = source.take(self.peer_site, PSK_AUTH_UNITS + count, UNIT_BITS)
+                keys = yield KeyRequest.take(
+                    self.peer_site, PSK_AUTH_UNITS + count, UNIT_BITS,
+                    purpose="psk authentication and the handshake's QKD key")
             except KeySourceError as exc:
                 if config.auth == "psk":
                     raise PolicyViolation(f"psk authentication needs "
@@ -810,17 +1002,18 @@ class ClientConnection(Connection):
                 return (AuthMode.PSK, keys[:PSK_AUTH_UNITS],
                         keys[PSK_AUTH_UNITS:])
         try:
-            keys = source.take(self.peer_site, count, UNIT_BITS)
+            keys = yield KeyRequest.take(self.peer_site, count, UNIT_BITS,
+                                         purpose="the handshake's QKD key")
         except KeySourceError as exc:
             self._no_qkd_reason = f"the key source had none: {exc}"
             return AuthMode.SIGNATURE, [], []
         self._spent += len(keys)
         return AuthMode.SIGNATURE, [], keys
 
-    def _send_client_hello(self) -> None:
+    def _send_client_hello(self) -> KeySteps[None]:
         config, policy = self.config, self.config.policy
         assert self.peer_site is not None
-        mode, auth_units, qkd_keys = self._draw_pool_keys()
+        mode, auth_units, qkd_keys = yield from self._draw_pool_keys()
         if policy.requires_qkd and not qkd_keys:
             raise PolicyViolation(f"security policy {policy.value!r} requires a QKD key and "
                                   f"there is none for {self.peer_site!r}: {self._no_qkd_reason}",
@@ -850,7 +1043,10 @@ class ClientConnection(Connection):
             hello = dataclasses.replace(hello, binder=binder)
         self._send_handshake_message(hello, transcript=True)
 
-    def _on_hello(self, message: Message, raw: bytes) -> State:
+    def _on_hello(self, message: Message, raw: bytes) -> KeySteps[State]:
+        return _ready(self._on_server_hello(message, raw))
+
+    def _on_server_hello(self, message: Message, raw: bytes) -> State:
         if not isinstance(message, ServerHello):
             raise UnexpectedMessage("expected a ServerHello")
         if message.version != PROTOCOL_VERSION:
@@ -910,10 +1106,10 @@ class ServerConnection(Connection):
     role = "server"
     peer_role = "client"
 
-    def __init__(self, config: Config) -> None:
-        super().__init__(config, State.WAIT_CLIENT_HELLO)
+    def __init__(self, config: Config, *, key_events: bool = False) -> None:
+        super().__init__(config, State.WAIT_CLIENT_HELLO, key_events)
 
-    def _on_hello(self, message: Message, raw: bytes) -> State:
+    def _on_hello(self, message: Message, raw: bytes) -> KeySteps[State]:
         if not isinstance(message, ClientHello):
             raise UnexpectedMessage("expected a ClientHello")
         config = self.config
@@ -921,8 +1117,9 @@ class ServerConnection(Connection):
             raise DecodeError(f"ClientHello speaks version {message.version:#06x}",
                               AlertDescription.PROTOCOL_VERSION)
         if message.server_site != config.site:
-            raise DecodeError("the ClientHello is addressed to another site",
-                              AlertDescription.ILLEGAL_PARAMETER)
+            raise DecodeError(f"the ClientHello is addressed to another site "
+                              f"({message.server_site!r}; this is {config.site!r})",
+                              AlertDescription.UNRECOGNIZED_NAME)
         if message.client_site == config.site:
             raise DecodeError("the ClientHello claims to come from this site",
                               AlertDescription.ILLEGAL_PARAMETER)
@@ -932,14 +1129,14 @@ class ServerConnection(Connection):
         self._transcript += raw
         self._auth_mode = message.auth_mode
         if message.auth_mode is AuthMode.PSK:
-            self._check_binder(message)
+            yield from self._check_binder(message)
         elif config.auth == "psk":
             raise PolicyViolation("this site accepts only psk authentication")
         elif config.identity is None:
             raise PolicyViolation("signature authentication needs a signing identity on this "
                                   "site, and none is configured",
                                   AlertDescription.HANDSHAKE_FAILURE)
-        qkd_key = self._fetch_qkd(message)
+        qkd_key = yield from self._fetch_qkd(message)
         suite = self._choose_suite(message, qkd_key is not None)
         self._suite = suite
         client_shares = {s.kem: s.data for s in message.key_shares}
@@ -969,22 +1166,22 @@ class ServerConnection(Connection):
         self._peer_identity = PeerIdentity(message.client_site, None, "unauthenticated")
         return State.WAIT_FINISHED
 
-    def _check_binder(self, hello: ClientHello) -> None:
+    def _check_binder(self, hello: ClientHello) -> KeySteps[None]:
         if self.config.key_source is None or self.config.auth == "signature":
             raise PolicyViolation("this site does not accept psk authentication")
-        units = self._fetch(hello.auth_key_ids, "the psk authentication keys")
+        units = yield from self._fetch(hello.auth_key_ids, "the psk authentication keys")
         self._auth_units = units
         if not _POLY1305.verify(units[_BINDER_UNIT].key, hello.binder_input(), hello.binder):
             raise PeerAuthenticationFailed("the ClientHello binder does not verify")
 
-    def _fetch_qkd(self, hello: ClientHello) -> bytes | None:
+    def _fetch_qkd(self, hello: ClientHello) -> KeySteps[bytes | None]:
         if not hello.qkd_key_ids:
             self._no_qkd_reason = "the client offered no QKD key"
             return None
         if self.config.key_source is None:
             self._no_qkd_reason = "this site has no key source"
             return None
-        keys = self._fetch(hello.qkd_key_ids, "the offered QKD keys")
+        keys = yield from self._fetch(hello.qkd_key_ids, "the offered QKD keys")
         self._qkd_ids = tuple(k.key_id for k in keys)
         return b"".join(k.key for k in keys)
 

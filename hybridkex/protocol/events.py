@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
+    from hybridkex.keydelivery.request import KeyRequest
     from hybridkex.protocol.session import SessionInfo
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "HandshakeComplete",
     "KeyUpdated",
     "NeedData",
+    "QKDKeysNeeded",
 ]
 
 
@@ -68,8 +70,18 @@ class KeyUpdated:
 
 
 @dataclass(frozen=True)
+class QKDKeysNeeded:
+    """The connection waits for QKD keys (only with ``key_events=True``): make
+    ``request`` on the key source, then answer ``supply_keys(keys)`` or, if the source
+    failed, ``refuse_keys(error)``.  Until then ``next_event()`` returns this event
+    again, and nothing more is processed (as h11 pauses)."""
+
+    request: KeyRequest
+
+
+@dataclass(frozen=True)
 class ConnectionClosed:
     """The peer sent close_notify: everything it sent has arrived."""
 
 
-Event = HandshakeComplete | DataReceived | KeyUpdated | ConnectionClosed
+Event = HandshakeComplete | DataReceived | KeyUpdated | QKDKeysNeeded | ConnectionClosed

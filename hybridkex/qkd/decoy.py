@@ -68,6 +68,7 @@ from hybridkex.errors import InvalidParameter
 
 __all__ = [
     "E0_BACKGROUND",
+    "EPS_SPLIT",
     "AsymptoticEstimate",
     "BasisCounts",
     "FiniteKeyResult",
@@ -76,6 +77,7 @@ __all__ = [
     "ec_leakage",
     "finite_gamma",
     "finite_key",
+    "finite_size_bits",
     "gllp_rate",
     "h2",
     "hoeffding_bounds",
@@ -149,9 +151,12 @@ def y1_lower(q_mu: float, q_nu: float, y0: float, mu: float, nu: float) -> float
     q_mu = _check_probability("q_mu", q_mu)
     q_nu = _check_probability("q_nu", q_nu)
     y0 = _check_probability("y0", y0)
+    denominator = mu * nu - nu * nu
+    if denominator <= 0.0:  # mu > nu > 0, but the product can underflow
+        raise InvalidParameter("intensities too small for the vacuum + weak bound")
     bound = (
         mu
-        / (mu * nu - nu * nu)
+        / denominator
         * (
             q_nu * math.exp(nu)
             - q_mu * math.exp(mu) * nu * nu / (mu * mu)
@@ -182,7 +187,7 @@ def e1_upper(
     y0 = _check_probability("y0", y0)
     y1_l = _check_probability("y1_l", y1_l)
     e0 = _check_probability("e0", e0)
-    if y1_l <= 0.0:
+    if y1_l * nu <= 0.0:  # y1_l zero, or the product underflows
         return E0_BACKGROUND
     numerator = e_nu * q_nu * math.exp(nu) - e0 * y0
     if numerator < 0.0:
@@ -296,7 +301,8 @@ def asymptotic_from_counts(
 # ---------------------------------------------------------------------------
 
 #: The paper splits eps_sec over 21 terms; each Hoeffding bound gets eps_sec/21.
-_EPS_SPLIT = 21.0
+EPS_SPLIT = 21
+_EPS_SPLIT = float(EPS_SPLIT)
 
 
 @dataclass(frozen=True)
@@ -345,6 +351,7 @@ class FiniteKeyResult:
     eps_sec: float
     eps_cor: float
     lambda_ec: float
+    verification_bits: float
 
 
 def hoeffding_delta(n: float, eps: float) -> float:
@@ -391,6 +398,12 @@ def tau(n: int, intensities: Sequence[float], probabilities: Sequence[float]) ->
     )
 
 
+def finite_size_bits(eps_sec: float) -> float:
+    """Lim et al.'s finite-size deduction ``6 log2(21/eps_sec)``: the price, in key bits,
+    of the smoothing and the leftover hash lemma at ``eps_sec``."""
+    return 6.0 * math.log2(_EPS_SPLIT / eps_sec)
+
+
 def finite_gamma(a: float, b: float, c: float, d: float) -> float:
     """Lim et al.'s sampling correction from the test-basis to the key-basis phase error.
 
@@ -405,6 +418,8 @@ def finite_gamma(a: float, b: float, c: float, d: float) -> float:
         raise InvalidParameter("gamma needs 0 <= b < 1")
     if b == 0.0:
         return 0.0
+    if c * d == 0.0:  # the counts' product underflows: the correction is unbounded
+        return math.inf
     log_inner = (
         math.log2(c + d)
         - math.log2(c)
@@ -458,6 +473,8 @@ def _single_lower(
     n_mu2_minus, _ = hoeffding_bounds(counts.n[1], n_tot, mu2, ps[1], eps)
     _, n_mu3_plus = hoeffding_bounds(counts.n[2], n_tot, mu3, ps[2], eps)
     denominator = mu1 * (mu2 - mu3) - mu2 * mu2 + mu3 * mu3
+    if denominator <= 0.0:  # positive when mu1 > mu2 + mu3, unless rounding cancels it
+        raise InvalidParameter("intensities too close for the single-photon bound")
     bound = (
         mu1
         * tau1
@@ -506,12 +523,20 @@ def finite_key(
     lambda_ec: float,
     eps_sec: float = 1e-10,
     eps_cor: float = 1e-15,
+    *,
+    verification_bits: float | None = None,
 ) -> FiniteKeyResult:
     """Secret key length of one block: Z is the key basis, X the test basis.
 
     ``intensities`` are (mu1, mu2, mu3) = (signal, weak decoy, vacuum or weakest
     decoy) and ``probabilities`` Alice's chance of each; ``lambda_ec`` the bits the
     error correction disclosed (see :func:`ec_leakage`).
+
+    ``verification_bits`` is the length of the error-verification tag that was
+    disclosed.  By default it is the paper's: a universal2 hash of
+    ``ceil(log2(1/eps_cor))`` bits, which the paper deducts as ``log2(2/eps_cor)``
+    (an upper bound on that ceiling).  A protocol that discloses another tag passes
+    its length, and ``eps_cor`` is then whatever that tag's collision bound gives.
     """
     mus, ps = _check_intensities(intensities, probabilities)
     lambda_ec = _check_count("lambda_ec", lambda_ec)
@@ -519,6 +544,8 @@ def finite_key(
     eps_cor = _check_finite("eps_cor", eps_cor)
     if not 0.0 < eps_sec < 1.0 or not 0.0 < eps_cor < 1.0:
         raise InvalidParameter("eps_sec and eps_cor must be in (0, 1)")
+    verification = (math.log2(2.0 / eps_cor) if verification_bits is None
+                    else _check_count("verification_bits", verification_bits))
     if not isinstance(z, BasisCounts) or not isinstance(x, BasisCounts):
         raise InvalidParameter("z and x must be BasisCounts")
 
@@ -547,8 +574,8 @@ def finite_key(
         s_z0_l
         + s_z1_l * (1.0 - h2(phi_u))
         - lambda_ec
-        - 6.0 * math.log2(_EPS_SPLIT / eps_sec)
-        - math.log2(2.0 / eps_cor)
+        - finite_size_bits(eps_sec)
+        - verification
     )
     return FiniteKeyResult(
         s_z0_l=s_z0_l,
@@ -560,4 +587,5 @@ def finite_key(
         eps_sec=eps_sec,
         eps_cor=eps_cor,
         lambda_ec=lambda_ec,
+        verification_bits=verification,
     )

@@ -2,14 +2,23 @@
 
 This is a **simulation** of the optical layer (:mod:`hybridkex.qkd.simulator`)
 followed by the real two-party distillation protocol
-(:mod:`hybridkex.qkd.postprocessing`).  Alice and Bob run in separate threads and
-exchange only authenticated byte messages.
+(:mod:`hybridkex.qkd.distillation`).  Alice and Bob run in separate threads and
+exchange only authenticated byte messages.  Site A runs Alice, site B runs Bob; both
+deposit the distilled units under the same key IDs, each unit assigned to the site that
+may take it by :func:`unit_initiator`.
 
 Authentication across rounds: the first round of a link is authenticated by the two
 sites' signatures (or by an initial pre-shared key).  Every successful round sets
 aside part of its key, and the next round authenticates with Wegman-Carter MACs
 keyed from it.  After an aborted round the two sides may have drawn different
 amounts from that pool, so the link falls back to signatures for the next round.
+
+Seeds are for simulation reports, never for keys.  A round that deposits keys (the link
+has a key store) refuses a seed, draws its simulation seed from the operating system,
+reports none, and gives Alice's bits a fresh one-time pad from the operating system too,
+so that nothing about the keys follows from a seed or from the simulator's
+(non-cryptographic) generator.  A round without a key store may take a seed and is
+then reproducible, the protocol's public random choices included.
 """
 
 from __future__ import annotations
@@ -17,7 +26,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -25,18 +34,9 @@ import numpy as np
 
 from hybridkex import primitives
 from hybridkex.errors import InvalidParameter
+from hybridkex.keydelivery.keys import UNIT_BYTES, StoredKey
 from hybridkex.keydelivery.store import KeyStore
-from hybridkex.qkd.authentication import (
-    ALICE,
-    BOB,
-    AuthKeyPool,
-    MessageAuthenticator,
-    SignatureAuthenticator,
-    WegmanCarterAuthenticator,
-)
-from hybridkex.qkd.channel import ClassicalChannel, queue_pair
-from hybridkex.qkd.parameters import LinkParameters
-from hybridkex.qkd.postprocessing import (
+from hybridkex.qkd.distillation import (
     AliceData,
     BobData,
     DistillationConfig,
@@ -45,12 +45,67 @@ from hybridkex.qkd.postprocessing import (
     run_alice,
     run_bob,
 )
+from hybridkex.qkd.distillation.authentication import (
+    AuthKeyPool,
+    MessageAuthenticator,
+    SignatureAuthenticator,
+    WegmanCarterAuthenticator,
+)
+from hybridkex.qkd.distillation.channel import AuthenticatedChannel
+from hybridkex.qkd.distillation.transport import ClassicalChannel, queue_pair
+from hybridkex.qkd.ends import Role
+from hybridkex.qkd.labels import SIMULATION_LABEL
+from hybridkex.qkd.parameters import LinkParameters
 from hybridkex.qkd.simulator import simulate
-from hybridkex.qkd.wire import AuthenticatedChannel
 
-__all__ = ["LinkReport", "QKDLink", "SiteIdentity"]
+__all__ = ["LinkReport", "QKDLink", "SiteIdentity", "stored_keys",
+           "unit_initiator"]
 
-SIMULATION_LABEL = "SIMULATION (decoy-state BB84 Monte Carlo, not a physical QKD device)"
+
+def unit_initiator(index: int, alice_site: str, bob_site: str) -> str:
+    """The site that may take unit ``index`` of a round as session initiator.
+
+    The rule: units alternate, starting with Alice's site (even indices to Alice's
+    site, odd ones to Bob's).  The other site can only fetch the unit by its key ID,
+    as a session's responder.
+
+    Why split at all: if either site could take any unit, two sites opening sessions
+    to each other at the same moment could both hand out the same unit.  Why
+    alternate: sessions may be opened from either side, so each site gets half of
+    every round, and both sites derive the same split from the unit's position alone.
+    """
+    return alice_site if index % 2 == 0 else bob_site
+
+
+def stored_keys(material: bytes, key_ids: Sequence[str], alice_site: str,
+                bob_site: str) -> list[StoredKey]:
+    """A round's distilled units as the key stores take them: one per key ID, in order,
+    each assigned by :func:`unit_initiator`."""
+    if len(material) != UNIT_BYTES * len(key_ids):
+        raise InvalidParameter("distilled key material does not match its key IDs")
+    return [
+        StoredKey(key_id, material[i * UNIT_BYTES:(i + 1) * UNIT_BYTES],
+                  unit_initiator(i, alice_site, bob_site))
+        for i, key_id in enumerate(key_ids)
+    ]
+
+
+def _pad_bits(alice: AliceData, bob: BobData) -> None:
+    """XOR Alice's bit at every detected pulse, and Bob's at the same pulse, with one
+    fresh bit from the operating system.
+
+    The simulator draws Alice's bits uniformly and independently of everything else it
+    records, with Bob's errors independent of her bit, so the padded records have
+    exactly the same distribution (the errors, the bases and the intensities do not
+    change).  What the pad adds: the key bits no longer come from the simulator's
+    generator, whose other outputs (detections, bases) are disclosed in sifting.
+    """
+    if not np.array_equal(alice.index, bob.index):
+        raise AssertionError("the simulator's records of Alice and Bob cover other pulses")
+    count = len(alice.bit)
+    pad = np.unpackbits(np.frombuffer(os.urandom((count + 7) // 8), dtype=np.uint8))[:count]
+    alice.bit ^= pad
+    bob.bit ^= pad
 
 
 @dataclass(frozen=True, repr=False)
@@ -79,8 +134,10 @@ class LinkReport(RoundMetrics):
     auth_mode: str = ""
     auth_bits_consumed: int = 0
     net_secret_bits: int = 0
-    keys_deposited: int = 0
+    key_units: int = 0              # 256-bit units distilled
+    keys_deposited: int = 0         # of them, deposited in key stores (0 without a store)
     auth_reserve_bits: int = 0
+    qber_threshold: float = 0.0
     aborted: bool = False
     abort_reason: str = ""
     elapsed_s: float = 0.0
@@ -92,9 +149,9 @@ class LinkReport(RoundMetrics):
     key_ids: list[str] = field(default_factory=list, repr=False)
 
     def to_json(self) -> dict[str, Any]:
+        """Every figure; one the round did not measure is ``None`` (JSON null), never 0."""
         out = {k: v for k, v in self.__dict__.items() if k != "key_ids"}
-        if out["ec_efficiency"] == float("inf"):
-            out["ec_efficiency"] = None
+        out["pa_terms"] = self.pa_terms.to_json() if self.pa_terms is not None else None
         return out
 
 
@@ -123,8 +180,8 @@ class QKDLink:
 
     def _authenticators(self) -> tuple[MessageAuthenticator, MessageAuthenticator, str]:
         if self._pool_a and self._pool_b:
-            return (WegmanCarterAuthenticator(AuthKeyPool(self._pool_a), ALICE),
-                    WegmanCarterAuthenticator(AuthKeyPool(self._pool_b), BOB),
+            return (WegmanCarterAuthenticator(AuthKeyPool(self._pool_a), Role.ALICE),
+                    WegmanCarterAuthenticator(AuthKeyPool(self._pool_b), Role.BOB),
                     WegmanCarterAuthenticator.kind)
         ia, ib = self._identity_a, self._identity_b
         if ia is None or ib is None:
@@ -136,21 +193,36 @@ class QKDLink:
 
     def run_round(self, pulses: int, seed: int | None = None,
                   progress: Callable[[int, int], None] | None = None,
-                  channel_hook: Callable[[ClassicalChannel, int], ClassicalChannel] | None = None,
+                  channel_hook: Callable[[ClassicalChannel, Role], ClassicalChannel] | None = None,
                   ) -> LinkReport:
         """Simulate ``pulses`` pulses, distil, and deposit the keys into both stores.
 
+        ``seed`` makes the round reproducible, and is refused when the link has a key
+        store: anyone who knew it could recompute the keys (see the module docstring).
         ``channel_hook(end, role)`` may wrap each party's end of the classical channel,
         to play an active attacker on it (tests, demonstrations).
         """
         started = time.perf_counter()
+        deposits = self.store_a is not None or self.store_b is not None
+        if seed is not None and deposits:
+            raise InvalidParameter("a seed would let anyone who knows it recompute the keys; "
+                                   "a link that deposits keys into key stores takes none "
+                                   "(seeds are for simulation reports)")
         reproducible = seed is not None
-        if seed is None:
-            seed = int(np.random.SeedSequence().generate_state(2, np.uint32).view(np.uint64)[0])
+        shown: int | None
+        if deposits:
+            seed, shown = int.from_bytes(os.urandom(32), "big"), None
+        else:
+            if seed is None:
+                seed = int(np.random.SeedSequence().generate_state(2, np.uint32)
+                           .view(np.uint64)[0])
+            shown = seed
         report = LinkReport(distance_km=self.params.distance_km, pulses=pulses,
                             finite_key=self.config.finite_key, eps_sec=self.config.eps_sec,
-                            seed=seed)
+                            qber_threshold=self.config.qber_abort, seed=shown)
         alice, bob = self._quantum_phase(pulses, seed, progress)
+        if deposits:
+            _pad_bits(alice, bob)
         report.simulation_s = time.perf_counter() - started
 
         auth_a, auth_b, report.auth_mode = self._authenticators()
@@ -158,34 +230,33 @@ class QKDLink:
         end_b: ClassicalChannel
         end_a, end_b = queue_pair()
         if channel_hook is not None:
-            end_a, end_b = channel_hook(end_a, ALICE), channel_hook(end_b, BOB)
-        chan_a = AuthenticatedChannel(end_a, auth_a, ALICE)
-        chan_b = AuthenticatedChannel(end_b, auth_b, BOB)
-        results: dict[int, DistillationResult] = {}
-        initiators = (self.site_a, self.site_b)
+            end_a, end_b = channel_hook(end_a, Role.ALICE), channel_hook(end_b, Role.BOB)
+        chan_a = AuthenticatedChannel(end_a, auth_a, Role.ALICE)
+        chan_b = AuthenticatedChannel(end_b, auth_b, Role.BOB)
+        results: dict[Role, DistillationResult] = {}
 
         randomness_a, randomness_b = os.urandom, os.urandom
         if reproducible:
             # A given seed makes the whole simulated round reproducible, the protocol's
             # public random choices included.  Never outside a simulation.
-            gen_a, gen_b = (np.random.Generator(np.random.PCG64([seed, 0x5EED, role]))
-                            for role in (ALICE, BOB))
+            gen_a, gen_b = (np.random.Generator(np.random.PCG64([seed, 0x5EED, int(role)]))
+                            for role in (Role.ALICE, Role.BOB))
             randomness_a, randomness_b = gen_a.bytes, gen_b.bytes
 
         def bob_side() -> None:
             try:
-                results[BOB] = run_bob(chan_b, bob, self.config, initiators, randomness_b)
+                results[Role.BOB] = run_bob(chan_b, bob, self.config, randomness_b)
             finally:
-                if BOB not in results:  # an unexpected error: Bob keeps nothing
-                    results[BOB] = DistillationResult(role=BOB, aborted=True,
-                                                      abort_reason="internal error at Bob")
+                if Role.BOB not in results:  # an unexpected error: Bob keeps nothing
+                    results[Role.BOB] = DistillationResult(
+                        role=Role.BOB, aborted=True, abort_reason="internal error at Bob")
                     end_b.close()
 
         thread = threading.Thread(target=bob_side, name="qkd-bob", daemon=True)
         thread.start()
-        results[ALICE] = run_alice(chan_a, alice, self.config, initiators, randomness_a)
+        results[Role.ALICE] = run_alice(chan_a, alice, self.config, randomness_a)
         thread.join()
-        ra, rb = results[ALICE], results[BOB]
+        ra, rb = results[Role.ALICE], results[Role.BOB]
         self.rounds += 1
 
         report.auth_bits_consumed = max(auth_a.bits_consumed, auth_b.bits_consumed)
@@ -242,11 +313,16 @@ class QKDLink:
 
     def _deposit(self, ra: DistillationResult, rb: DistillationResult,
                  report: LinkReport) -> None:
-        if [k.key_id for k in ra.keys] != [k.key_id for k in rb.keys]:
+        """Both sites store the same units under the same IDs (Alice's site is site A)."""
+        if ra.key_ids != rb.key_ids:
             raise AssertionError("distillation ended with different key IDs")  # confirmed above
+        keys_a = stored_keys(ra.key_material, ra.key_ids, self.site_a, self.site_b)
+        keys_b = stored_keys(rb.key_material, rb.key_ids, self.site_a, self.site_b)
         if self.store_a is not None:
-            self.store_a.add(self.site_b, ra.keys)
+            self.store_a.add(self.site_b, keys_a)
         if self.store_b is not None:
-            self.store_b.add(self.site_a, rb.keys)
-        report.keys_deposited = len(ra.keys)
-        report.key_ids = [k.key_id for k in ra.keys]
+            self.store_b.add(self.site_a, keys_b)
+        report.key_units = len(ra.key_ids)
+        stored = self.store_a is not None or self.store_b is not None
+        report.keys_deposited = report.key_units if stored else 0
+        report.key_ids = list(ra.key_ids)

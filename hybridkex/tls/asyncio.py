@@ -9,18 +9,22 @@ raw transport's callbacks; :class:`TLSTransport` is the transport the writer see
 hybrid groups nor an external PSK, and does not load ML-DSA keys.)
 
 The handshake completes before ``open_connection`` returns or the server's callback
-runs, within a time limit (TLSHandshakeTimeout).  The key source (qkd-psk mode) is
-called from the event loop thread, synchronously, as in :mod:`hybridkex.asyncio`.
+runs, within a time limit (TLSHandshakeTimeout).  The key source (qkd-psk mode) never
+blocks the event loop, as in :mod:`hybridkex.asyncio`: a client takes its PSK, and a
+server fetches the one the ClientHello names, off the loop (``key_executor``), before
+OpenSSL needs it.
 ``writer.get_extra_info("session_info")`` is the :class:`TLSSessionInfo`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 from collections.abc import Callable
 from typing import Any
 
 from hybridkex.errors import HybridKexError
+from hybridkex.keydelivery.source import AsyncKeySource, KeySource
 from hybridkex.tls.connection import TLSConnection
 from hybridkex.tls.context import TLSContext
 from hybridkex.tls.errors import TLSConnectionTruncated, TLSHandshakeTimeout
@@ -70,18 +74,24 @@ class TLSProtocol(DrivingProtocol):
     def extra_info(self, name: str) -> tuple[bool, Any]:
         return (True, self.connection) if name == "tls_connection" else (False, None)
 
+    @property
+    def key_source(self) -> KeySource | AsyncKeySource | None:
+        return self.connection.context.key_source
+
 
 async def open_connection(host: str, port: int, *,
                           context: TLSContext, peer: str,
                           handshake_timeout: float | None = None, limit: int = 2**16,
+                          key_executor: concurrent.futures.Executor | None = None,
                           **kwargs: Any) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """Connect to ``host:port``, run the TLS handshake as a client of site ``peer``, and
     return the streams.  Raises TLSHandshakeTimeout or a TLSProtocolError (connection
     closed) if the handshake fails; cancelling the call closes the connection."""
     timeout = context.handshake_timeout if handshake_timeout is None else handshake_timeout
-    connection = context.new_connection(False, peer)
-    return await open_streams(lambda app: TLSProtocol(connection, app, timeout),
-                              host, port, limit=limit, **kwargs)
+    connection = context.new_connection(False, peer, key_events=True)
+    return await open_streams(
+        lambda app: TLSProtocol(connection, app, timeout, key_executor=key_executor),
+        host, port, limit=limit, **kwargs)
 
 
 async def start_server(client_connected_cb: ClientConnectedCallback,
@@ -89,6 +99,7 @@ async def start_server(client_connected_cb: ClientConnectedCallback,
                        context: TLSContext, peer: str | None = None,
                        handshake_timeout: float | None = None, limit: int = 2**16,
                        handshake_failed_cb: Callable[[Exception, Any], None] | None = None,
+                       key_executor: concurrent.futures.Executor | None = None,
                        **kwargs: Any) -> asyncio.Server:
     """Serve TLS on ``host:port``.  ``client_connected_cb(reader, writer)`` runs for each
     client whose handshake completed; a failed handshake closes that connection and is
@@ -97,7 +108,8 @@ async def start_server(client_connected_cb: ClientConnectedCallback,
     timeout = context.handshake_timeout if handshake_timeout is None else handshake_timeout
     context.new_connection(True, peer)  # a misconfigured server fails here, not per client
     return await serve_streams(
-        lambda app, on_handshake: TLSProtocol(context.new_connection(True, peer), app,
-                                              timeout, on_handshake),
+        lambda app, on_handshake: TLSProtocol(
+            context.new_connection(True, peer, key_events=True), app, timeout, on_handshake,
+            key_executor=key_executor),
         client_connected_cb, host, port, limit=limit,
         handshake_failed_cb=handshake_failed_cb, **kwargs)

@@ -13,6 +13,14 @@ into typed errors and makes the checks OpenSSL does not make itself:
 * the peer's certificate names the expected site and holds a key hybridkex accepts
   (in the verify callback, so a refusal is a TLS alert during the handshake).
 
+QKD keys (qkd-psk mode): by default the key source is called where OpenSSL needs the
+key (a client's take before its hello, a server's fetch in OpenSSL's PSK callback).
+With ``key_events=True`` the connection never calls it: a client waits in
+:meth:`TLSConnection.do_handshake` until its driver answers :attr:`key_request`
+(``supply_keys`` or ``refuse_keys``); a server holds the first bytes back until the
+ClientHello is complete, reads its PSK identity (:mod:`hybridkex.tls.hello`), asks
+for that key the same way, and only then gives OpenSSL the hello.
+
 Not thread-safe: callers serialise access (the socket wrapper holds a lock).
 """
 
@@ -21,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import hashlib
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from cryptography import x509
@@ -36,6 +45,7 @@ from hybridkex.errors import (
 )
 from hybridkex.keydelivery.errors import KeySourceError
 from hybridkex.keydelivery.keys import DeliveredKey
+from hybridkex.keydelivery.request import KeyRequest
 from hybridkex.protocol.identity import PeerIdentity, public_key_bytes
 from hybridkex.tls import _openssl
 from hybridkex.tls.context import PSK_BITS, SIGNATURE_ALGORITHMS, certificate_names
@@ -50,6 +60,7 @@ from hybridkex.tls.errors import (
     TLSQKDKeyRefused,
     TLSRecordAuthenticationFailed,
 )
+from hybridkex.tls.hello import MAX_HELLO, NEED_MORE, first_psk_identity
 from hybridkex.tls.session import PSK_AUTHENTICATION, TLSSessionInfo, signature_scheme_name
 from hybridkex.transport.stream import READ_SIZE
 
@@ -76,6 +87,7 @@ ALERT_NAMES = {
     120: "no_application_protocol",
 }
 _AUTH_ALERTS = {42, 43, 44, 45, 46, 48, 49, 51, 116}
+_HKX_PROTOCOL_VERSION_ALERT = bytes([21, 0, 2, 2, 70])  # record: alert, fatal, 70
 _NEGOTIATION_ALERTS = {40, 70, 71}
 
 
@@ -113,6 +125,7 @@ class _Hooks:
         self.psk: DeliveredKey | None = None
         self.psk_peer: str | None = None
         self.psk_key_id: str | None = None
+        self.psk_refused: TLSQKDKeyRefused | None = None  # fetched ahead, and refused
         self.failure: BaseException | None = None
         self.auth_failure: str | None = None
         self.peer: PeerIdentity | None = None
@@ -138,6 +151,8 @@ class _Hooks:
                 raise TLSQKDKeyRefused("the client changed its PSK identity after a "
                                        "HelloRetryRequest", 47)
             return self.psk.key
+        if self.psk_refused is not None:
+            raise self.psk_refused
         key_id = _key_id(identity)
         if key_id is None:
             raise TLSQKDKeyRefused("the PSK identity is not a QKD key ID "
@@ -253,11 +268,25 @@ class TLSConnection:
     """
 
     def __init__(self, context: TLSContext, role: _Role, *, server_side: bool,
-                 peer: str | None, candidates: tuple[str, ...]) -> None:
+                 peer: str | None, candidates: tuple[str, ...],
+                 key_events: bool = False) -> None:
         self.context = context
         self.server_side = server_side
         self.peer = peer
         self.candidates = candidates
+        self.key_events = key_events
+        self._key_request: KeyRequest | None = None
+        # A qkd-psk server that must not call its key source holds the first bytes
+        # back until the ClientHello's PSK key has been fetched (or refused).
+        self._held: bytearray | None = (
+            bytearray() if key_events and server_side and context.mode == "qkd-psk" else None)
+        self._fetch_from: list[str] = []
+        self._fetch_problems: list[str] = []
+        self._psk_identity = ""
+        self._held_eof = False
+        self._first: bytearray | None = bytearray()  # a stream's first bytes, to tell HKX/1
+        self._hkx_client = False
+        self._hkx_answer = b""
         self.state = TLSState.HANDSHAKING
         self._info: TLSSessionInfo | None = None
         self._hooks = _Hooks(self)
@@ -284,13 +313,110 @@ class TLSConnection:
 
     def receive_data(self, data: bytes) -> None:
         """Bytes from the network; ``b""`` marks the end of the stream."""
+        if self._first is not None and data:
+            self._first += data[:4 - len(self._first)]
+            if len(self._first) == 4:
+                first, self._first = bytes(self._first), None
+                # An HKX/1 record (type, 2-byte length) holding a ClientHello (type 1):
+                # no TLS record has a version byte other than 3 where HKX/1 has length.
+                self._hkx_client = self.server_side and first[0] == 0x16 and (
+                    first[1] != 0x03 and first[3] == 0x01)
+        if self._held is not None:
+            if not data:
+                self._held_eof = True
+            else:
+                self._held += data
+            if self._key_request is None:
+                self._read_psk_identity()
+            return
         if data:
             self._ssl.bio_write(data)
         else:
             self._ssl.bio_shutdown()
 
+    # -- QKD keys, when the driver delivers them (key_events=True) -----------------------
+
+    @property
+    def key_request(self) -> KeyRequest | None:
+        """The key source call the connection waits for, or None."""
+        return self._key_request
+
+    @property
+    def pool_keys_spent(self) -> int:
+        """Pool keys this connection consumed (the QKD key that is the PSK), also after
+        a failure: a delivered key is never returned to the pool."""
+        return 1 if self._hooks.psk_key_id is not None else 0
+
+    def supply_keys(self, keys: Sequence[DeliveredKey]) -> None:
+        """Answer :attr:`key_request` with what it delivered; then drive the handshake on."""
+        request = self._waiting_request()
+        self._key_request = None
+        try:
+            checked = request.check(keys)
+        except KeySourceError as exc:
+            self._refused(exc)
+            return
+        if not self.server_side:
+            self._use_taken_psk(checked)
+            return
+        self._hooks.psk_key_id, self._hooks.psk_peer = checked[0].key_id, request.peer
+        self._hooks.psk = checked[0]
+        self._release_held()
+
+    def refuse_keys(self, error: KeySourceError) -> None:
+        """Answer :attr:`key_request` with the key source's failure."""
+        self._waiting_request()
+        self._key_request = None
+        self._refused(error)
+
+    def _waiting_request(self) -> KeyRequest:
+        if self.state is TLSState.ERROR:
+            raise LocalProtocolError("the TLS connection has failed; no keys are wanted")
+        if self._key_request is None:
+            raise LocalProtocolError("the TLS connection is not waiting for QKD keys")
+        return self._key_request
+
+    def _refused(self, error: KeySourceError) -> None:
+        if not self.server_side:
+            raise self._fail(QKDKeyUnavailable(
+                f"qkd-psk mode needs a QKD key shared with {self.peer}: {error}"))
+        assert self._key_request is None
+        self._fetch_problems.append(f"{self._fetch_from.pop(0)}: {error}")
+        self._ask_next_pool()
+
+    def _read_psk_identity(self) -> None:
+        """Once the ClientHello is complete: ask for the key its PSK identity names."""
+        assert self._held is not None
+        identity = first_psk_identity(bytes(self._held))
+        if identity is NEED_MORE and len(self._held) <= MAX_HELLO + 4096 and not self._held_eof:
+            return
+        key_id = _key_id(identity) if isinstance(identity, bytes) else None
+        if key_id is None:
+            self._release_held()  # OpenSSL reads the hello, and refuses what it must
+            return
+        self._fetch_from = list(self.candidates)
+        self._psk_identity = key_id
+        self._ask_next_pool()
+
+    def _ask_next_pool(self) -> None:
+        if self._fetch_from:
+            self._key_request = KeyRequest.fetch(self._fetch_from[0], [self._psk_identity],
+                                                 PSK_BITS, purpose="the TLS external PSK")
+            return
+        self._hooks.psk_refused = TLSQKDKeyRefused(
+            f"QKD key {self._psk_identity} cannot be fetched: {'; '.join(self._fetch_problems)}")
+        self._release_held()
+
+    def _release_held(self) -> None:
+        held, self._held = self._held, None
+        if held:
+            self._ssl.bio_write(bytes(held))
+        if self._held_eof:
+            self._ssl.bio_shutdown()
+
     def data_to_send(self) -> bytes:
-        chunks = []
+        chunks = [self._hkx_answer] if self._hkx_answer else []
+        self._hkx_answer = b""
         while True:
             try:
                 chunks.append(self._ssl.bio_read(READ_SIZE))
@@ -310,6 +436,14 @@ class TLSConnection:
             self._started = True
             if self.context.mode == "qkd-psk" and not self.server_side:
                 self._take_psk()
+        if self._key_request is not None:
+            return False
+        if self._hkx_client:
+            # Answered in the client's own framing, so an HKX/1 client reads why: a
+            # plaintext HKX/1 alert, protocol_version (docs/protocol.md, section 11).
+            self._hkx_answer = _HKX_PROTOCOL_VERSION_ALERT
+            raise self._fail(TLSNegotiationFailed(
+                "the client speaks HKX/1, not TLS (both ends must use TLS, or neither)", 70))
         try:
             self._ssl.do_handshake()
         except SSL.WantReadError:
@@ -328,11 +462,18 @@ class TLSConnection:
     def _take_psk(self) -> None:
         source = self.context.key_source
         assert source is not None and self.peer is not None
+        request = KeyRequest.take(self.peer, 1, PSK_BITS, purpose="the TLS external PSK")
+        if self.key_events:
+            self._key_request = request
+            return
         try:
-            keys = source.take(self.peer, 1, PSK_BITS)
+            keys = request.perform(source)
         except KeySourceError as exc:
             raise self._fail(QKDKeyUnavailable(
                 f"qkd-psk mode needs a QKD key shared with {self.peer}: {exc}")) from exc
+        self._use_taken_psk(keys)
+
+    def _use_taken_psk(self, keys: list[DeliveredKey]) -> None:
         key_id = keys[0].key_id if len(keys) == 1 else ""
         if (len(keys) != 1 or len(keys[0].key) * 8 != PSK_BITS or not key_id.isascii()
                 or _key_id(key_id.encode("ascii")) != key_id):
@@ -373,6 +514,9 @@ class TLSConnection:
             return TLSConnectionTruncated(
                 " ".join(f"the transport ended {when} without a TLS close_notify".split()))
         reasons = _openssl_reasons(exc)
+        if handshake and not self.server_side and ("wrong version number" in reasons
+                                                   or "packet length too long" in reasons):
+            reasons += " (the server does not answer in TLS: is it an HKX/1 server?)"
         code = hooks.alert_sent
         if code is None:
             return TLSProtocolError(f"TLS failed: {reasons}")

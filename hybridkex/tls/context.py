@@ -271,13 +271,15 @@ class TLSContext:
             raise TLSConfigurationError(role)
         return role
 
-    def new_connection(self, server_side: bool, peer: str | None) -> TLSConnection:
+    def new_connection(self, server_side: bool, peer: str | None, *,
+                       key_events: bool = False) -> TLSConnection:
         """The sans-IO TLS connection a wrapped socket or stream drives.
 
         A client names the peer site it connects to.  A server may name one (then only
         that site is accepted); otherwise it accepts the sites in ``peers`` (in qkd-psk
         mode, the pools it fetches the client's key from), and in certificate mode, with
-        no ``peers``, any certificate its anchors accept.
+        no ``peers``, any certificate its anchors accept.  ``key_events``: the
+        connection asks its driver for QKD keys instead of calling the key source.
         """
         from hybridkex.tls.connection import TLSConnection
 
@@ -290,7 +292,7 @@ class TLSContext:
                 "a qkd-psk server needs peer=... or the context's peers=... (the sites "
                 "whose QKD pools it fetches PSKs from)")
         return TLSConnection(self, self.role(server_side), server_side=server_side,
-                             peer=peer, candidates=candidates)
+                             peer=peer, candidates=candidates, key_events=key_events)
 
     def wrap_socket(self, sock: socket.socket, server_side: bool = False,
                     peer: str | None = None, *, handshake_timeout: float | None = None,

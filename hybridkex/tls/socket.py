@@ -143,6 +143,11 @@ class TLSSocket(StreamSocket):
                 self._conn.send(bytes(view[start:start + WRITE_SLICE]))
             self._flush()
 
+    @property
+    def pool_keys_spent(self) -> int:
+        """Pool keys the handshake consumed, also after it failed (never returned)."""
+        return self._conn.pool_keys_spent
+
     def session_info(self) -> TLSSessionInfo:
         return self._conn.session_info()
 

@@ -4,18 +4,30 @@ the raw transport's callbacks, the transport the application's StreamWriter writ
 and the opening and serving of stream pairs with a handshake time limit.
 
 A protocol subclass says how its connection starts, takes bytes, and reports events;
-everything else (the handshake future and timer, flow control, failure, half-close)
-is here once.
+everything else (the handshake future and timer, flow control, failure, half-close,
+and the QKD keys) is here once.
+
+QKD keys never block the event loop: the connections are made with
+``key_events=True``, so where one needs keys it stops and names a
+:class:`~hybridkex.keydelivery.request.KeyRequest`.  The protocol pauses reading,
+makes the request (awaited on an :class:`~hybridkex.keydelivery.source.AsyncKeySource`,
+in an executor thread for any other source), answers the connection, and goes on.
+Other connections are served meanwhile.
 """
 
 from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import Awaitable, Callable
+import concurrent.futures
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 from hybridkex.errors import HybridKexError
+from hybridkex.keydelivery.errors import KeySourceError
+from hybridkex.keydelivery.keys import DeliveredKey
+from hybridkex.keydelivery.request import KeyRequest
+from hybridkex.keydelivery.source import AsyncKeySource, KeySource
 
 __all__ = ["ClientConnectedCallback", "DrivingProtocol", "RecordTransport", "open_streams",
            "serve_streams"]
@@ -35,6 +47,16 @@ class _SansIO(Protocol):
     def close(self) -> None: ...
 
     def session_info(self) -> Any: ...
+
+    @property
+    def key_request(self) -> KeyRequest | None: ...
+
+    @property
+    def pool_keys_spent(self) -> int: ...
+
+    def supply_keys(self, keys: Sequence[DeliveredKey]) -> None: ...
+
+    def refuse_keys(self, error: KeySourceError) -> None: ...
 
 
 class RecordTransport(asyncio.Transport):
@@ -78,13 +100,13 @@ class RecordTransport(asyncio.Transport):
         return value if found else self._protocol.raw.get_extra_info(name, default)
 
     def pause_reading(self) -> None:
-        self._protocol.raw.pause_reading()
+        self._protocol.set_app_reading(False)
 
     def resume_reading(self) -> None:
-        self._protocol.raw.resume_reading()
+        self._protocol.set_app_reading(True)
 
     def is_reading(self) -> bool:
-        return bool(self._protocol.raw.is_reading())
+        return self._protocol.app_reading
 
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
         self._protocol.raw.set_write_buffer_limits(high, low)
@@ -94,14 +116,24 @@ class RecordTransport(asyncio.Transport):
 
 
 class DrivingProtocol(asyncio.Protocol, abc.ABC):
-    """Raw bytes in and out; plaintext to ``app`` once the handshake has completed."""
+    """Raw bytes in and out; plaintext to ``app`` once the handshake has completed.
+
+    ``app`` is any :class:`asyncio.Protocol`: a StreamReaderProtocol for the stream
+    interfaces, or a relay (:mod:`hybridkex.transport.forward`).  It sees
+    ``connection_made`` with the :class:`RecordTransport` when the handshake has
+    completed, ``data_received`` with plaintext, ``eof_received`` at the peer's
+    close_notify, and ``connection_lost`` (with the typed error if the session failed).
+    ``key_executor`` runs the calls of a key source that is not an AsyncKeySource
+    (default: :func:`~hybridkex.keydelivery.request.key_source_executor`).
+    """
 
     connection: _SansIO
     transport_class: type[RecordTransport] = RecordTransport
 
-    def __init__(self, connection: _SansIO, app: asyncio.StreamReaderProtocol,
+    def __init__(self, connection: _SansIO, app: asyncio.Protocol,
                  handshake_timeout: float | None,
-                 on_handshake: Callable[[Any], None] | None = None) -> None:
+                 on_handshake: Callable[[Any], None] | None = None, *,
+                 key_executor: concurrent.futures.Executor | None = None) -> None:
         self.connection = connection
         self.app = app
         self.handshake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -113,6 +145,11 @@ class DrivingProtocol(asyncio.Protocol, abc.ABC):
         self._app_connected = False
         self._closing = False
         self._peer_closed = False
+        self._over = False  # failed, timed out or lost: nothing more is driven
+        self._key_executor = key_executor
+        self._key_task: asyncio.Task[None] | None = None
+        self._keys_in_flight = 0
+        self._app_reading = True
 
     # -- what a protocol provides -------------------------------------------------------
 
@@ -136,6 +173,42 @@ class DrivingProtocol(asyncio.Protocol, abc.ABC):
     def extra_info(self, name: str) -> tuple[bool, Any]:
         """A protocol's own ``get_extra_info`` names: (found, value)."""
         return False, None
+
+    @property
+    def key_source(self) -> KeySource | AsyncKeySource | None:
+        """Where the connection's QKD keys come from (None: it takes none)."""
+        return None
+
+    # -- what the application and the logs read ------------------------------------------
+
+    @property
+    def pool_keys_spent(self) -> int:
+        """Pool keys the connection consumed, also after a failure."""
+        return self.connection.pool_keys_spent
+
+    @property
+    def keys_in_flight(self) -> int:
+        """Keys asked of the key source and not delivered yet: once delivered they are
+        consumed, even if the handshake has failed meanwhile."""
+        return self._keys_in_flight
+
+    @property
+    def app_reading(self) -> bool:
+        return self._app_reading
+
+    def set_app_reading(self, reading: bool) -> None:
+        """The application's flow control; reading also pauses while keys are fetched."""
+        self._app_reading = reading
+        self._apply_reading()
+
+    def _apply_reading(self) -> None:
+        raw = self._raw
+        if raw is None or raw.is_closing():
+            return
+        if self._app_reading and self._key_task is None:
+            raw.resume_reading()
+        else:
+            raw.pause_reading()
 
     # -- the raw transport's callbacks --------------------------------------------------
 
@@ -166,10 +239,12 @@ class DrivingProtocol(asyncio.Protocol, abc.ABC):
         return self._peer_closed
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._over = True
         if self._timer is not None:
             self._timer.cancel()
         self._settle(self._truncated())
         if self._app_connected:
+            self._app_connected = False
             self.app.connection_lost(exc)
 
     def pause_writing(self) -> None:
@@ -182,17 +257,58 @@ class DrivingProtocol(asyncio.Protocol, abc.ABC):
 
     # -- driving --------------------------------------------------------------------------
 
-    def _run(self, data: bytes | None, start: bool = False) -> None:
-        """One step, everything it made possible, then whatever must be sent."""
+    def _run(self, data: bytes | None, start: bool = False,
+             answer: Callable[[], None] | None = None) -> None:
+        """One step (after ``answer`` gave the connection its keys), everything it made
+        possible, then whatever must be sent; then fetch the keys it waits for."""
+        if self._over:
+            return
         try:
             if start:
                 self._start()
+            if answer is not None:
+                answer()
             self._step(data)
         except Exception as exc:  # also a key source's own error, reported as it is
             self._flush()
             self._fail(exc)
             return
         self._flush()
+        request = self.connection.key_request
+        if request is not None and self._key_task is None and not self._over:
+            self._fetch_keys(request)
+
+    def _fetch_keys(self, request: KeyRequest) -> None:
+        source = self.key_source
+        if source is None:  # a connection asks only when it has a source; be safe
+            self._run(None, answer=lambda: self.connection.refuse_keys(
+                KeySourceError("this site has no key source")))
+            return
+
+        async def fetch() -> None:
+            answer: Callable[[], None]
+            try:
+                keys = await request.perform_async(source, self._key_executor)
+            except KeySourceError as exc:
+                error = exc
+                answer = lambda: self.connection.refuse_keys(error)  # noqa: E731
+            except Exception as exc:  # the source's own failure, reported as it is
+                self._key_task, self._keys_in_flight = None, 0
+                if not self._over:
+                    self._flush()
+                    self._fail(exc)
+                return
+            else:
+                answer = lambda: self.connection.supply_keys(keys)  # noqa: E731
+            self._key_task, self._keys_in_flight = None, 0
+            if self._over:
+                return  # delivered after a failure: consumed, as keys_in_flight said
+            self._apply_reading()
+            self._run(None, answer=answer)
+
+        self._keys_in_flight = request.count
+        self._key_task = asyncio.get_running_loop().create_task(fetch())
+        self._apply_reading()
 
     def _handshake_complete(self) -> None:
         if self._timer is not None:
@@ -219,13 +335,15 @@ class DrivingProtocol(asyncio.Protocol, abc.ABC):
         return True
 
     def _fail(self, exc: Exception) -> None:
+        self._over = True
         if not self._settle(exc) and self._app_connected:
-            self.app.connection_lost(exc)
             self._app_connected = False
+            self.app.connection_lost(exc)
         self.raw.close()
 
     def _handshake_timed_out(self) -> None:
         if self._settle(self._timed_out()):
+            self._over = True
             self.raw.abort()
 
     def _flush(self) -> None:
@@ -248,6 +366,7 @@ class DrivingProtocol(asyncio.Protocol, abc.ABC):
 
 def _stream_pair(protocol: DrivingProtocol, reader: asyncio.StreamReader
                  ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    assert isinstance(protocol.app, asyncio.StreamReaderProtocol)
     writer = asyncio.StreamWriter(protocol.transport, protocol.app, reader,
                                   asyncio.get_running_loop())
     return reader, writer

@@ -43,16 +43,18 @@ class Context:
     def __repr__(self) -> str:
         return f"<hybridkex.Context site={self.site!r} policy={self.config.policy.value}>"
 
-    def new_connection(self, server_side: bool, peer: str | None) -> Connection:
-        """The sans-IO connection a wrapped socket or stream drives."""
+    def new_connection(self, server_side: bool, peer: str | None, *,
+                       key_events: bool = False) -> Connection:
+        """The sans-IO connection a wrapped socket or stream drives (``key_events``: it
+        asks its driver for QKD keys instead of calling the key source)."""
         if server_side:
             if peer is not None:
                 raise InvalidParameter(
                     "a server learns its peer from the ClientHello; pass no peer")
-            return ServerConnection(self.config)
+            return ServerConnection(self.config, key_events=key_events)
         if peer is None:
             raise InvalidParameter("a client must name the peer site it connects to (peer=...)")
-        return ClientConnection(self.config, peer)
+        return ClientConnection(self.config, peer, key_events=key_events)
 
     def wrap_socket(self, sock: socket.socket, server_side: bool = False,
                     peer: str | None = None, *, handshake_timeout: float | None = None,

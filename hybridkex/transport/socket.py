@@ -291,6 +291,11 @@ class SecureSocket(StreamSocket):
         self._flush()
         return ids
 
+    @property
+    def pool_keys_spent(self) -> int:
+        """Pool keys the handshake consumed, also after it failed (never returned)."""
+        return self._conn.pool_keys_spent
+
     def session_info(self) -> SessionInfo:
         return self._conn.session_info()
 

@@ -22,7 +22,6 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
@@ -68,9 +67,7 @@ from tlslite import handshakesettings as tlslite_settings
 from tlslite.x509 import X509
 
 from hybridkex.errors import HybridKexError
-from hybridkex.keydelivery.keys import StoredKey
-from hybridkex.keydelivery.source import StoreKeySource
-from hybridkex.keydelivery.store import MemoryKeyStore
+from hybridkex.keydelivery import KeyStore, StoredKey, StoreKeySource, random_units
 from hybridkex.protocol import SigningIdentity
 from hybridkex.tls import (
     GROUPS,
@@ -82,8 +79,7 @@ from hybridkex.tls import (
     TLSProtocolError,
 )
 from hybridkex.tls.context import SIGNATURE_ALGORITHMS
-from tests.hkx1 import _KEYGEN as KEYGEN
-from tests.hkx1 import CLIENT, PKI, SERVER, certificate, private_bytes
+from tests.support import CLIENT, PKI, SERVER, one_end
 
 MESSAGE = hashlib.shake_256(b"hybridkex interop tls").digest(40000)  # a few records
 PSK_HASH = {"TLS_AES_128_GCM_SHA256": "sha256", "TLS_CHACHA20_POLY1305_SHA256": "sha256",
@@ -100,19 +96,8 @@ def pki(scheme: str) -> PKI:
 @cache
 def untrusted_pki(scheme: str) -> PKI:
     """Another CA (other names, other keys) with leaves for both sites."""
-    generate = KEYGEN[scheme]
-    root_key, mid_key = generate(), generate()
-    root = certificate("interop untrusted root", root_key, None, root_key, ca=True,
-                       scheme=scheme)
-    mid = certificate("interop untrusted intermediate", mid_key, root, root_key, ca=True,
-                      scheme=scheme)
-    other = PKI(scheme, root, mid)
-    for site in (CLIENT, SERVER):
-        key = generate()
-        leaf = certificate(site, key, mid, mid_key, ca=False, scheme=scheme)
-        other.identities[site] = SigningIdentity.from_chain(
-            scheme, private_bytes(scheme, key), [leaf, mid])
-    return other
+    return PKI.create(scheme, root_name="interop untrusted root",
+                      intermediate_name="interop untrusted intermediate")
 
 
 def fingerprint(der: bytes) -> str:
@@ -331,15 +316,14 @@ def test_tls_exporter(cell: Cell, tls_peer: TLSPeer) -> None:
 
 
 def qkd_key() -> StoredKey:
-    return StoredKey(str(uuid.uuid4()), os.urandom(32), CLIENT)
+    """One unit the client initiates."""
+    return random_units(CLIENT, SERVER, 1, 0)[0]
 
 
-def our_psk_context(server: bool, key: StoredKey, cipher: str) -> tuple[TLSContext,
-                                                                        MemoryKeyStore]:
+def our_psk_context(server: bool, key: StoredKey, cipher: str) -> tuple[TLSContext, KeyStore]:
     """A qkd-psk context whose pool holds ``key`` (and nothing else)."""
     site, peer = (SERVER, CLIENT) if server else (CLIENT, SERVER)
-    store = MemoryKeyStore(site)
-    store.add(peer, [key])
+    store = one_end(site, [key])
     context = TLSContext(site, mode="qkd-psk", key_source=StoreKeySource(store),
                          peers=[peer] if server else [], psk_cipher=cipher,
                          groups=[DEFAULT_GROUP], handshake_timeout=TIMEOUT)

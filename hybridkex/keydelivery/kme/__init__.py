@@ -3,7 +3,11 @@
 * :mod:`hybridkex.keydelivery.kme.formats` - the spec's data formats and this KME's rules
   (standard library only);
 * :mod:`hybridkex.keydelivery.kme.server` - the HTTPS server (needs the ``kme`` extra:
-  ``pip install 'hybridkex[kme]'``, which brings aiohttp).
+  ``pip install 'hybridkex[kme]'``, which brings aiohttp);
+* :mod:`hybridkex.keydelivery.kme.client` - the SAE's blocking client and key source
+  (standard library), :mod:`hybridkex.keydelivery.kme.aio_client` the asyncio ones
+  (aiohttp), both over :mod:`hybridkex.keydelivery.kme.calls` (the requests and the
+  reading of answers, without I/O).
 
 ``from hybridkex.keydelivery.kme import KMEServer`` imports the server lazily, so the formats
 (used by :mod:`hybridkex.keydelivery.kme.client`) never need aiohttp.  See docs/kme.md.

@@ -2,8 +2,24 @@
 
 HTTPS with mutual TLS through :mod:`http.client` and :mod:`ssl`: the client presents its
 SAE certificate (whose subject common name is its SAE ID) and checks the KME's
-certificate against ``ca`` and the host name in ``base_url``.  Each call opens its own
-connection, so one client may be shared between threads.
+certificate against ``ca`` and the host name in ``base_url``.
+
+**One connection, kept alive.**  A full mutual-TLS handshake (both sides sign and
+verify a certificate chain) costs several times more than a request, so the client
+keeps its HTTP/1.1 connection open and sends every call over it.  Several threads may
+share one client: each call borrows an idle connection, or opens one while fewer than
+``connections`` are open, or waits (at most ``timeout``) for one to come back.  One
+thread therefore uses one connection; ``connections=1`` makes the client a single
+connection behind a lock.
+
+**Reconnecting.**  A kept-alive connection the KME has closed (idle time-out, restart)
+is noticed before it is used: the socket is readable, so it is dropped and a new one
+opened.  If a call fails on a reused connection all the same, it is sent once more on
+a new connection only when that cannot serve it twice: Get status, or a key request
+that failed before any of its bytes were written.  A key request that may have reached
+the KME is never re-sent: the call raises
+:class:`~hybridkex.keydelivery.kme.calls.KMEOutcomeUnknown` (a ``KeySourceError``),
+since a second enc_keys would take further keys and a second dec_keys would be refused.
 
 Keys come back as :class:`~hybridkex.keydelivery.DeliveredKey`, exactly as the key
 store hands them out: for a key of other than 256 bits, ``extension`` holds the IDs of
@@ -13,139 +29,134 @@ slave side passes ``key.ids`` back to :meth:`KMEClient.get_keys_with_ids`.
 Errors are the key store's: :class:`~hybridkex.keydelivery.KeyNotAvailable` (400 about
 the key IDs: unknown, already delivered, malformed), :class:`~hybridkex.keydelivery.
 KeysExhausted` (503), :class:`KMEAuthenticationError` (401, or the KME refusing the
-client certificate), :class:`KMERequestError` (any other refusal) and
+client certificate), :class:`KMERequestError` (any other refusal),
+:class:`KMEOutcomeUnknown` (the connection failed after a key request was sent) and
 :class:`~hybridkex.keydelivery.KeySourceError` (transport, timeouts, malformed answers).
+The requests and the reading of answers are shared with the asyncio client
+(:mod:`hybridkex.keydelivery.kme.calls`).
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import http.client
-import json
+import select
 import ssl
+import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-from urllib.parse import quote, urlsplit
+from typing import Any, cast
 
-from hybridkex.errors import InvalidParameter
-from hybridkex.keydelivery.errors import KeyNotAvailable, KeysExhausted, KeySourceError
-from hybridkex.keydelivery.keys import UNIT_BITS, DeliveredKey, KeyRef, units_for
-from hybridkex.keydelivery.kme.formats import EXT_SIZE, EXT_UNITS, KEY_ID_ERROR, KEYS_NOT_FOUND
+from hybridkex.keydelivery.errors import KeySourceError
+from hybridkex.keydelivery.keys import UNIT_BITS, DeliveredKey, KeyRef
+from hybridkex.keydelivery.kme.calls import (
+    DEFAULT_CONNECTIONS,
+    MAX_RESPONSE_BYTES,
+    Call,
+    Endpoint,
+    KMEAuthenticationError,
+    KMEOutcomeUnknown,
+    KMERequestError,
+    KMEStatus,
+    PeerSAEs,
+    answer,
+    check_connections,
+    check_timeout,
+    client_ssl_context,
+    dec_keys_call,
+    enc_keys_call,
+    status_call,
+)
 
 __all__ = [
     "KMEAuthenticationError",
     "KMEClient",
     "KMEKeySource",
+    "KMEOutcomeUnknown",
     "KMERequestError",
     "KMEStatus",
 ]
 
-MAX_RESPONSE_BYTES = 8 * 1024 * 1024
-_AUTH_ALERTS = ("UNKNOWN_CA", "BAD_CERTIFICATE", "CERTIFICATE_REQUIRED", "CERTIFICATE_UNKNOWN",
-                "CERTIFICATE_REVOKED", "CERTIFICATE_EXPIRED", "UNSUPPORTED_CERTIFICATE",
-                "ACCESS_DENIED")
+
+class _Connection(http.client.HTTPSConnection):
+    """An HTTPS connection that notes whether any byte of the current request left,
+    which decides whether a failed key request may be sent again.
+
+    ``http.client`` hands the request (head and body together) to :meth:`send`;
+    ``wrote`` turns true once the socket has taken a byte of it.  A write that fails
+    at once (the KME had reset the connection) leaves it false.
+    """
+
+    wrote = False
+    closes = 0  # the client's close() count when this connection was opened
+
+    def _send_output(self, message_body: Any = None, encode_chunked: bool = False) -> None:
+        # http.client writes the head and the body separately: two TLS records, two
+        # segments and two wake-ups of the KME per request.  Our bodies are small JSON
+        # bytes, so they go out with the head in one write.
+        if not isinstance(message_body, bytes) or encode_chunked:
+            super()._send_output(message_body, encode_chunked)  # type: ignore[misc]
+            return
+        buffer: list[bytes] = self._buffer  # type: ignore[attr-defined]
+        buffer.extend((b"", message_body))
+        message = b"\r\n".join(buffer)
+        del buffer[:]
+        self.send(message)
+
+    def send(self, data: Any) -> None:
+        sock = self.sock
+        if sock is None or not isinstance(data, bytes | bytearray):
+            self.wrote = True
+            super().send(data)
+            return
+        view = memoryview(data)
+        while view:
+            sent = sock.send(view)
+            self.wrote = self.wrote or sent > 0
+            view = view[sent:]
 
 
-class KMEAuthenticationError(KeySourceError):
-    """The KME does not accept this SAE: 401, or its client certificate was refused."""
+def _closed_by_peer(conn: _Connection) -> bool:
+    """Whether an idle kept-alive connection is no longer usable.
 
-
-class KMERequestError(KeySourceError):
-    """The KME refused the request for another reason (e.g. a size it does not deliver)."""
-
-    def __init__(self, status: int, message: str,
-                 details: Sequence[Mapping[str, Any]] = ()) -> None:
-        super().__init__(f"KME answered {status}: {message}")
-        self.status = status
-        self.message = message
-        self.details = [dict(d) for d in details]
-
-
-@dataclass(frozen=True)
-class KMEStatus:
-    """The Status data format (clause 6.1), with the spec's members in snake case."""
-
-    source_kme_id: str
-    target_kme_id: str
-    master_sae_id: str
-    slave_sae_id: str
-    key_size: int
-    stored_key_count: int
-    max_key_count: int
-    max_key_per_request: int
-    max_key_size: int
-    min_key_size: int
-    max_sae_id_count: int
-    raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
-
-    @classmethod
-    def from_json(cls, body: Any) -> KMEStatus:
-        if not isinstance(body, dict):
-            raise KeySourceError("the KME's status is not a JSON object")
-        strings = ("source_KME_ID", "target_KME_ID", "master_SAE_ID", "slave_SAE_ID")
-        ints = ("key_size", "stored_key_count", "max_key_count", "max_key_per_request",
-                "max_key_size", "min_key_size", "max_SAE_ID_count")
-        for name in strings:
-            if not isinstance(body.get(name), str):
-                raise KeySourceError(f"the KME's status lacks {name}")
-        for name in ints:
-            value = body.get(name)
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise KeySourceError(f"the KME's status lacks {name}")
-        return cls(
-            source_kme_id=body["source_KME_ID"], target_kme_id=body["target_KME_ID"],
-            master_sae_id=body["master_SAE_ID"], slave_sae_id=body["slave_SAE_ID"],
-            key_size=body["key_size"], stored_key_count=body["stored_key_count"],
-            max_key_count=body["max_key_count"], max_key_per_request=body["max_key_per_request"],
-            max_key_size=body["max_key_size"], min_key_size=body["min_key_size"],
-            max_sae_id_count=body["max_SAE_ID_count"], raw=dict(body))
-
-
-def _path_segment(sae_id: str) -> str:
-    if not isinstance(sae_id, str) or not sae_id or sae_id in (".", ".."):
-        raise InvalidParameter("an SAE ID must be a non-empty string other than '.' and '..'")
-    return quote(sae_id, safe="")
+    Between requests nothing should arrive, so a readable socket means the KME closed
+    the connection (or sent something unasked for): either way it is not reused.
+    """
+    sock = conn.sock
+    if sock is None:
+        return True
+    if isinstance(sock, ssl.SSLSocket) and sock.pending():
+        return True
+    try:
+        if hasattr(select, "poll"):
+            poller = select.poll()
+            poller.register(sock, select.POLLIN)
+            return bool(poller.poll(0))
+        readable, _, _ = select.select([sock], [], [], 0)
+        return bool(readable)
+    except (OSError, ValueError):
+        return True
 
 
 class KMEClient:
-    """An SAE's connection details to its KME: ``KMEClient(base_url, cert, key, ca)``."""
+    """An SAE's connection to its KME: ``KMEClient(base_url, cert, key, ca)``.
+
+    ``timeout`` (seconds) bounds connecting, each wait for the KME's answer, and the
+    wait for a free connection; ``connections`` is how many connections threads
+    sharing this client may open at once.  :meth:`close` (or ``with``) closes the
+    idle connections; the client stays usable and reconnects when next called.
+    """
 
     def __init__(self, base_url: str, cert: str | Path, key: str | Path, ca: str | Path, *,
-                 timeout: float = 10.0) -> None:
-        parts = urlsplit(base_url)
-        if parts.scheme != "https" or not parts.hostname:
-            raise InvalidParameter("the KME URL must be https://host[:port][/prefix]")
-        if parts.query or parts.fragment:
-            raise InvalidParameter("the KME URL takes no query or fragment")
-        try:
-            port = parts.port or 443
-        except ValueError:
-            raise InvalidParameter("the KME URL has an invalid port") from None
-        if not timeout > 0:
-            raise InvalidParameter("timeout must be positive")
-        self.base_url = base_url.rstrip("/")
-        self.timeout = timeout
-        self._host = parts.hostname
-        self._port = port
-        self._prefix = parts.path.rstrip("/")
-        self._ssl = self._context(cert, key, ca)
-
-    @staticmethod
-    def _context(cert: str | Path, key: str | Path, ca: str | Path) -> ssl.SSLContext:
-        try:
-            ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca))
-        except (OSError, ValueError) as exc:
-            raise InvalidParameter(f"cannot load the CA certificate {ca}: {exc}") from None
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        try:
-            ctx.load_cert_chain(str(cert), str(key), password=b"")
-        except (OSError, ValueError) as exc:
-            raise InvalidParameter(f"cannot load the SAE certificate {cert} with key {key}: "
-                                   f"{exc}") from None
-        return ctx
+                 timeout: float = 10.0, connections: int = DEFAULT_CONNECTIONS) -> None:
+        self._endpoint = Endpoint.parse(base_url)
+        self.base_url = self._endpoint.base_url
+        self.timeout = check_timeout(timeout)
+        self.connections = check_connections(connections)
+        self._ssl = client_ssl_context(cert, key, ca)
+        self._slots = threading.BoundedSemaphore(self.connections)
+        self._lock = threading.Lock()
+        self._idle: list[_Connection] = []
+        self._closes = 0  # how often close() ran: a connection opened before goes too
 
     def __repr__(self) -> str:
         return f"KMEClient({self.base_url!r})"
@@ -154,23 +165,12 @@ class KMEClient:
 
     def status(self, slave_sae: str) -> KMEStatus:
         """Get status (clause 5.2): what this (master) SAE can obtain for ``slave_sae``."""
-        body = self._call("GET", f"/api/v1/keys/{_path_segment(slave_sae)}/status", None)
-        return KMEStatus.from_json(body)
+        return cast(KMEStatus, self._run(status_call(slave_sae)))
 
     def get_keys(self, slave_sae: str, number: int = 1,
                  size: int = UNIT_BITS) -> list[DeliveredKey]:
         """Get key (clause 5.3, POST): ``number`` new keys of ``size`` bits for ``slave_sae``."""
-        if not isinstance(number, int) or isinstance(number, bool) or number < 1:
-            raise InvalidParameter("number must be a positive int")
-        units_for(size)
-        body = self._call("POST", f"/api/v1/keys/{_path_segment(slave_sae)}/enc_keys",
-                          {"number": number, "size": size})
-        keys = self._keys(body)
-        if len(keys) != number or any(k.size_bits != size for k in keys):
-            raise KeySourceError("the KME returned other keys than were requested")
-        if len({i for k in keys for i in k.ids}) != sum(len(k.ids) for k in keys):
-            raise KeySourceError("the KME returned a key ID twice")
-        return keys
+        return cast(list[DeliveredKey], self._run(enc_keys_call(slave_sae, number, size)))
 
     def get_keys_with_ids(self, master_sae: str, key_ids: Sequence[str | Sequence[str]],
                           size: int = UNIT_BITS) -> list[DeliveredKey]:
@@ -179,126 +179,119 @@ class KMEClient:
         ``key_ids`` as :meth:`KeyStore.fetch` takes them: a key ID, or the sequence of
         unit IDs of a key (``DeliveredKey.ids``); ``size`` is the keys' size in bits.
         """
-        units = units_for(size)
-        if isinstance(key_ids, str) or not isinstance(key_ids, Sequence) or not key_ids:
-            raise InvalidParameter("key_ids must be a non-empty sequence of key IDs")
-        entries: list[dict[str, Any]] = []
-        refs: list[tuple[str, ...]] = []
-        for ref in key_ids:
-            ids = (ref,) if isinstance(ref, str) else tuple(ref)
-            if len(ids) != units or not all(isinstance(i, str) for i in ids):
-                raise KeyNotAvailable(f"a key of {size} bits is made of {units} stored keys, "
-                                      f"the request names {len(ids)}")
-            entry: dict[str, Any] = {"key_ID": ids[0]}
-            if size != UNIT_BITS:
-                entry["key_ID_extension"] = {EXT_SIZE: size, EXT_UNITS: list(ids[1:])}
-            entries.append(entry)
-            refs.append(ids)
-        body = self._call("POST", f"/api/v1/keys/{_path_segment(master_sae)}/dec_keys",
-                          {"key_IDs": entries})
-        by_id = {k.key_id.lower(): k for k in self._keys(body)}
-        try:
-            keys = [by_id[ids[0].lower()] for ids in refs]
-        except KeyError:
-            raise KeySourceError("the KME returned other keys than were requested") from None
-        if len(by_id) != len(refs) or any(k.size_bits != size for k in keys):
-            raise KeySourceError("the KME returned other keys than were requested")
-        return keys
+        return cast(list[DeliveredKey], self._run(dec_keys_call(master_sae, key_ids, size)))
 
-    # -- plumbing
+    # -- connections
 
-    def _keys(self, body: Any) -> list[DeliveredKey]:
-        """The Key container data format (clause 6.3) as DeliveredKeys."""
-        if not isinstance(body, dict) or not isinstance(body.get("keys"), list):
-            raise KeySourceError("the KME's answer is not a key container")
-        keys: list[DeliveredKey] = []
-        for entry in body["keys"]:
-            if not isinstance(entry, dict):
-                raise KeySourceError("the KME's key container holds a non-object")
-            key_id, encoded = entry.get("key_ID"), entry.get("key")
-            if not isinstance(key_id, str) or not isinstance(encoded, str):
-                raise KeySourceError("a key in the KME's answer lacks key_ID or key")
-            try:
-                material = base64.b64decode(encoded, validate=True)
-            except (binascii.Error, ValueError):
-                raise KeySourceError("a key in the KME's answer is not base64") from None
-            extension: tuple[str, ...] = ()
-            ext = entry.get("key_ID_extension")
-            if isinstance(ext, dict) and EXT_UNITS in ext:
-                units = ext.get(EXT_UNITS)
-                if not isinstance(units, list) or not all(isinstance(u, str) for u in units):
-                    raise KeySourceError("a key's key_ID_extension is malformed")
-                extension = tuple(units)
-                if ext.get(EXT_SIZE) != len(material) * 8:
-                    raise KeySourceError("a key's size does not match its key_ID_extension")
-            if not material:
-                raise KeySourceError("a key in the KME's answer is empty")
-            keys.append(DeliveredKey(key_id, material, len(material) * 8, extension))
-        return keys
-
-    def _call(self, method: str, path: str, body: Mapping[str, Any] | None) -> Any:
-        status, raw = self._exchange(method, self._prefix + path, body)
-        try:
-            decoded = json.loads(raw.decode("utf-8")) if raw else None
-        except (UnicodeDecodeError, ValueError):
-            decoded = None
-        if status == 200:
-            if decoded is None:
-                raise KeySourceError(f"the KME's answer to {method} {path} is not JSON")
-            return decoded
-        message = f"HTTP {status}"
-        details: list[Mapping[str, Any]] = []
-        if isinstance(decoded, dict):
-            if isinstance(decoded.get("message"), str):
-                message = decoded["message"]
-            if isinstance(decoded.get("details"), list):
-                details = [d for d in decoded["details"] if isinstance(d, dict)]
-        if status == 401:
-            raise KMEAuthenticationError(f"the KME refused this SAE: {message}")
-        if status == 503:
-            raise KeysExhausted(f"the KME cannot deliver: {message}")
-        if status == 400 and (message == KEYS_NOT_FOUND
-                              or any(KEY_ID_ERROR in d for d in details)):
-            raise KeyNotAvailable(f"the KME refused the key IDs: {message}")
-        raise KMERequestError(status, message, details)
-
-    def _exchange(self, method: str, path: str,
-                  body: Mapping[str, Any] | None) -> tuple[int, bytes]:
-        headers = {"Accept": "application/json"}
-        data = None
-        if body is not None:
-            data = json.dumps(body).encode("utf-8")
-            headers["Content-Type"] = "application/json"
-        conn = http.client.HTTPSConnection(self._host, self._port, timeout=self.timeout,
-                                           context=self._ssl)
-        try:
-            conn.request(method, path, body=data, headers=headers)
-            response = conn.getresponse()
-            raw = response.read(MAX_RESPONSE_BYTES + 1)
-            if len(raw) > MAX_RESPONSE_BYTES:
-                raise KeySourceError("the KME's answer is too large")
-            return response.status, raw
-        except ssl.SSLCertVerificationError as exc:
-            raise KeySourceError(f"cannot verify the KME at {self.base_url}: "
-                                 f"{exc.verify_message}") from None
-        except ssl.SSLError as exc:
-            reason = str(exc.reason or exc)
-            if any(alert in reason.upper() for alert in _AUTH_ALERTS):
-                raise KMEAuthenticationError(
-                    f"the KME at {self.base_url} refused the client certificate ({reason})"
-                ) from None
-            raise KeySourceError(f"TLS with the KME at {self.base_url} failed: {reason}") from None
-        except TimeoutError:
-            raise KeySourceError(f"the KME at {self.base_url} did not answer within "
-                                 f"{self.timeout:g} s") from None
-        except (OSError, http.client.HTTPException) as exc:
-            raise KeySourceError(f"cannot reach the KME at {self.base_url}: "
-                                 f"{type(exc).__name__}: {exc}") from None
-        finally:
+    def close(self) -> None:
+        """Close the idle connections (those in use close when their call ends)."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+            self._closes += 1
+        for conn in idle:
             conn.close()
 
+    def __enter__(self) -> KMEClient:
+        return self
 
-class KMEKeySource:
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        for conn in getattr(self, "_idle", ()):
+            conn.close()
+
+    def _run(self, call: Call) -> Any:
+        status, raw = self._exchange(call)
+        return answer(call, status, raw)
+
+    def _exchange(self, call: Call) -> tuple[int, bytes]:
+        if not self._slots.acquire(timeout=self.timeout):
+            raise self._endpoint.busy(self.connections, self.timeout)
+        try:
+            conn = self._idle_connection()
+            if conn is not None:
+                done = self._send(conn, call, reused=True)
+                if done is not None:
+                    return done
+                # the kept-alive connection had dropped, and sending again is safe
+            done = self._send(self._connect(call), call, reused=False)
+            assert done is not None
+            return done
+        finally:
+            self._slots.release()
+
+    def _idle_connection(self) -> _Connection | None:
+        stale: list[_Connection] = []
+        found = None
+        with self._lock:
+            while self._idle:
+                conn = self._idle.pop()
+                if not _closed_by_peer(conn):
+                    found = conn
+                    break
+                stale.append(conn)
+        for conn in stale:
+            conn.close()
+        return found
+
+    def _connect(self, call: Call) -> _Connection:
+        conn = _Connection(self._endpoint.host, self._endpoint.port, timeout=self.timeout,
+                           context=self._ssl)
+        conn.closes = self._closes
+        try:
+            conn.connect()
+        except (OSError, http.client.HTTPException) as exc:
+            conn.close()
+            raise self._endpoint.failure(call, exc, sent=False, timeout=self.timeout) from None
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _send(self, conn: _Connection, call: Call, *, reused: bool) -> tuple[int, bytes] | None:
+        """One request on ``conn``: the status and body, or ``None`` when ``conn`` was a
+        kept-alive connection that failed where sending again on a new one is safe."""
+        conn.wrote = False
+        try:
+            conn.request(call.method, self._endpoint.prefix + call.path, body=call.body,
+                         headers=call.headers)
+            response = conn.getresponse()
+            raw = self._read(response)
+        except KeySourceError:
+            conn.close()
+            raise
+        except (OSError, http.client.HTTPException) as exc:
+            conn.close()
+            error = self._endpoint.failure(call, exc, sent=conn.wrote, timeout=self.timeout)
+            retry_safe = not conn.wrote or call.idempotent
+            if reused and retry_safe and not isinstance(exc, TimeoutError) and not isinstance(
+                    error, KMEAuthenticationError):
+                return None
+            raise error from None
+        except BaseException:
+            conn.close()
+            raise
+        with self._lock:
+            keep = (conn.sock is not None and not response.will_close and response.isclosed()
+                    and conn.closes == self._closes)
+            if keep:
+                self._idle.append(conn)
+        if not keep:
+            conn.close()
+        return response.status, raw
+
+    def _read(self, response: http.client.HTTPResponse) -> bytes:
+        """The whole body, at most MAX_RESPONSE_BYTES."""
+        if response.length is not None and response.length > MAX_RESPONSE_BYTES:
+            raise self._endpoint.too_large()
+        raw = response.read(MAX_RESPONSE_BYTES + 1)
+        if len(raw) > MAX_RESPONSE_BYTES:
+            raise self._endpoint.too_large()
+        return raw
+
+
+class KMEKeySource(PeerSAEs):
     """A :class:`KeySource` over an ETSI GS QKD 014 KME.
 
     ``peers`` maps the peer identifier the session uses to the peer's SAE ID; without
@@ -307,16 +300,8 @@ class KMEKeySource:
     """
 
     def __init__(self, client: KMEClient, peers: Mapping[str, str] | None = None) -> None:
+        super().__init__(peers)
         self.client = client
-        self.peers = dict(peers) if peers is not None else None
-
-    def sae_of(self, peer: str) -> str:
-        if self.peers is None:
-            return peer
-        try:
-            return self.peers[peer]
-        except KeyError:
-            raise KeySourceError(f"no SAE ID is configured for peer {peer!r}") from None
 
     def take(self, peer: str, count: int = 1, size_bits: int = UNIT_BITS) -> list[DeliveredKey]:
         return self.client.get_keys(self.sae_of(peer), count, size_bits)

@@ -17,9 +17,11 @@ units (``size`` > 256).  Its ``key_ID`` is the first unit's ID, and its
 
 ``size`` is the key's size in bits and ``unit_key_IDs`` the IDs of the further units in
 order (``units - 1`` of them, so an empty list for sizes below 256).  A 256-bit key has
-no ``key_ID_extension``, so a plain ETSI client sees plain ETSI keys.  The slave SAE
-passes the extension back unchanged in ``dec_keys`` (POST); without it the KME assumes a
-256-bit key.
+no ``key_ID_extension``, so a plain ETSI client sees plain ETSI keys.  The extension is
+an optional extra: the slave's KME knows every key's size and units from its
+reservation (:mod:`hybridkex.keydelivery.binding`), so ``dec_keys`` by ``key_ID`` alone
+returns the whole key.  A slave SAE that sends the extension back has it checked
+against the reservation.
 """
 
 from __future__ import annotations
@@ -136,11 +138,14 @@ class KMELimits:
     max_key_size: int = 2048
     max_key_per_request: int = 128
     max_key_count: int = 1_000_000
+    max_sae_id_count: int = 8
 
     def __post_init__(self) -> None:
-        for name in ("min_key_size", "max_key_size", "max_key_per_request", "max_key_count"):
+        for name in ("min_key_size", "max_key_size", "max_key_per_request", "max_key_count",
+                     "max_sae_id_count"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            if not isinstance(value, int) or isinstance(value, bool) or value < (
+                    0 if name == "max_sae_id_count" else 1):
                 raise InvalidParameter(f"{name} must be a positive int")
         if self.min_key_size % 8 or self.max_key_size % 8:
             raise InvalidParameter("key sizes must be multiples of 8 bits")
@@ -153,7 +158,7 @@ class KMELimits:
 
     @property
     def max_SAE_ID_count(self) -> int:  # the spec's name
-        return 0  # no key multicast
+        return self.max_sae_id_count
 
     def check_size(self, size: int, *, key_id: bool = False) -> int:
         """``size`` if this KME delivers keys of that many bits; else 400."""
@@ -219,14 +224,16 @@ class KeyRequest:
 
     number: int = 1
     size: int = DEFAULT_KEY_SIZE
+    additional_slaves: tuple[str, ...] = ()
 
 
 def parse_key_request(body: Any, limits: KMELimits) -> KeyRequest:
     """The Key request data format (clause 6.2); ``None`` (no body) means all defaults.
 
-    ``additional_slave_SAE_IDs`` must be empty (this KME does no key multicast, so its
-    ``max_SAE_ID_count`` is 0); any ``extension_mandatory`` parameter is refused, as the
-    spec requires of parameters a KME does not support; ``extension_optional`` is ignored.
+    ``additional_slave_SAE_IDs`` (key multicast) may name up to ``max_SAE_ID_count``
+    further slave SAEs, each once; any ``extension_mandatory`` parameter is refused, as
+    the spec requires of parameters a KME does not support; ``extension_optional`` is
+    ignored.
     """
     if body is None:
         body = {}
@@ -238,9 +245,12 @@ def parse_key_request(body: Any, limits: KMELimits) -> KeyRequest:
     if extra is not None:
         if not isinstance(extra, list) or not all(isinstance(s, str) for s in extra):
             raise BadRequest("additional_slave_SAE_IDs must be an array of strings")
-        if extra:
-            raise BadRequest("additional_slave_SAE_IDs are not supported: max_SAE_ID_count is 0",
-                             [{"max_SAE_ID_count": 0}])
+        if len(extra) > limits.max_SAE_ID_count:
+            raise BadRequest(f"additional_slave_SAE_IDs may name at most max_SAE_ID_count "
+                             f"({limits.max_SAE_ID_count}) SAEs",
+                             [{"max_SAE_ID_count": limits.max_SAE_ID_count}])
+        if len(set(extra)) != len(extra) or not all(extra):
+            raise BadRequest("additional_slave_SAE_IDs must name distinct, non-empty SAE IDs")
     mandatory = _object_list(body, "extension_mandatory")
     _object_list(body, "extension_optional")
     unsupported = [name for ext in mandatory for name in ext]
@@ -249,7 +259,8 @@ def parse_key_request(body: Any, limits: KMELimits) -> KeyRequest:
                          [{"extension_mandatory_unsupported": f"{name} is not supported"}
                           for name in unsupported])
     return KeyRequest(limits.check_number(1 if number is None else number),
-                      limits.check_size(DEFAULT_KEY_SIZE if size is None else size))
+                      limits.check_size(DEFAULT_KEY_SIZE if size is None else size),
+                      tuple(extra or ()))
 
 
 def _query_value(query: Mapping[str, Sequence[str]], name: str) -> str | None:
@@ -278,14 +289,13 @@ def parse_key_request_query(query: Mapping[str, Sequence[str]], limits: KMELimit
 
 @dataclass(frozen=True)
 class KeyIDRef:
-    """One key named in Get key with key IDs: its unit IDs (``key_ID`` first) and size."""
+    """One key named in Get key with key IDs: its ``key_ID``, and, when the request
+    carries this KME's ``key_ID_extension``, the size and unit IDs it claims (the
+    KME checks them against the key's reservation)."""
 
-    units: tuple[str, ...]
-    size: int
-
-    @property
-    def key_id(self) -> str:
-        return self.units[0]
+    key_id: str
+    size: int | None = None
+    units: tuple[str, ...] | None = None
 
 
 def _uuid(value: Any) -> str:
@@ -300,7 +310,7 @@ def _parse_ref(item: Any, limits: KMELimits) -> KeyIDRef:
     key_id = _uuid(item.get("key_ID"))
     ext = item.get("key_ID_extension")
     if ext is None:
-        return KeyIDRef((key_id,), DEFAULT_KEY_SIZE)
+        return KeyIDRef(key_id)
     if not isinstance(ext, dict) or set(ext) != {EXT_SIZE, EXT_UNITS}:
         raise _key_id_error(f"key_ID_extension must be an object with exactly {EXT_SIZE!r} "
                             f"and {EXT_UNITS!r}", "extension")
@@ -314,7 +324,7 @@ def _parse_ref(item: Any, limits: KMELimits) -> KeyIDRef:
     if len(units) != units_for(size) - 1:
         raise _key_id_error(f"a {size}-bit key has {units_for(size) - 1} further unit IDs, "
                             f"the request names {len(units)}", "extension")
-    return KeyIDRef((key_id, *(_uuid(u) for u in units)), size)
+    return KeyIDRef(key_id, size, (key_id, *(_uuid(u) for u in units)))
 
 
 def _check_refs(refs: list[KeyIDRef], limits: KMELimits) -> list[KeyIDRef]:
@@ -323,7 +333,7 @@ def _check_refs(refs: list[KeyIDRef], limits: KMELimits) -> list[KeyIDRef]:
     if len(refs) > limits.max_key_per_request:
         raise BadRequest(f"at most max_key_per_request ({limits.max_key_per_request}) keys "
                          "per request")
-    flat = [u for ref in refs for u in ref.units]
+    flat = [u for ref in refs for u in (ref.units or (ref.key_id,))]
     if len(set(flat)) != len(flat):
         raise _key_id_error("a key ID appears twice in the request", "duplicate")
     return refs
@@ -346,11 +356,12 @@ def parse_key_ids(body: Any, limits: KMELimits) -> list[KeyIDRef]:
 
 
 def parse_key_ids_query(query: Mapping[str, Sequence[str]], limits: KMELimits) -> list[KeyIDRef]:
-    """The GET form of Get key with key IDs: ``?key_ID=`` (one default-size key)."""
+    """The GET form of Get key with key IDs: ``?key_ID=`` (one key, of whatever size
+    it was reserved with)."""
     key_id = _query_value(query, "key_ID")
     if key_id is None:
         raise BadRequest("key_ID is required")
-    return _check_refs([KeyIDRef((_uuid(key_id),), DEFAULT_KEY_SIZE)], limits)
+    return _check_refs([KeyIDRef(_uuid(key_id))], limits)
 
 
 def key_id_extension(key: DeliveredKey) -> dict[str, Any] | None:

@@ -1,8 +1,8 @@
-"""The classical channel between the two QKD sites: bytes in order, nothing else.
+"""The classical channel between the two ends of a QKD link: frames in order, nothing else.
 
-The channel is untrusted.  Everything sent over it is authenticated by
-:mod:`hybridkex.qkd.authentication`; the channel only has to deliver frames.  Two
-transports: an in-process pair of queues (tests, the simulator) and a TCP socket.
+The channel is untrusted.  Every frame sent over it is authenticated
+(:mod:`hybridkex.qkd.distillation.channel`); a transport only has to deliver frames.
+Two transports: an in-process pair of queues (tests, the simulator) and a TCP socket.
 """
 
 from __future__ import annotations
@@ -12,18 +12,16 @@ import socket
 import struct
 from typing import Protocol
 
-from hybridkex.errors import HybridKexError
+from hybridkex.qkd.errors import ChannelClosed
 
-__all__ = ["ChannelClosed", "ClassicalChannel", "QueueChannel", "SocketChannel", "queue_pair"]
+__all__ = ["MAX_FRAME", "ClassicalChannel", "QueueChannel", "SocketChannel", "queue_pair"]
 
 MAX_FRAME = 64 * 1024 * 1024
 
 
-class ChannelClosed(HybridKexError):
-    """The peer went away, the frame was too large, or no frame arrived in time."""
-
-
 class ClassicalChannel(Protocol):
+    """One end of a transport; ``recv`` and ``send`` raise :class:`ChannelClosed`."""
+
     def send(self, frame: bytes) -> None: ...
 
     def recv(self) -> bytes: ...

@@ -9,9 +9,10 @@ carries the same secret message:
 * ``pq-hybrid``: X25519 + ML-KEM-768 (suite 0x0101), Ed25519 signatures, policy
   at-least-pq;
 * ``pq+qkd``: X25519 + ML-KEM-768 + a QKD key, psk authentication (one-time MACs
-  keyed from the pool), policy qkd-and-pq.  The pools are filled by a short round of
-  the **simulated** QKD link (:mod:`hybridkex.qkd.link`).  The public discussion of
-  that round is recorded too.
+  keyed from the pool), policy qkd-and-pq.  A short round of the **simulated** QKD
+  link (:mod:`hybridkex.qkd.link`) distils the units, and
+  :func:`~hybridkex.keydelivery.linked_pools` puts them in both sites' pools.  The
+  public discussion of that round is recorded too.
 
 Then a future adversary attacks the recordings.  Its only inputs are the recording
 and what its break gives it (:func:`attack`).  The breaks are **simulated by
@@ -41,13 +42,14 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 
 from hybridkex.errors import HybridKexError, InvalidParameter, ProtocolError
-from hybridkex.keydelivery.keys import UNIT_BITS, DeliveredKey, KeyRef, key_id_text
+from hybridkex.keydelivery.keys import UNIT_BITS, DeliveredKey, KeyRef, StoredKey, key_id_text
+from hybridkex.keydelivery.pools import LinkedPools, linked_pools
 from hybridkex.keydelivery.source import KeySource, StoreKeySource
 from hybridkex.keydelivery.store import MemoryKeyStore
 from hybridkex.primitives import digest, kem
@@ -57,8 +59,9 @@ from hybridkex.protocol.randomness import Randomness
 from hybridkex.protocol.record import Record, RecordBuffer, RecordProtection
 from hybridkex.protocol.suites import SUITES, AlertDescription, ContentType, HandshakeType, Suite
 from hybridkex.protocol.wire import ClientHello, KeyUpdate, ServerHello
-from hybridkex.qkd.channel import ClassicalChannel
-from hybridkex.qkd.link import SIMULATION_LABEL, LinkReport, QKDLink, SiteIdentity
+from hybridkex.qkd.distillation.transport import ClassicalChannel
+from hybridkex.qkd.labels import SIMULATION_LABEL
+from hybridkex.qkd.link import LinkReport, QKDLink, SiteIdentity
 from hybridkex.qkd.parameters import finite_key_parameters
 from hybridkex.transport import Context
 
@@ -725,12 +728,27 @@ class _TappedChannel:
         self._end.close()
 
 
-def fill_pools() -> tuple[MemoryKeyStore, MemoryKeyStore, list[LinkReport], tuple[bytes, ...]]:
-    """Both sites' in-memory pools, filled by the SIMULATED QKD link, and its public
-    discussion as a wiretap on the classical channel recorded it."""
-    store_a, store_b = MemoryKeyStore(CLIENT), MemoryKeyStore(SERVER)
+class _DistilledUnits(MemoryKeyStore):
+    """Site A's end of the link, keeping every unit the link deposits there, in order, so
+    that :func:`~hybridkex.keydelivery.linked_pools` can put them in both sites' pools."""
+
+    def __init__(self, site_id: str) -> None:
+        super().__init__(site_id)
+        self.units: list[StoredKey] = []
+
+    def add(self, peer: str, keys: Iterable[StoredKey]) -> int:
+        batch = list(keys)
+        added = super().add(peer, batch)
+        self.units += batch
+        return added
+
+
+def fill_pools() -> tuple[LinkedPools, list[LinkReport], tuple[bytes, ...]]:
+    """Both sites' in-memory pools, holding the units the SIMULATED QKD link distilled,
+    and its public discussion as a wiretap on the classical channel recorded it."""
+    distilled = _DistilledUnits(CLIENT)
     link = QKDLink(CLIENT, SERVER, finite_key_parameters(distance_km=LINK_DISTANCE_KM),
-                   store_a=store_a, store_b=store_b,
+                   store_a=distilled,
                    identity_a=SiteIdentity.generate("Ed25519"),
                    identity_b=SiteIdentity.generate("Ed25519"))
     tape: list[bytes] = []
@@ -740,23 +758,23 @@ def fill_pools() -> tuple[MemoryKeyStore, MemoryKeyStore, list[LinkReport], tupl
         return _TappedChannel(end, tape, lock)
 
     reports: list[LinkReport] = []
-    while store_a.status(SERVER).available_to_take < PSK_UNITS:
+    while distilled.status(SERVER).available_to_take < PSK_UNITS:
         if len(reports) == LINK_ROUNDS_MAX:
             raise HybridKexError(f"the simulated QKD link distilled too few keys in "
                                  f"{LINK_ROUNDS_MAX} rounds: {reports[-1].abort_reason}")
         reports.append(link.run_round(LINK_PULSES, channel_hook=tap))
-    return store_a, store_b, reports, tuple(tape)
+    return linked_pools(CLIENT, SERVER, distilled.units), reports, tuple(tape)
 
 
 def _configs(scenario: str, capture: CapturingRandomness, qkd_capture: CapturingKeySource,
-             stores: tuple[MemoryKeyStore, MemoryKeyStore]) -> tuple[Config, Config]:
+             pools: LinkedPools) -> tuple[Config, Config]:
     """site-a's and site-b's configuration for one scenario; both draw from ``capture``,
     and site-a takes its pool keys through ``qkd_capture``."""
     if scenario == "pq+qkd":
         common: dict[str, Any] = {"suites": (SUITES[0x0101],), "auth": "psk",
                                   "security": SecurityPolicy.QKD_AND_PQ, "randomness": capture}
         return (Config(CLIENT, key_source=qkd_capture, **common),
-                Config(SERVER, key_source=StoreKeySource(stores[1]), **common))
+                Config(SERVER, key_source=StoreKeySource(pools.store_b), **common))
     ids = {site: SigningIdentity.generate("Ed25519") for site in (CLIENT, SERVER)}
     if scenario == "classical":
         suite, policy = SUITES[0x0001], SecurityPolicy.ALLOW_CLASSICAL
@@ -890,13 +908,13 @@ def run_demo(message: bytes | None = None) -> DemoResult:
     if message is None:
         message = (b"site-a to site-b, confidential: wire-transfer authorisation code "
                    + os.urandom(16).hex().encode())
-    store_a, store_b, link_reports, discussion = fill_pools()
+    pools, link_reports, discussion = fill_pools()
     t_link = time.perf_counter()
     capture = CapturingRandomness()
-    qkd_capture = CapturingKeySource(StoreKeySource(store_a))
+    qkd_capture = CapturingKeySource(StoreKeySource(pools.store_a))
     sessions: dict[str, SessionRun] = {}
     for scenario in SCENARIOS:
-        client, server = _configs(scenario, capture, qkd_capture, (store_a, store_b))
+        client, server = _configs(scenario, capture, qkd_capture, pools)
         sessions[scenario] = record_session(scenario, client, server, message,
                                             discussion if scenario == "pq+qkd" else ())
     t_sessions = time.perf_counter()

@@ -3,11 +3,12 @@
 Alice and Bob hold sifted keys that differ in a fraction ``qber`` of positions.  Bob
 corrects his key towards Alice's by asking her for parities of subsets of her key over
 the authenticated classical channel; Alice never learns anything from Bob and never
-changes her key.  The two sides are separate objects that only exchange bytes:
+changes her key.  The two sides are separate objects that only exchange messages
+(sans-IO: neither touches a channel):
 
-* :class:`CascadeBob` drives the protocol: ``request() -> bytes | None`` (``None`` once
-  he is finished) and ``receive(response)``.
-* :class:`CascadeAlice` answers: ``respond(request) -> bytes``.
+* :class:`CascadeBob` drives the protocol: ``request() -> CascadeRequest | None``
+  (``None`` once he is finished) and ``receive(response)``.
+* :class:`CascadeAlice` answers: ``respond(request) -> CascadeResponse``.
 
 Protocol
 --------
@@ -55,31 +56,22 @@ child and is never asked about.
    10^5 bits, QBER 2%) for about twice the round trips; ``concurrency=1`` starts all.
    Bob is finished when every frame has been through all passes.
 
-Message format (version 1, integers little-endian)
---------------------------------------------------
-Request::
-
-    "HKC" | version u8 = 1 | type u8 = 1 | flags u8 | seq u32
-    [flags & 1, first request only:
-        n u32 | frame_bits u32 | seed_len u8 (1..64) | seed | P u8 (1..32) | P codes u8]
-    query_count u32 | query_count LEB128 varints
-
-A schedule code ``e`` in 1..30 is an explicit pass with block size ``2**e``; code 0 is a
-halving pass (at most 8 explicit passes).  Queries are node IDs in strictly increasing
-order, sent as differences (``id[0]``, then ``id[i] - id[i-1] - 1``) in canonical
-LEB128.  The node ID is ``base(pass) + block * 2**(D+1) + h``, with passes, blocks
+Messages
+--------
+:class:`CascadeBob` produces :class:`~hybridkex.qkd.distillation.messages.CascadeRequest`
+and :class:`CascadeAlice` answers with
+:class:`~hybridkex.qkd.distillation.messages.CascadeResponse`; their byte format is
+documented and decoded there.  A request carries Bob's sequence number ``seq`` (from 0;
+Alice refuses any other), on the first request the key length, frame length, seed and
+schedule (a code ``e`` in 1..30 is an explicit pass with block size ``2**e``, code 0 a
+halving pass, at most 8 explicit), and the queried node IDs in strictly increasing
+order.  The node ID is ``base(pass) + block * 2**(D+1) + h``, with passes, blocks
 (frame-major) and depths ``D`` numbered as both sides derive them from the first
-request.  Response::
-
-    "HKC" | version u8 = 1 | type u8 = 2 | seq u32 | bit_count u32 | packed parities
-
-with ``ceil(bit_count / 8)`` bytes of parities (least significant bit first, unused
-bits zero): the top-level parities (first response) followed by one parity per query,
-in query order.  ``seq`` counts requests from 0; Alice refuses any other.  Every length
-is checked on decode, and a malformed, truncated, oversized, out-of-order or
-out-of-range message raises :class:`CascadeError`.  Alice's work and memory are
-``O(P n)`` with the limits above whatever the request, and she refuses to reveal more
-than ``n`` parity bits in total.
+request.  A response carries the top-level parities (first response) followed by one
+parity per query, in query order.  A malformed, truncated, out-of-order or
+out-of-range message raises :class:`~hybridkex.qkd.errors.CascadeError`.  Alice's work
+and memory are ``O(P n)`` with the limits above whatever the request, and she refuses
+to reveal more than ``n`` parity bits in total.
 
 Parameters
 ----------
@@ -106,19 +98,9 @@ better at every QBER we tried (0.5-8%), so the default (:func:`default_schedule`
   0.1); every halving pass halves both.  That makes 17-18 passes for frames of 10^4 and
   10^5 bits.
 
-Measured with ``bench/qkd_cascade.py`` (binary symmetric channel, ``f`` with the
-nominal QBER, median / mean over the frames):
+Measured efficiency, frame error rate and speed of this schedule, and of option (8)
+for comparison, are in docs/performance.md (QKD link).
 
-==========  =============  =============  =============
-frame bits  QBER 1%        QBER 2%        QBER 5%
-==========  =============  =============  =============
-10^4        1.068 / 1.071  1.061 / 1.066  1.061 / 1.063
-10^5        1.037 / 1.038  1.041 / 1.041  1.045 / 1.045
-==========  =============  =============  =============
-
-Option (8) as published (16 passes, ``concurrency=1``) gives 1.108, 1.081, 1.065 at
-10^4 bits and 1.040, 1.039, 1.044 at 10^5 bits.  No frame failed: 0 in 30000 frames of
-10^4 bits at QBER 2% (FER < 1.0e-4 at 95% confidence), 0 in 3000 of 10^5 bits.
 ``passes`` may instead give the number of passes, or a sequence of codes for the whole
 schedule.
 
@@ -129,7 +111,7 @@ bit per query (bits Bob infers -- right children, the inferred block -- are not 
 and not counted).  ``leaked_bits`` is the same on both sides; Bob also has it per frame
 (``frame_leaked_bits``).  Privacy amplification must subtract it (plus whatever the
 verification hash reveals).  Reconciliation efficiency is
-``f = leaked_bits / (n * h2(qber))``; see ``bench/qkd_cascade.py`` for measured values.
+``f = leaked_bits / (n * h2(qber))``; docs/performance.md gives measured values.
 Cascade can fail silently (an even number of errors left in every block of every pass);
 a verification hash after Cascade must catch that.
 """
@@ -138,15 +120,21 @@ from __future__ import annotations
 
 import hashlib
 import math
-import struct
 from collections.abc import Sequence
 from typing import Final
 
 import numpy as np
 import numpy.typing as npt
 
-from hybridkex.errors import HybridKexError, InvalidParameter
+from hybridkex.errors import InvalidParameter
 from hybridkex.qkd.decoy import h2
+from hybridkex.qkd.distillation.messages import (
+    MAX_SEED_BYTES,
+    CascadeRequest,
+    CascadeResponse,
+    CascadeSetup,
+)
+from hybridkex.qkd.errors import CascadeError
 
 __all__ = [
     "DEFAULT_CONCURRENCY",
@@ -154,7 +142,6 @@ __all__ = [
     "MAX_PASSES",
     "CascadeAlice",
     "CascadeBob",
-    "CascadeError",
     "binary_entropy",
     "default_schedule",
     "paper_schedule",
@@ -170,26 +157,12 @@ FER_TARGET: Final = 2e-5
 DEFAULT_CONCURRENCY: Final = 0.25
 MAX_PASSES: Final = 32
 MAX_EXPLICIT_PASSES: Final = 8
-MAX_SEED_BYTES: Final = 64
 MIN_FRAME_BITS: Final = 64
 MAX_KEY_BITS: Final = 1 << 27
 MAX_NODE_ID: Final = 1 << 31
 MIN_QBER: Final = 1e-4
 
-_MAGIC: Final = b"HKC"
-_VERSION: Final = 1
-_T_REQUEST: Final = 1
-_T_RESPONSE: Final = 2
-_F_HELLO: Final = 1
-_REQ_HEAD = struct.Struct("<3sBBBI")
-_RESP_HEAD = struct.Struct("<3sBBII")
-_HELLO_HEAD = struct.Struct("<II")
-_U32 = struct.Struct("<I")
 _DOMAIN: Final = b"hybridkex cascade v1"
-
-
-class CascadeError(HybridKexError):
-    """A Cascade message is malformed, out of order, out of range or inconsistent."""
 
 
 #: ``h2(p)`` in bits for a QBER in [0, 0.5]: the one implementation, in decoy.py.
@@ -529,56 +502,7 @@ def _node_start(ps: _Pass, idx: I64) -> tuple[I64, I64, I64]:
 
 
 # ----------------------------------------------------------------------------------
-# wire helpers
-
-
-def _varint_encode(values: I64) -> bytes:
-    if values.size == 0:
-        return b""
-    v = values.astype(np.uint64)
-    nbytes = np.ones(v.size, np.int64)
-    for i in range(1, 10):
-        nbytes += v >= np.uint64(1 << (7 * i))
-    starts = np.cumsum(nbytes) - nbytes
-    owner = np.repeat(np.arange(v.size), nbytes)
-    k = np.arange(int(nbytes.sum()), dtype=np.int64) - starts[owner]
-    out = (v[owner] >> (7 * k).astype(np.uint64)) & np.uint64(0x7F)
-    out |= (k < nbytes[owner] - 1).astype(np.uint64) << np.uint64(7)
-    return out.astype(np.uint8).tobytes()
-
-
-def _varint_decode(data: bytes, count: int) -> I64:
-    buf = np.frombuffer(data, np.uint8)
-    if count == 0:
-        if buf.size:
-            raise CascadeError("trailing bytes after the queries")
-        return np.zeros(0, np.int64)
-    ends = np.flatnonzero(buf < 0x80)
-    if ends.size != count or ends[-1] != buf.size - 1:
-        raise CascadeError("query list length does not match its count")
-    starts = np.concatenate(([0], ends[:-1] + 1))
-    lengths = ends - starts + 1
-    if int(lengths.max()) > 5:
-        raise CascadeError("query varint too long")
-    if np.any((lengths > 1) & (buf[ends] == 0)):
-        raise CascadeError("non-canonical query varint")
-    owner = np.repeat(np.arange(count), lengths)
-    k = np.arange(buf.size, dtype=np.int64) - starts[owner]
-    parts = (buf.astype(np.int64) & 0x7F) << (7 * k)
-    return np.add.reduceat(parts, starts).astype(np.int64)
-
-
-def _pack_bits(bits: U8) -> bytes:
-    return np.packbits(bits, bitorder="little").tobytes()
-
-
-def _unpack_bits(data: bytes, count: int) -> U8:
-    if len(data) != (count + 7) // 8:
-        raise CascadeError("parity payload length does not match its bit count")
-    bits = np.unpackbits(np.frombuffer(data, np.uint8), bitorder="little")
-    if np.any(bits[count:]):
-        raise CascadeError("non-zero padding bits in the parity payload")
-    return bits[:count]
+# checks of local arguments
 
 
 def _seed_bytes(seed: bytes | int) -> bytes:
@@ -642,50 +566,27 @@ class CascadeAlice:
         """Number of frames (0 before the first request)."""
         return 0 if self._layout is None else self._layout.nframes
 
-    def respond(self, request: bytes | bytearray | memoryview) -> bytes:
+    def respond(self, request: CascadeRequest) -> CascadeResponse:
         """Answer one request from Bob; raises :class:`CascadeError` on a bad one."""
-        if not isinstance(request, (bytes, bytearray, memoryview)):
-            raise CascadeError("a request is bytes")
-        req = bytes(request)
-        if len(req) < _REQ_HEAD.size + _U32.size:
-            raise CascadeError("request truncated")
-        if len(req) > 256 + 5 * self._bits.size:
-            raise CascadeError("request too long")
-        magic, version, mtype, flags, seq = _REQ_HEAD.unpack_from(req, 0)
-        if magic != _MAGIC or version != _VERSION or mtype != _T_REQUEST:
-            raise CascadeError("not a Cascade version 1 request")
-        if flags & ~_F_HELLO:
-            raise CascadeError("unknown request flags")
-        if seq != self._seq:
+        if request.seq != self._seq:
             raise CascadeError("request out of sequence")
-        pos = _REQ_HEAD.size
-        hello = bool(flags & _F_HELLO)
-        if hello:
+        if request.setup is not None:
             if self._layout is not None:
                 raise CascadeError("a second first request")
-            pos, layout = self._parse_hello(req, pos)
+            layout = self._layout_from(request.setup)
             reveal = layout.top_count()
         elif self._layout is None:
             raise CascadeError("the first request must carry the parameters")
         else:
             layout = self._layout
             reveal = 0
-        if len(req) < pos + _U32.size:
-            raise CascadeError("request truncated")
-        (count,) = _U32.unpack_from(req, pos)
-        pos += _U32.size
-        if count > len(req) - pos:
-            raise CascadeError("query count exceeds the request length")
-        if self.leaked_bits + reveal + count > self._bits.size:
+        ids = request.queries
+        if self.leaked_bits + reveal + ids.size > self._bits.size:
             raise CascadeError("request would reveal more parities than the key has bits")
-        deltas = _varint_decode(req[pos:], count)
-        if count and int(deltas.max()) >= layout.total_nodes:
-            raise CascadeError("query outside the key")
-        ids = np.cumsum(deltas + 1) - 1
-        if count and int(ids[-1]) >= layout.total_nodes:
+        if ids.size and int(ids[-1]) >= layout.total_nodes:
             raise CascadeError("query outside the key")
         _check_nodes(layout, ids)
-        if hello:
+        if request.setup is not None:
             self._layout = layout
             self._trees = [None] * len(layout.passes)
             answers = np.concatenate([self._tops(layout), self._answer(layout, ids)])
@@ -694,35 +595,18 @@ class CascadeAlice:
         self.leaked_bits += int(answers.size)
         self.round_trips += 1
         self._seq += 1
-        head = _RESP_HEAD.pack(_MAGIC, _VERSION, _T_RESPONSE, seq, answers.size)
-        return head + _pack_bits(answers)
+        return CascadeResponse(request.seq, answers.astype(np.uint8))
 
-    def _parse_hello(self, req: bytes, pos: int) -> tuple[int, _Layout]:
-        if len(req) < pos + _HELLO_HEAD.size + 1:
-            raise CascadeError("first request truncated")
-        n, frame_bits = _HELLO_HEAD.unpack_from(req, pos)
-        pos += _HELLO_HEAD.size
-        seed_len = req[pos]
-        pos += 1
-        if not 1 <= seed_len <= MAX_SEED_BYTES or len(req) < pos + seed_len + 1:
-            raise CascadeError("bad seed field")
-        seed = req[pos:pos + seed_len]
-        pos += seed_len
-        npasses = req[pos]
-        pos += 1
-        if len(req) < pos + npasses:
-            raise CascadeError("first request truncated")
-        codes = tuple(req[pos:pos + npasses])
-        pos += npasses
-        if n != self._bits.size:
+    def _layout_from(self, setup: CascadeSetup) -> _Layout:
+        if setup.key_bits != self._bits.size:
             raise CascadeError("Bob's key length differs from Alice's")
-        if not MIN_FRAME_BITS <= frame_bits <= n:
+        if not MIN_FRAME_BITS <= setup.frame_bits <= setup.key_bits:
             raise CascadeError("bad frame length")
         try:
-            layout = _Layout(n, frame_bits, seed, _check_schedule(codes))
+            return _Layout(setup.key_bits, setup.frame_bits, setup.seed,
+                           _check_schedule(setup.schedule))
         except InvalidParameter as exc:
             raise CascadeError(f"bad parameters: {exc}") from None
-        return pos, layout
 
     def _tops(self, layout: _Layout) -> U8:
         """Alice's top-level block parities, in the order of the first response."""
@@ -789,8 +673,7 @@ class CascadeBob:
 
     After ``request()`` returns None: ``corrected`` (the key), ``leaked_bits``
     (parities Alice revealed, as counted by her), ``frame_leaked_bits`` (per frame),
-    ``round_trips``, ``frames`` and ``frame_starts``, ``schedule``,
-    ``request_bytes``/``response_bytes`` (wire size).
+    ``round_trips``, ``frames`` and ``frame_starts``, ``schedule``.
     """
 
     def __init__(self, bits: npt.ArrayLike, qber: float, seed: bytes | int,
@@ -850,8 +733,6 @@ class CascadeBob:
         self.leaked_bits = 0
         self.round_trips = 0
         self.frame_leaked_bits: I64 = np.zeros(lay.nframes, np.int64)
-        self.request_bytes = 0
-        self.response_bytes = 0
 
     # -- public state ------------------------------------------------------------
 
@@ -876,50 +757,38 @@ class CascadeBob:
 
     # -- protocol ----------------------------------------------------------------
 
-    def request(self) -> bytes | None:
+    def request(self) -> CascadeRequest | None:
         """The next request to send to Alice, or ``None`` when Cascade is finished."""
         if self._state == "done":
             return None
         if self._state == "wait":
             raise CascadeError("request() again before the response to the last one")
         hello = self._state == "start"
-        head = _REQ_HEAD.pack(_MAGIC, _VERSION, _T_REQUEST, _F_HELLO if hello else 0,
-                              self._seq)
+        setup = None
         if hello:
             lay = self._layout
-            head += (_HELLO_HEAD.pack(lay.n, lay.frame_bits) + bytes([len(self._seed)])
-                     + self._seed + bytes([len(lay.codes)]) + bytes(lay.codes))
+            setup = CascadeSetup(lay.n, lay.frame_bits, self._seed, lay.codes)
             self._pending = np.zeros(0, np.int64)
             self._expect = lay.top_count()
         else:
             self._pending = self._queries()
             self._expect = int(self._pending.size)
-        deltas = np.diff(self._pending, prepend=-1) - 1
-        msg = head + _U32.pack(self._pending.size) + _varint_encode(deltas)
+        msg = CascadeRequest(self._seq, self._pending, setup)
         self._hello = hello
         self._state = "wait"
         self._seq += 1
-        self.request_bytes += len(msg)
         return msg
 
-    def receive(self, response: bytes | bytearray | memoryview) -> None:
+    def receive(self, response: CascadeResponse) -> None:
         """Take Alice's response to the last request."""
         if self._state != "wait":
             raise CascadeError("a response without an outstanding request")
-        if not isinstance(response, (bytes, bytearray, memoryview)):
-            raise CascadeError("a response is bytes")
-        resp = bytes(response)
-        if len(resp) < _RESP_HEAD.size:
-            raise CascadeError("response truncated")
-        magic, version, mtype, seq, count = _RESP_HEAD.unpack_from(resp, 0)
-        if magic != _MAGIC or version != _VERSION or mtype != _T_RESPONSE:
-            raise CascadeError("not a Cascade version 1 response")
-        if seq != self._seq - 1:
+        if response.seq != self._seq - 1:
             raise CascadeError("response to another request")
+        count = response.parities.size
         if count != self._expect:
             raise CascadeError("response has the wrong number of parities")
-        answers = _unpack_bits(resp[_RESP_HEAD.size:], count)
-        self.response_bytes += len(resp)
+        answers = response.parities
         self.round_trips += 1
         self.leaked_bits += count
         if self._hello:
