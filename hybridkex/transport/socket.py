@@ -39,7 +39,7 @@ __all__ = ["SecureSocket"]
 
 # Bulk transfer goes through buffers of the socket's and the connection's own, made
 # once and reused, so large slices cost no allocation, only fewer system calls: one
-# write per MiB sent (TLS stacks write each record apart), 256 KiB asked of each read.
+# write per MiB sent, 256 KiB asked of each read (docs/performance.md, Sockets).
 SEAL_SLICE = 1 << 20  # plaintext sealed per write, at most
 READ_INTO = 1 << 18  # bytes asked of each read
 
