@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import socket
 import subprocess
@@ -37,11 +38,12 @@ from hybridkex.keydelivery.kme.calls import MAX_RESPONSE_BYTES
 from hybridkex.keydelivery.kme.client import (
     KMEAuthenticationError,
     KMEClient,
+    KMEKeySizeMismatch,
     KMEKeySource,
     KMEOutcomeUnknown,
     KMERequestError,
 )
-from hybridkex.keydelivery.source import AsyncKeySource, KeySource, StoreKeySource
+from hybridkex.keydelivery.source import AsyncKeySource, KeySource
 from tests import test_kme
 from tests.support import KMEFiles
 from tests.test_kme import Link
@@ -223,7 +225,9 @@ def test_threads_share_a_client_within_its_connections(link: Link, pki: KMEFiles
     assert link.store_a.status("B").delivered == 80
     opened = handshakes(link.kme_a) - before
     assert 1 <= opened <= connections
-    fetched = StoreKeySource(link.store_b).fetch("A", [k.key_id for k in taken])
+    # KME A recorded each key at KME B, bound to (sae-a, sae-b): sae-b gets them there
+    fetched = pki.client(link.kme_b.url, "sae-b").get_keys_with_ids(
+        "sae-a", [k.key_id for k in taken])
     assert [k.key for k in fetched] == [k.key for k in taken]
 
 
@@ -264,13 +268,16 @@ def test_a_restarted_kme_is_reconnected_to_for_any_call(link: Link, pki: KMEFile
     alice = pki.client(link.kme_a.url, "sae-a")
     alice.get_keys("sae-b")
     link.kme_a.close()  # closes the kept-alive connection
+    # the same server on the same port: it keeps its peer (B), and B's URL for A holds
     with BackgroundKME(link.kme_a.server, port=link.kme_a.port) as again:
         before = handshakes(again)
         (key,) = alice.get_keys("sae-b")  # a key request too: the dead connection was unused
         assert alice.status("sae-b").stored_key_count == 198
         assert handshakes(again) == before + 1
     assert link.store_a.status("B").delivered == 2
-    assert StoreKeySource(link.store_b).fetch("A", [key.key_id])[0].key == key.key
+    # the restarted KME recorded the key at B before it answered: sae-b gets it there
+    (fetched,) = pki.client(link.kme_b.url, "sae-b").get_keys_with_ids("sae-a", [key.key_id])
+    assert fetched.key == key.key
 
 
 def test_closed_connections_are_noticed_before_use(link: Link, pki: KMEFiles,
@@ -311,9 +318,12 @@ def test_a_key_request_that_may_have_arrived_is_never_sent_again(link: Link, pki
     assert link.store_a.status("B").delivered == 4
 
 
-def test_a_dec_keys_whose_answer_is_lost_is_not_sent_again(link: Link, pki: KMEFiles) -> None:
-    taken = StoreKeySource(link.store_a).take("B", 2)
-    with Relay(("127.0.0.1", link.kme_b.port)) as relay:
+def test_a_dec_keys_whose_answer_is_lost_is_not_sent_again(
+        link: Link, pki: KMEFiles, caplog: pytest.LogCaptureFixture) -> None:
+    # keys taken through KME A, so KME B holds them bound to (sae-a, sae-b)
+    taken = pki.client(link.kme_a.url, "sae-a").get_keys("sae-b", 2)
+    with (Relay(("127.0.0.1", link.kme_b.port)) as relay,
+          caplog.at_level(logging.INFO, logger="hybridkex.kme")):
         bob = pki.client(relay.url, "sae-b")
         bob.status("sae-a")
         relay.drop("answer")
@@ -322,7 +332,11 @@ def test_a_dec_keys_whose_answer_is_lost_is_not_sent_again(link: Link, pki: KMEF
         # the KME delivered them with the lost answer: a second request is refused
         with pytest.raises(KeyNotAvailable):
             bob.get_keys_with_ids("sae-a", [k.key_id for k in taken])
-    assert link.store_b.status("A").delivered == 2
+    # KME B's own account (one line per request): served once, then refused; the
+    # client sent the request no third time
+    assert [m.rsplit(" ", 1)[1] for m in caplog.messages
+            if m.startswith("POST /api/v1/keys/sae-a/dec_keys ->")] == ["200", "400"]
+    assert sum(m.startswith("delivered 2 key(s) to slave SAE sae-b") for m in caplog.messages) == 1
 
 
 def test_a_key_request_whose_write_fails_at_once_is_sent_on_a_new_connection(
@@ -354,6 +368,69 @@ def test_a_kme_that_stops_answering_times_out(link: Link, pki: KMEFiles, relay_a
     assert 0.4 < time.monotonic() - started < 1.5
     assert not isinstance(caught.value, KMEOutcomeUnknown)
     assert relay_a.accepted == 2  # the connection that timed out was not used again
+
+
+# -- dec_keys and the size of a key ----------------------------------------------------------
+
+
+def test_dec_keys_without_a_size_gets_each_key_at_its_reserved_size(link: Link,
+                                                                   pki: KMEFiles) -> None:
+    alice = pki.client(link.kme_a.url, "sae-a")
+    taken = [*alice.get_keys("sae-b", 2, 512), *alice.get_keys("sae-b", 1, 136),
+             *alice.get_keys("sae-b", 1)]
+    bob = pki.client(link.kme_b.url, "sae-b")
+    fetched = bob.get_keys_with_ids("sae-a", [k.key_id for k in taken])
+    assert [(k.ids, k.size_bits, k.key) for k in fetched] == [
+        (k.ids, k.size_bits, k.key) for k in taken]
+    assert [k.size_bits for k in fetched] == [512, 512, 136, 256]
+
+    async def main() -> None:
+        more = [*alice.get_keys("sae-b", 1, 768), *alice.get_keys("sae-b", 1, 64)]
+        async with async_client(pki, link.kme_b.url, "sae-b") as bob_async:
+            got = await bob_async.get_keys_with_ids("sae-a", [(k.key_id,) for k in more])
+        assert [(k.ids, k.key) for k in got] == [(k.ids, k.key) for k in more]
+
+    run(main)
+
+
+def test_dec_keys_refuses_a_size_it_cannot_check_before_anything_is_delivered(
+        link: Link, pki: KMEFiles) -> None:
+    alice = pki.client(link.kme_a.url, "sae-a")
+    bob = pki.client(link.kme_b.url, "sae-b")
+    (wide,) = alice.get_keys("sae-b", 1, 512)
+    (odd,) = alice.get_keys("sae-b", 1, 384)  # two units, like a 512-bit key
+    # unit IDs without a size: refused before the request is sent
+    with pytest.raises(KeyNotAvailable, match="needs its size"):
+        bob.get_keys_with_ids("sae-a", [wide.ids])
+    # a size other than 256 travels in key_ID_extension; the KME refuses a wrong one
+    with pytest.raises(KeyNotAvailable):
+        bob.get_keys_with_ids("sae-a", [odd.ids], 512)
+    # neither refusal delivered anything: both keys are still there for sae-b
+    assert bob.get_keys_with_ids("sae-a", [wide.ids], 512)[0].key == wide.key
+    assert bob.get_keys_with_ids("sae-a", [odd.ids], 384)[0].key == odd.key
+
+
+def test_dec_keys_of_256_bits_answered_with_another_size_is_a_typed_error(
+        link: Link, pki: KMEFiles) -> None:
+    """A 256-bit request names the key by key_ID alone, so the KME cannot check the
+    size: it delivers the key, and the client says so with its own error."""
+    alice = pki.client(link.kme_a.url, "sae-a")
+    first, second = alice.get_keys("sae-b", 2, 512)
+    bob = pki.client(link.kme_b.url, "sae-b")
+    with pytest.raises(KMEKeySizeMismatch, match="512 bits for a request of 256-bit") as caught:
+        bob.get_keys_with_ids("sae-a", [first.key_id], 256)
+    assert not isinstance(caught.value, KeyNotAvailable)  # it *was* delivered
+    with pytest.raises(KeyNotAvailable):
+        bob.get_keys_with_ids("sae-a", [first.key_id])
+
+    async def main() -> None:
+        async with async_client(pki, link.kme_b.url, "sae-b") as bob_async:
+            with pytest.raises(KMEKeySizeMismatch, match="512 bits"):
+                await bob_async.get_keys_with_ids("sae-a", [second.key_id], 256)
+            with pytest.raises(KeyNotAvailable):
+                await bob_async.get_keys_with_ids("sae-a", [second.key_id])
+
+    run(main)
 
 
 # -- answers that are too large ------------------------------------------------------------------
@@ -418,23 +495,29 @@ def test_answers_larger_than_the_bound_are_refused(pki: KMEFiles, big_answers: s
 
 
 def test_async_client_many_coroutines_share_its_connections(link: Link, pki: KMEFiles) -> None:
-    before = handshakes(link.kme_a), handshakes(link.kme_b)
+    before = handshakes(link.kme_a)
+    opened_at_b: dict[str, int] = {}
 
     async def main() -> None:
         async with (async_client(pki, link.kme_a.url, "sae-a", connections=4) as alice,
                     async_client(pki, link.kme_b.url, "sae-b") as bob):
+            at_b = handshakes(link.kme_b)
             taken = [k for keys in await asyncio.gather(
                 *(alice.get_keys("sae-b", 1) for _ in range(100))) for k in keys]
             assert len({k.key_id for k in taken}) == 100
+            # KME A's sync connection(s), over which B recorded each key before A answered
+            opened_at_b["sync"], at_b = handshakes(link.kme_b) - at_b, handshakes(link.kme_b)
             fetched = [k for keys in await asyncio.gather(
                 *(bob.get_keys_with_ids("sae-a", [k.key_id]) for k in taken)) for k in keys]
+            opened_at_b["bob"] = handshakes(link.kme_b) - at_b
             assert [k.key for k in fetched] == [k.key for k in taken]
             assert (await alice.status("sae-b")).stored_key_count == 100
 
     run(main)
     assert link.store_a.status("B").delivered == 100 == link.store_b.status("A").delivered
-    assert 1 <= handshakes(link.kme_a) - before[0] <= 4
-    assert 1 <= handshakes(link.kme_b) - before[1] <= 4
+    assert 1 <= handshakes(link.kme_a) - before <= 4
+    assert opened_at_b["sync"] >= 1  # so the counts below are bob's alone
+    assert 1 <= opened_at_b["bob"] <= 4
 
 
 def test_async_client_leaves_the_event_loop_free_while_it_waits(link: Link, pki: KMEFiles,

@@ -121,9 +121,11 @@ class AsyncKMEClient:
         return cast(list[DeliveredKey], await self._run(enc_keys_call(slave_sae, number, size)))
 
     async def get_keys_with_ids(self, master_sae: str, key_ids: Sequence[str | Sequence[str]],
-                                size: int = UNIT_BITS) -> list[DeliveredKey]:
+                                size: int | None = None) -> list[DeliveredKey]:
         """Get key with key IDs (clause 5.4, POST): the keys ``master_sae`` obtained, by
-        key ID or by a key's unit IDs (``DeliveredKey.ids``)."""
+        key ID or by a key's unit IDs (``DeliveredKey.ids``); without ``size``, at the
+        size the KME reserved each key with (as
+        :meth:`~hybridkex.keydelivery.kme.client.KMEClient.get_keys_with_ids`)."""
         return cast(list[DeliveredKey],
                     await self._run(dec_keys_call(master_sae, key_ids, size)))
 

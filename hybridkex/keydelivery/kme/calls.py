@@ -14,6 +14,9 @@ and raise the same errors:
   reached the KME.  enc_keys may then have taken keys that nobody will ever see, and
   dec_keys may have delivered keys that a second attempt would find already
   delivered, so neither is re-sent: the caller decides;
+* :class:`KMEKeySizeMismatch` - dec_keys named keys by ``key_ID`` alone with a
+  ``size``, and the KME delivered keys of another size (they are delivered: the KME
+  will not hand them out again);
 * ``KeysExhausted`` (503), ``KeyNotAvailable`` (400 naming key IDs) and
   ``KeySourceError`` (transport, timeouts, malformed answers) from
   :mod:`hybridkex.keydelivery.errors`.
@@ -45,6 +48,7 @@ __all__ = [
     "Call",
     "Endpoint",
     "KMEAuthenticationError",
+    "KMEKeySizeMismatch",
     "KMEOutcomeUnknown",
     "KMERequestError",
     "KMEStatus",
@@ -87,6 +91,19 @@ class KMEOutcomeUnknown(KeySourceError):
     lost.  The request is not re-sent: a second enc_keys would take further keys, and
     a second dec_keys would be refused for keys the first one delivered.  Keys lost
     this way are never delivered to anyone else.
+    """
+
+
+class KMEKeySizeMismatch(KeySourceError):
+    """dec_keys was answered with keys of another size than the caller's ``size``.
+
+    A key of 256 bits is named by its ``key_ID`` alone, as ETSI GS QKD 014 names every
+    key, and a KME that knows each key's size from its reservation delivers the key
+    whatever size it has: the request carried no size to check.  The keys are then
+    delivered, and the KME will not deliver them again, so this is not a
+    ``KeyNotAvailable`` ("nothing was delivered").  Pass ``size=None`` to accept the
+    size the key was reserved with; a size other than 256 travels in the
+    ``key_ID_extension``, which this project's KME checks before it delivers anything.
     """
 
 
@@ -214,7 +231,7 @@ class Call:
     idempotent: bool
     refs: tuple[tuple[str, ...], ...] = ()  # dec_keys: the unit IDs asked for, per key
     number: int = 0
-    size: int = UNIT_BITS
+    size: int | None = UNIT_BITS  # dec_keys: None takes each key's size from the KME
 
     @property
     def headers(self) -> dict[str, str]:
@@ -249,21 +266,34 @@ def enc_keys_call(slave_sae: str, number: int, size: int) -> Call:
                 size=size)
 
 
-def dec_keys_call(master_sae: str, key_ids: Sequence[str | Sequence[str]], size: int) -> Call:
-    """Get key with key IDs (clause 5.4, POST), with ``key_ID_extension`` for keys of
-    more than one stored unit."""
-    units = units_for(size)
+def dec_keys_call(master_sae: str, key_ids: Sequence[str | Sequence[str]],
+                  size: int | None = None) -> Call:
+    """Get key with key IDs (clause 5.4, POST).
+
+    ``size=None``: each key is named by its ``key_ID`` alone and comes back with the
+    size the KME reserved it with, as clause 5.4 has it (the slave need not know the
+    size).  A key named by several unit IDs needs its size: sent without it, a wrong
+    unit list could only be found out after the KME delivered the key.  With a
+    ``size``, each entry names that size's units, and keys of other than 256 bits
+    carry ``key_ID_extension``, which the KME checks before it delivers anything.
+    """
+    units = None if size is None else units_for(size)
     if isinstance(key_ids, str) or not isinstance(key_ids, Sequence) or not key_ids:
         raise InvalidParameter("key_ids must be a non-empty sequence of key IDs")
     entries: list[dict[str, Any]] = []
     refs: list[tuple[str, ...]] = []
     for ref in key_ids:
         ids = (ref,) if isinstance(ref, str) else tuple(ref)
-        if len(ids) != units or not all(isinstance(i, str) for i in ids):
+        if not ids or not all(isinstance(i, str) for i in ids):
+            raise KeyNotAvailable("each entry of key_ids must be a key ID or a key's unit IDs")
+        if units is None and len(ids) != 1:
+            raise KeyNotAvailable(f"a key named by {len(ids)} unit IDs needs its size: pass "
+                                  "size, or name the key by its key_ID alone")
+        if units is not None and len(ids) != units:
             raise KeyNotAvailable(f"a key of {size} bits is made of {units} stored keys, "
                                   f"the request names {len(ids)}")
         entry: dict[str, Any] = {"key_ID": ids[0]}
-        if size != UNIT_BITS:
+        if size is not None and size != UNIT_BITS:
             entry["key_ID_extension"] = {EXT_SIZE: size, EXT_UNITS: list(ids[1:])}
         entries.append(entry)
         refs.append(ids)
@@ -318,8 +348,17 @@ def answer(call: Call, status: int, raw: bytes) -> Any:
         ordered = [by_id[ids[0].lower()] for ids in call.refs]
     except KeyError:
         raise KeySourceError("the KME returned other keys than were requested") from None
-    if len(by_id) != len(call.refs) or any(k.size_bits != call.size for k in ordered):
+    if len(by_id) != len(call.refs) or any(
+            len(ids) > 1 and [i.lower() for i in ids] != [i.lower() for i in k.ids]
+            for ids, k in zip(call.refs, ordered, strict=True)):
         raise KeySourceError("the KME returned other keys than were requested")
+    if call.size is not None:
+        sizes = sorted({k.size_bits for k in ordered if k.size_bits != call.size})
+        if sizes:
+            raise KMEKeySizeMismatch(
+                f"the KME delivered key(s) of {', '.join(map(str, sizes))} bits for a request "
+                f"of {call.size}-bit keys; they are delivered and will not be delivered "
+                "again (pass size=None to take each key at the size it was reserved with)")
     return ordered
 
 

@@ -23,15 +23,18 @@ since a second enc_keys would take further keys and a second dec_keys would be r
 
 Keys come back as :class:`~hybridkex.keydelivery.DeliveredKey`, exactly as the key
 store hands them out: for a key of other than 256 bits, ``extension`` holds the IDs of
-its further 256-bit units (hybridkex's ``key_ID_extension``, see docs/kme.md), and the
-slave side passes ``key.ids`` back to :meth:`KMEClient.get_keys_with_ids`.
+its further 256-bit units (hybridkex's ``key_ID_extension``, see docs/kme.md).  The
+slave side passes ``key.ids`` and the size back to :meth:`KMEClient.get_keys_with_ids`,
+or the key ID alone without a size, and gets each key at the size it was reserved with.
 
 Errors are the key store's: :class:`~hybridkex.keydelivery.KeyNotAvailable` (400 about
 the key IDs: unknown, already delivered, malformed), :class:`~hybridkex.keydelivery.
 KeysExhausted` (503), :class:`KMEAuthenticationError` (401, or the KME refusing the
 client certificate), :class:`KMERequestError` (any other refusal),
-:class:`KMEOutcomeUnknown` (the connection failed after a key request was sent) and
-:class:`~hybridkex.keydelivery.KeySourceError` (transport, timeouts, malformed answers).
+:class:`KMEOutcomeUnknown` (the connection failed after a key request was sent),
+:class:`KMEKeySizeMismatch` (dec_keys with a ``size`` answered with keys of another
+size) and :class:`~hybridkex.keydelivery.KeySourceError` (transport, timeouts,
+malformed answers).
 The requests and the reading of answers are shared with the asyncio client
 (:mod:`hybridkex.keydelivery.kme.calls`).
 """
@@ -54,6 +57,7 @@ from hybridkex.keydelivery.kme.calls import (
     Call,
     Endpoint,
     KMEAuthenticationError,
+    KMEKeySizeMismatch,
     KMEOutcomeUnknown,
     KMERequestError,
     KMEStatus,
@@ -70,6 +74,7 @@ from hybridkex.keydelivery.kme.calls import (
 __all__ = [
     "KMEAuthenticationError",
     "KMEClient",
+    "KMEKeySizeMismatch",
     "KMEKeySource",
     "KMEOutcomeUnknown",
     "KMERequestError",
@@ -173,11 +178,14 @@ class KMEClient:
         return cast(list[DeliveredKey], self._run(enc_keys_call(slave_sae, number, size)))
 
     def get_keys_with_ids(self, master_sae: str, key_ids: Sequence[str | Sequence[str]],
-                          size: int = UNIT_BITS) -> list[DeliveredKey]:
+                          size: int | None = None) -> list[DeliveredKey]:
         """Get key with key IDs (clause 5.4, POST): the keys ``master_sae`` obtained.
 
         ``key_ids`` as :meth:`KeyStore.fetch` takes them: a key ID, or the sequence of
-        unit IDs of a key (``DeliveredKey.ids``); ``size`` is the keys' size in bits.
+        unit IDs of a key (``DeliveredKey.ids``).  Without ``size`` each key is named by
+        its key ID alone and comes back at the size the KME reserved it with (the KME
+        knows it, as clause 5.4 assumes).  With ``size`` (bits) every key must have it;
+        a key the KME delivered at another size raises :class:`KMEKeySizeMismatch`.
         """
         return cast(list[DeliveredKey], self._run(dec_keys_call(master_sae, key_ids, size)))
 
