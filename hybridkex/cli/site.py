@@ -233,7 +233,7 @@ def cmd_kme_source(args: argparse.Namespace) -> int:
         if site_name in peers:
             raise SiteError(f"--peer names site {site_name!r} twice")
         peers[site_name] = sae
-    with Site.load(args.dir) as site:
+    with Site.load(args.dir, open_kme=False) as site:  # the KME set-up it replaces may be broken
         settings = site.use_kme(args.url, args.sae_id, args.cert, args.key, args.ca, peers,
                                 replace=args.replace)
         path = site.path

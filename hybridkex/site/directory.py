@@ -384,8 +384,12 @@ class Site:
         return cls.load(directory)
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> Site:
-        """Open a site directory, checking every file (and identity.key's permissions)."""
+    def load(cls, path: str | os.PathLike[str], *, open_kme: bool = True) -> Site:
+        """Open a site directory, checking every file (and identity.key's permissions).
+
+        ``open_kme=False`` leaves a ``[key_source] kind = "kme"`` unopened, its files
+        unchecked, and draws keys from keys.db: for replacing a broken KME set-up
+        (``hybridkex site kme-source``), never for sessions."""
         directory = Path(path)
         toml_path = directory / SITE_TOML
         if not toml_path.is_file():
@@ -423,7 +427,7 @@ class Site:
             raise SiteError(f"cannot open {db}: {type(exc).__name__}: {exc}") from None
         try:
             kme = (open_kme_source(directory, settings.key_source)
-                   if settings.key_source.is_kme else None)
+                   if settings.key_source.is_kme and open_kme else None)
             site = cls(directory, settings, identity, store, kme)
             site.peers()  # every trust file parses
         except BaseException:
