@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tomllib
@@ -176,8 +177,8 @@ def test_serve_and_connect_run_hkx1_in_both_modes_and_tls_through_two_kmes(
         port = port_in(server.first, "listening on ")
         with d.pki.client(d.url_b, "sae-b") as b:  # the level KME B's status gives
             count = b.status("sae-a").stored_key_count
-        assert (f"QKD pool with site-a: {count} keys to take at the KME (its stored_key_count "
-                f"for SAE sae-a); from the KME at {d.url_b}") in server.wait_for("QKD pool")
+        assert (f"QKD pool with site-a: {count} keys to take (the KME's stored_key_count); "
+                f"from the KME at {d.url_b}") in server.wait_for("QKD pool")
         done, signature_ids = connect(d.site_a, port, "--auth", "signature")
         err = done.stderr.decode()
         assert "signature: peer site-b" in err
@@ -187,11 +188,32 @@ def test_serve_and_connect_run_hkx1_in_both_modes_and_tls_through_two_kmes(
         assert "psk: one-time Poly1305 MACs" in done.stderr.decode()
         line = server.wait_for(f"QKD key {psk_ids[0]}")
         assert "psk authentication" in line and f"the KME at {d.url_b}" in line
+        # connect --listen-local: the client side on an event loop, one channel per client
+        local = Process([sys.executable, "-m", "hybridkex", "connect", "--site", str(d.site_a),
+                         "--peer", "site-b", "--listen-local", f"{HOST}:0", "--auth", "psk",
+                         f"{HOST}:{port}"], "forwarding ")
+        try:
+            assert f"QKD pool with site-b: {d.level()} keys to take (the KME's" in \
+                local.wait_for("QKD pool")
+            with socket.create_connection((HOST, port_in(local.first, "forwarding ")),
+                                          timeout=30) as app:
+                app.sendall(b"from a local application")
+                app.shutdown(socket.SHUT_WR)
+                echoed = b"".join(iter(lambda: app.recv(1 << 16), b""))
+            assert echoed == b"from a local application"
+            line = local.wait_for("session with site-b: psk authentication")
+            match = re.search(r"QKD key ([0-9a-f-]{36})", line)
+            assert match and f"the KME at {d.url_a}" in line, line
+            local_ids = [match.group(1)]
+        finally:
+            assert local.stop() == 0, local.lines
     finally:
         assert server.stop() == 0, server.lines
+    for log in (server.lines, local.lines):  # the loops closed their KME clients cleanly
+        assert not [line for line in log if "Unclosed" in line or "Traceback" in line], log
     # signature mode: 1 key; psk: 3 authentication units and 1 QKD key, all from KME A
-    assert d.level() == before - 1 - 4
-    assert_delivered_to_sae_b_only(d, signature_ids + psk_ids)
+    assert d.level() == before - 1 - 4 - 4
+    assert_delivered_to_sae_b_only(d, signature_ids + psk_ids + local_ids)
 
     before = d.level()
     tls = Process([sys.executable, "-m", "hybridkex", "serve", "--site", str(d.site_b),

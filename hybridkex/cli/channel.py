@@ -315,8 +315,7 @@ def level_text(site: Site, level: PoolLevel) -> str:
         text = f"pool with {peer}: {level.to_take} keys to take, {level.to_fetch} to fetch"
         refill = "hybridkex site pair, or the QKD link"
     else:
-        text = (f"pool with {peer}: {level.to_take} keys to take at the KME (its "
-                f"stored_key_count for SAE {level.sae_id})")
+        text = f"pool with {peer}: {level.to_take} keys to take (the KME's stored_key_count)"
         refill = "the QKD link behind the KME"
     below = site.settings.pool_warn_below
     if level.below(below):
