@@ -120,8 +120,9 @@ class SiteSettings:
 
     def to_toml(self) -> str:
         lines = [
-            "# hybridkex site (docs/sites.md).  Written by `hybridkex site init` and rewritten",
-            "# by `hybridkex site pair`; the settings above [links] may be edited by hand.",
+            "# hybridkex site (docs/sites.md).  Written by `hybridkex site init`, rewritten",
+            "# by `site pair` and `site kme-source`; the settings above [links] may be edited",
+            "# by hand.",
             f"name = {toml_value(self.name)}",
             f"signature = {toml_value(self.signature)}",
             f"identity = {toml_value(self.identity)}",
