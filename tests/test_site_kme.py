@@ -22,6 +22,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -263,6 +264,35 @@ def test_the_event_loop_awaits_the_kme_and_never_the_blocking_client(
 
         taken, fetched = asyncio.run(both())
         assert taken == fetched and len(taken) == 32
+
+
+def test_without_aiohttp_the_event_loop_runs_the_blocking_client_in_a_thread(
+        deployment: Deployment, monkeypatch: pytest.MonkeyPatch) -> None:
+    d = deployment
+    monkeypatch.setitem(sys.modules, "hybridkex.keydelivery.kme.aio_client", None)
+    with Site.load(d.site_a) as a, Site.load(d.site_b) as b:
+        kme_a = a.kme
+        assert kme_a is not None
+        threads: list[str] = []
+        exchange = kme_a.client._exchange
+
+        def noted(*args: Any) -> Any:
+            threads.append(threading.current_thread().name)
+            return exchange(*args)
+
+        monkeypatch.setattr(kme_a.client, "_exchange", noted)
+
+        async def take() -> tuple[str, str]:
+            (taken,) = await KeyRequest.take("site-b", 1).perform_async(a.key_source)
+            (fetched,) = await KeyRequest.fetch("site-a", [taken.key_id]).perform_async(
+                b.key_source)
+            assert fetched.key == taken.key
+            await a.aclose()
+            return taken.key_id, threading.current_thread().name
+
+        _, loop_thread = asyncio.run(take())
+        assert threads and loop_thread not in threads
+        assert all(name.startswith("hybridkex-keys") for name in threads), threads
 
 
 def test_an_unknown_peer_is_one_line_before_any_key_is_taken(

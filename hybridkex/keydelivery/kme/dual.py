@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import weakref
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -61,9 +60,9 @@ class DualKMEKeySource(PeerSAEs):
         self._timeout = timeout
         self._connections = connections
         self._lock = threading.Lock()
-        self._per_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop,
-                                                  AsyncKMEKeySource] = (
-            weakref.WeakKeyDictionary())
+        # (a plain dict: each client holds its loop, so weak keys would never be freed;
+        # loops that ended without aclose() are dropped when a new loop asks)
+        self._per_loop: dict[asyncio.AbstractEventLoop, AsyncKMEKeySource] = {}
         self._no_aiohttp = False
 
     def __repr__(self) -> str:
@@ -126,12 +125,14 @@ class DualKMEKeySource(PeerSAEs):
             source = self._per_loop.get(loop)
             if source is not None:
                 return source
+            for ended in [other for other in self._per_loop if other.is_closed()]:
+                del self._per_loop[ended]
             try:
                 from hybridkex.keydelivery.kme.aio_client import (
                     AsyncKMEClient,
                     AsyncKMEKeySource,
                 )
-            except BackendUnavailable:
+            except (BackendUnavailable, ImportError):  # no aiohttp (the kme extra)
                 self._no_aiohttp = True
                 return None
             cert, key, ca = self._files
