@@ -168,6 +168,19 @@ def test_site_show_reports_the_kme_and_the_level_it_sees(deployment: Deployment)
         assert a.pool_status("site-b").available_to_take == 0
 
 
+def test_site_show_warns_below_the_level_the_kme_reports(deployment: Deployment,
+                                                         tmp_path: Path) -> None:
+    copy = tmp_path / "site-a"
+    shutil.copytree(deployment.site_a, copy)
+    toml = copy / "site.toml"
+    toml.write_text(toml.read_text().replace("warn_below = 64", f"warn_below = {PER_SITE + 1}"))
+    shown = json.loads(hybridkex("site", "show", str(copy), "--json").stdout)
+    assert shown["pools"]["site-b"]["below_warning_level"] is True
+    text = hybridkex("site", "show", str(copy)).stdout.decode()
+    assert (f"WARNING: site-b's pool is below {PER_SITE + 1} keys to take" in text
+            and "refill it (the QKD link behind the KME)" in text), text
+
+
 def test_serve_and_connect_run_hkx1_in_both_modes_and_tls_through_two_kmes(
         deployment: Deployment) -> None:
     d = deployment

@@ -335,9 +335,11 @@ def cmd_show(args: argparse.Namespace) -> int:
                   f"{pool['available_to_fetch']} to fetch, {pool['delivered']} used; from "
                   f"{pool['source']}")
         if pool["below_warning_level"]:
+            refill = ("the QKD link behind the KME" if key_source.is_kme
+                      else "hybridkex site pair, or the QKD link")
             print(f"    WARNING: {peer}'s pool is below {warn_below} keys to take: a psk "
                   "handshake takes 4, a signature handshake 1, and a failed one keeps what "
-                  "it took; refill it (hybridkex site pair, or the QKD link)")
+                  f"it took; refill it ({refill})")
     if not pools:
         print("    empty")
     return 0
