@@ -48,7 +48,7 @@ from hybridkex.protocol import SessionInfo
 from hybridkex.protocol.identity import PeerIdentity
 from hybridkex.protocol.record import frame_record
 from hybridkex.protocol.suites import AlertDescription, ContentType
-from hybridkex.site import SIGNATURE_SCHEMES, Site, SiteError
+from hybridkex.site import SIGNATURE_SCHEMES, PoolLevel, Site, SiteError
 from hybridkex.transport import Context, SecureSocket
 from hybridkex.transport.aio import DrivingProtocol
 from hybridkex.transport.forward import (
@@ -296,17 +296,31 @@ def describe_session(info: SessionInfo, qkd_source: str | None = None) -> list[t
 
 
 def pool_level(site: Site, peer: str) -> str:
-    """The pool with ``peer``, and a warning below site.toml's [pool] warn_below."""
+    """The pool with ``peer``, and a warning below site.toml's [pool] warn_below (for a
+    KME key source this asks the KME: not from an event loop, see serving.py)."""
     try:
-        pool = site.pool_status(peer)
+        level = site.pool_level(peer)
     except HybridKexError as exc:
         return f"pool with {peer}: not readable ({exc})"
-    text = (f"pool with {peer}: {pool.available_to_take} keys to take, "
-            f"{pool.available_to_fetch} to fetch")
+    return level_text(site, level)
+
+
+def level_text(site: Site, level: PoolLevel) -> str:
+    """A :class:`PoolLevel` in words: keys.db's counts, or the KME's status; a level
+    that was not measured says why, never a number."""
+    peer = level.peer
+    if level.to_take is None:
+        return f"pool with {peer}: not measured ({level.reason})"
+    if site.kme is None:
+        text = f"pool with {peer}: {level.to_take} keys to take, {level.to_fetch} to fetch"
+        refill = "hybridkex site pair, or the QKD link"
+    else:
+        text = f"pool with {peer}: {level.to_take} keys to take (the KME's stored_key_count)"
+        refill = "the QKD link behind the KME"
     below = site.settings.pool_warn_below
-    if pool.available_to_take < below:
+    if level.below(below):
         text += (f" (WARNING: below {below}, site.toml's [pool] warn_below; refill it: "
-                 "hybridkex site pair, or the QKD link)")
+                 f"{refill})")
     return text
 
 
@@ -505,9 +519,10 @@ def tls_channel(site: Site, *, mode: str = "certificate", groups: Sequence[str] 
                 timeout: float | None = None, server_side: bool,
                 peer: str | None = None) -> TLSChannel:
     """The site's TLS 1.3 context: identity.crt and identity.key, trust/'s certificates as
-    anchors, keys.db as the QKD key source.  A certificate-mode server accepts any
-    certificate trust/ admits (as HKX/1 does); a qkd-psk server fetches keys from the
-    pools of all the site's peers.  Refuses, with a one-line reason, what cannot work."""
+    anchors, the site's QKD key source (keys.db or its KME).  A certificate-mode server
+    accepts any certificate trust/ admits (as HKX/1 does); a qkd-psk server fetches keys
+    from the pools of all the site's peers (trust/'s, or those [key_source.peers] names).
+    Refuses, with a one-line reason, what cannot work."""
     from hybridkex.tls import TLSConfigurationError, TLSContext
     from hybridkex.tls.context import SIGNATURE_ALGORITHMS
 
@@ -526,7 +541,11 @@ def tls_channel(site: Site, *, mode: str = "certificate", groups: Sequence[str] 
                 "X.509 certificate (or a CA's) in trust/")
     peers: tuple[str, ...] = ()
     if mode == "qkd-psk" and server_side:
-        peers = tuple(site.peers())
+        peers = tuple(site.qkd_peers())
+        if not peers and site.kme is not None:
+            raise TLSConfigurationError(
+                f"site {site.name}'s [key_source.peers] names no peer, so a qkd-psk server "
+                "has no SAE to fetch keys from")
         if not peers:
             raise TLSConfigurationError(
                 f"site {site.name} trusts no peer, so a qkd-psk server has no QKD pool to "
@@ -617,9 +636,15 @@ def cmd_connect(args: argparse.Namespace) -> int:
     with Site.load(args.site) as site:
         peer = choose_peer(site, args.peer)
         if args.tls:
-            return _open(args, site, peer, _tls_channel(site, args, server_side=False,
-                                                        peer=peer))
-        return _open(args, site, peer, hkx_channel(site, args))
+            tls = _tls_channel(site, args, server_side=False, peer=peer)
+            if tls.uses_qkd:
+                site.require_qkd_peer(peer)  # a missing SAE ID, not a failed QKD policy
+            return _open(args, site, peer, tls)
+        hkx = hkx_channel(site, args)
+        config = hkx.context.config
+        if config.policy.requires_qkd or config.auth == "psk":
+            site.require_qkd_peer(peer)  # (a fallback policy may go on without QKD)
+        return _open(args, site, peer, hkx)
 
 
 def _open(args: argparse.Namespace, site: Site, peer: str,

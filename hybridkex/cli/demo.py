@@ -152,7 +152,8 @@ def run_demo(directory: Path, psk_sessions: int = PSK_SESSIONS, *,
         served: queue.Queue[Stream] = queue.Queue()
         listener = listen("127.0.0.1", 0)
         address = listener.getsockname()[:2]
-        server = BackgroundServer(HKXChannel(b.context()), listener, Echo(), served.put)
+        server = BackgroundServer(HKXChannel(b.context()), listener, Echo(), served.put,
+                                  b.aclose)
         server.start()
         payload = os.urandom(PAYLOAD_BYTES)
         sessions = []

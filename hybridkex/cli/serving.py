@@ -16,7 +16,7 @@ import contextlib
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from hybridkex.cli.channel import (
@@ -26,12 +26,13 @@ from hybridkex.cli.channel import (
     EXIT_SESSION,
     Transport,
     hint,
+    level_text,
     listen,
     pool_level,
     reason,
     spent_note,
 )
-from hybridkex.errors import HandshakeTimeout, InvalidParameter, ProtocolError
+from hybridkex.errors import HandshakeTimeout, HybridKexError, InvalidParameter, ProtocolError
 from hybridkex.site import Site
 from hybridkex.transport.forward import (
     ChannelServer,
@@ -95,7 +96,9 @@ class ChannelLog(StreamLog):
         line = f"{stream.address}: session with {peer}: {self.transport.summary(info)}"
         if info.qkd_key_ids:
             line += f"; QKD keys from {self.site.qkd_source_label(peer)}"
-        if self.transport.uses_qkd:
+        # keys.db's level is a local read; a KME's would be a request per session on
+        # this loop, so a KME's level is logged at start only (and by `site show`)
+        if self.transport.uses_qkd and self.site.kme is None:
             line += f"; {pool_level(self.site, peer)}"
         self.say(line)
 
@@ -182,6 +185,17 @@ class _Stopper:
         return cut
 
 
+async def log_pools(log: ChannelLog, site: Site, peers: list[str]) -> None:
+    """One line per peer: its pool level (a KME's status awaited, never blocking the
+    loop) and where its keys come from."""
+    for peer in peers:
+        try:
+            level = level_text(site, await site.pool_level_async(peer))
+        except HybridKexError as exc:
+            level = f"pool with {peer}: not readable ({exc})"
+        log.say(f"QKD {level}; from {site.qkd_source_label(peer)}")
+
+
 def _service(args: argparse.Namespace) -> Service:
     if args.forward is not None:
         return ForwardTo(*args.forward)
@@ -231,12 +245,16 @@ async def _serve(args: argparse.Namespace, site: Site, transport: Transport[Any]
                 f"{channels(log.limit)}) listening on "
                 f"{format_address(listener.getsockname())}")
         if transport.uses_qkd:
-            for peer in site.peers():
-                log.say(f"QKD {pool_level(site, peer)}; from {site.qkd_source_label(peer)}")
+            await log_pools(log, site, site.qkd_peers())
+            unmapped = sorted(set(site.peers()) - set(site.qkd_peers()))
+            if site.kme is not None and unmapped:
+                log.say(f"warning: site.toml's [key_source.peers] names no SAE ID for "
+                        f"{', '.join(unmapped)} (in trust/): their sessions get no QKD key")
         await stopper.stop.wait()
         cut = await stopper.shutdown(server, args.grace)
     finally:
         stopper.close()
+        await site.aclose()
     log.say(f"site {site.name} stopped" + (f" ({channels(cut)} closed at the end of the "
                                           "grace period)" if cut else ""))
     return stopper.status
@@ -272,11 +290,12 @@ async def _forward_local(args: argparse.Namespace, site: Site, peer: str,
                 f"forwarding {format_address(listener.getsockname())} to {peer} at "
                 f"{format_address(args.address)}")
         if transport.uses_qkd:
-            log.say(f"QKD {pool_level(site, peer)}; from {site.qkd_source_label(peer)}")
+            await log_pools(log, site, [peer])
         await stopper.stop.wait()
         cut = await stopper.shutdown(forwarder, args.grace)
     finally:
         stopper.close()
+        await site.aclose()
     log.say(f"site {site.name} stopped" + (f" ({channels(cut)} cut at the end of the "
                                           "grace period)" if cut else ""))
     return EXIT_OK
@@ -288,11 +307,13 @@ class BackgroundServer:
     thread as each stream ends."""
 
     def __init__(self, transport: Transport[Any], listener: Any, service: Service,
-                 on_end: Callable[[Stream], None]) -> None:
+                 on_end: Callable[[Stream], None],
+                 on_stop: Callable[[], Awaitable[None]] | None = None) -> None:
         self.transport = transport
         self.listener = listener
         self.service = service
         self.on_end = on_end
+        self.on_stop = on_stop  # awaited on the server's loop as it stops (Site.aclose)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._ready = threading.Event()
@@ -320,6 +341,8 @@ class BackgroundServer:
         self._ready.set()
         await self._stop.wait()
         await server.shutdown(0)
+        if self.on_stop is not None:
+            await self.on_stop()
 
 
 class _Ended(StreamLog):

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from hybridkex.cli.args import positive_count
 from hybridkex.site import DEFAULT_PULSES_PER_ROUND, SIGNATURE_SCHEMES, Site, SiteError, pair
+from hybridkex.site.layout import KME_CA, KME_CLIENT_CRT, KME_CLIENT_KEY
 
 if TYPE_CHECKING:
     from hybridkex.qkd.link import LinkReport
@@ -76,10 +77,30 @@ def register(sub: Any) -> None:
                    help="replace a different identity already trusted under that name")
     t.set_defaults(func=cmd_trust)
 
-    s = ssub.add_parser("show", help="a site's identity, trusted peers and QKD pools")
+    s = ssub.add_parser("show", help="a site's identity, trusted peers, key source and QKD "
+                        "pools")
     s.add_argument("dir", metavar="DIR")
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.set_defaults(func=cmd_show)
+
+    k = ssub.add_parser("kme-source", help="draw the site's QKD keys from an ETSI GS QKD 014 "
+                        "KME: copy its SAE certificate, key and CA in and write site.toml's "
+                        "[key_source]")
+    k.add_argument("dir", metavar="DIR")
+    k.add_argument("--url", required=True, help="the KME's base URL, https://HOST:PORT")
+    k.add_argument("--sae-id", required=True, help="this site's SAE ID at its KME (the CN "
+                   "of --cert)")
+    k.add_argument("--cert", required=True, metavar="PEM",
+                   help=f"this SAE's client certificate (copied to {KME_CLIENT_CRT})")
+    k.add_argument("--key", required=True, metavar="PEM",
+                   help=f"its private key, unencrypted (copied to {KME_CLIENT_KEY}, mode 0600)")
+    k.add_argument("--ca", required=True, metavar="PEM",
+                   help=f"the CA of the KME's certificate (copied to {KME_CA})")
+    k.add_argument("--peer", action="append", default=[], metavar="SITE=SAE_ID",
+                   type=_peer_sae, help="a peer site and its SAE ID at its KME (repeatable)")
+    k.add_argument("--replace", action="store_true",
+                   help="replace different kme-client.crt/.key/kme-ca.crt files already there")
+    k.set_defaults(func=cmd_kme_source)
 
 
 def _creatable(directory: Path) -> None:
@@ -207,10 +228,41 @@ def cmd_trust(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_show(args: argparse.Namespace) -> int:
-    with Site.load(args.dir) as site:
-        pools = {}
-        warn_below = site.settings.pool_warn_below
+def _peer_sae(text: str) -> tuple[str, str]:
+    """``SITE=SAE_ID`` -> (site, SAE ID) for --peer."""
+    site, sep, sae = text.partition("=")
+    if not sep or not site or not sae:
+        raise argparse.ArgumentTypeError(f"--peer must be SITE=SAE_ID, got {text!r}")
+    return site, sae
+
+
+def cmd_kme_source(args: argparse.Namespace) -> int:
+    peers: dict[str, str] = {}
+    for site_name, sae in args.peer:
+        if site_name in peers:
+            raise SiteError(f"--peer names site {site_name!r} twice")
+        peers[site_name] = sae
+    with Site.load(args.dir, open_kme=False) as site:  # the KME set-up it replaces may be broken
+        settings = site.use_kme(args.url, args.sae_id, args.cert, args.key, args.ca, peers,
+                                replace=args.replace)
+        path = site.path
+    with Site.load(path) as site:  # as serve and connect will load it
+        print(f"site {site.name} now draws its QKD keys from the KME at {settings.url}, as "
+              f"SAE {settings.sae_id}")
+        print(f"  files     {KME_CLIENT_CRT}, {KME_CLIENT_KEY} (0600), {KME_CA} in {path}")
+        for peer, sae in settings.peers.items():
+            print(f"  peer      {peer} = SAE {sae}")
+        if not settings.peers:
+            print("  peers     none yet: add --peer SITE=SAE_ID, or [key_source.peers] in "
+                  "site.toml")
+    return 0
+
+
+def _pools(site: Site) -> dict[str, dict[str, Any]]:
+    """``site show``'s pools: keys.db's, or what the KME's status says per peer SAE."""
+    warn_below = site.settings.pool_warn_below
+    pools: dict[str, dict[str, Any]] = {}
+    if site.kme is None:
         for peer in sorted(set(site.peers()) | set(site.store.peers())):
             status = site.pool_status(peer)
             pools[peer] = {"available_to_take": status.available_to_take,
@@ -219,6 +271,26 @@ def cmd_show(args: argparse.Namespace) -> int:
                            "below_warning_level": status.available_to_take < warn_below,
                            "link": site.link_info(peer),
                            "source": site.qkd_source_label(peer)}
+        return pools
+    for peer in [*site.qkd_peers(), *sorted(set(site.peers()) - set(site.qkd_peers()))]:
+        level = site.pool_level(peer)
+        pools[peer] = {"sae_id": level.sae_id,
+                       "stored_key_count": level.to_take,
+                       "available_to_take": level.to_take,
+                       "available_to_fetch": None,  # ETSI status does not say
+                       "delivered": None,
+                       "below_warning_level": level.below(warn_below),
+                       "reason": level.reason,
+                       "link": site.link_info(peer),
+                       "source": site.qkd_source_label(peer)}
+    return pools
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    with Site.load(args.dir) as site:
+        pools = _pools(site)
+        warn_below = site.settings.pool_warn_below
+        key_source = site.settings.key_source
         result: dict[str, Any] = {
             "name": site.name,
             "path": str(site.path),
@@ -229,6 +301,7 @@ def cmd_show(args: argparse.Namespace) -> int:
             "auth": site.settings.auth,
             "suites": list(site.settings.suites),
             "pool_warn_below": warn_below,
+            "key_source": key_source.describe(),
             "trusted": [{"name": t.name, "kind": t.kind, "scheme": t.scheme,
                          "public_key_sha256": t.public_key_sha256, "file": str(t.path)}
                         for t in site.trusted()],
@@ -242,20 +315,40 @@ def cmd_show(args: argparse.Namespace) -> int:
           f"sha256 {result['public_key_sha256']}")
     print(f"  policy    {result['security']}, auth {result['auth']}")
     print(f"  suites    {', '.join(result['suites'])}")
+    if key_source.is_kme:
+        peers = ", ".join(f"{p} = {s}" for p, s in key_source.peers.items()) or "none"
+        print(f"  keys from the KME at {key_source.url} (ETSI GS QKD 014), as SAE "
+              f"{key_source.sae_id}; peer SAEs: {peers}")
+    else:
+        print("  keys from keys.db (this site's key store)")
     print("  trusts")
     for t in site.trusted():
         print(f"    {t.name}: {t.describe()}")
     if not result["trusted"]:
         print("    nobody yet (hybridkex site pair / site trust)")
-    print(f"  QKD key pools (256-bit keys; warning below {result['pool_warn_below']} to "
-          "take, site.toml's [pool] warn_below)")
+    if key_source.is_kme:
+        print(f"  QKD key pools at the KME (its Get status: 256-bit keys this SAE can obtain "
+              f"per peer SAE; warning below {warn_below}, site.toml's [pool] warn_below)")
+    else:
+        print(f"  QKD key pools (256-bit keys; warning below {warn_below} to take, "
+              "site.toml's [pool] warn_below)")
     for peer, pool in pools.items():
-        print(f"    {peer}: {pool['available_to_take']} to take, {pool['available_to_fetch']} "
-              f"to fetch, {pool['delivered']} used; from {pool['source']}")
+        if key_source.is_kme:
+            sae = f" (SAE {pool['sae_id']})" if pool["sae_id"] else ""
+            if pool["stored_key_count"] is None:
+                print(f"    {peer}{sae}: not measured: {pool['reason']}")
+            else:
+                print(f"    {peer}{sae}: {pool['stored_key_count']} to take")
+        else:
+            print(f"    {peer}: {pool['available_to_take']} to take, "
+                  f"{pool['available_to_fetch']} to fetch, {pool['delivered']} used; from "
+                  f"{pool['source']}")
         if pool["below_warning_level"]:
-            print(f"    WARNING: {peer}'s pool is below {result['pool_warn_below']} keys to "
-                  "take: a psk handshake takes 4, a signature handshake 1, and a failed "
-                  "one keeps what it took; refill it (hybridkex site pair, or the QKD link)")
+            refill = ("the QKD link behind the KME" if key_source.is_kme
+                      else "hybridkex site pair, or the QKD link")
+            print(f"    WARNING: {peer}'s pool is below {warn_below} keys to take: a psk "
+                  "handshake takes 4, a signature handshake 1, and a failed one keeps what "
+                  f"it took; refill it ({refill})")
     if not pools:
         print("    empty")
     return 0

@@ -7,6 +7,9 @@ The package is split by concern:
   signature scheme a certificate holds;
 * :mod:`~hybridkex.site.directory` - the directory itself: :class:`Site`,
   :class:`SiteSettings` (site.toml), :class:`TrustedPeer` (trust/), the file writes;
+* :mod:`~hybridkex.site.keysource` - site.toml's ``[key_source]``
+  (:class:`KeySourceSettings`: keys.db, or an ETSI GS QKD 014 KME) and
+  :class:`PoolLevel`, what the site can say about one peer's pool;
 * :mod:`~hybridkex.site.pairing` - :func:`pair`: the trust exchange, then the
   **simulated** QKD link fills both key stores;
 * :mod:`~hybridkex.site.layout` and :mod:`~hybridkex.site.errors` - the file names, the
@@ -30,6 +33,7 @@ from hybridkex.site.credentials import (
 )
 from hybridkex.site.directory import Site, SiteSettings, TrustedPeer
 from hybridkex.site.errors import SiteError
+from hybridkex.site.keysource import KeySourceSettings, PoolLevel
 from hybridkex.site.layout import check_name
 from hybridkex.site.pairing import DEFAULT_PULSES_PER_ROUND, PairingFailed, PairReport, pair
 
@@ -37,8 +41,10 @@ __all__ = [
     "COMPOSITE",
     "DEFAULT_PULSES_PER_ROUND",
     "SIGNATURE_SCHEMES",
+    "KeySourceSettings",
     "PairReport",
     "PairingFailed",
+    "PoolLevel",
     "Site",
     "SiteError",
     "SiteSettings",

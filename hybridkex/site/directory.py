@@ -29,18 +29,17 @@ import hashlib
 import os
 import re
 import shutil
-import stat
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from hybridkex import primitives
 from hybridkex.errors import HybridKexError, UnknownAlgorithm
-from hybridkex.keydelivery.source import StoreKeySource
+from hybridkex.keydelivery.source import KeySource, StoreKeySource
 from hybridkex.keydelivery.sqlite import SQLiteKeyStore
 from hybridkex.keydelivery.store import StoreStatus
 from hybridkex.protocol import Config, SecurityPolicy, SigningIdentity, TrustStore
@@ -61,21 +60,34 @@ from hybridkex.site.credentials import (
     scheme_of,
 )
 from hybridkex.site.errors import SiteError
+from hybridkex.site.keysource import KME, KeySourceSettings, PoolLevel, open_kme_source
 from hybridkex.site.layout import (
     IDENTITY_CRT,
     IDENTITY_KEY,
     IDENTITY_PIN,
     KEYS_DB,
+    KME_CA,
+    KME_CLIENT_CRT,
+    KME_CLIENT_KEY,
     SITE_TOML,
     TRUST_DIR,
     check_name,
+    check_private_mode,
 )
 from hybridkex.transport import DEFAULT_HANDSHAKE_TIMEOUT, Context
 
+if TYPE_CHECKING:
+    from hybridkex.keydelivery.kme.dual import DualKMEKeySource
+
 __all__ = ["Site", "SiteSettings", "TrustedPeer"]
 
+
+def _kme_problem(exc: HybridKexError) -> str:
+    """Why the KME's status could not be read, in one line."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
 _SETTINGS = ("name", "signature", "identity", "security", "auth", "suites",
-             "qkd_keys_per_handshake", "handshake_timeout_s", "pool", "links")
+             "qkd_keys_per_handshake", "handshake_timeout_s", "pool", "key_source", "links")
 #: [pool] warn_below: `site show`, `serve` and `connect` warn when fewer keys than this
 #: are left to take for a peer.
 DEFAULT_POOL_WARN_BELOW = 64
@@ -97,12 +109,20 @@ class SiteSettings:
     qkd_keys_per_handshake: int = 1
     handshake_timeout_s: float = DEFAULT_HANDSHAKE_TIMEOUT
     pool_warn_below: int = DEFAULT_POOL_WARN_BELOW
+    #: [key_source] as read (None: no table, keys.db); written back as it was read.
+    key_source_table: KeySourceSettings | None = None
     links: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def key_source(self) -> KeySourceSettings:
+        """Where the site's QKD keys come from (keys.db unless [key_source] says)."""
+        return self.key_source_table or KeySourceSettings()
 
     def to_toml(self) -> str:
         lines = [
-            "# hybridkex site (docs/sites.md).  Written by `hybridkex site init` and rewritten",
-            "# by `hybridkex site pair`; the settings above [links] may be edited by hand.",
+            "# hybridkex site (docs/sites.md).  Written by `hybridkex site init`, rewritten",
+            "# by `site pair` and `site kme-source`; the settings above [links] may be edited",
+            "# by hand.",
             f"name = {toml_value(self.name)}",
             f"signature = {toml_value(self.signature)}",
             f"identity = {toml_value(self.identity)}",
@@ -117,6 +137,8 @@ class SiteSettings:
             f"warn_below = {toml_value(self.pool_warn_below)}    "
             "# warn when fewer keys than this are left to take for a peer",
         ]
+        if self.key_source_table is not None:
+            lines += ["", *self.key_source_table.to_toml()]
         for peer, link in sorted(self.links.items()):
             lines += ["", f"[links.{toml_key(peer)}]"]
             lines += [f"{toml_key(k)} = {toml_value(v)}" for k, v in link.items()]
@@ -141,6 +163,9 @@ class SiteSettings:
         if type(warn_below) is not int or warn_below < 0:
             raise SiteError(f"{where}: [pool] warn_below must be a whole number of keys, 0 "
                             "or more")
+        key_source = None
+        if "key_source" in data:
+            key_source = KeySourceSettings.from_table(data["key_source"], where)
         try:
             settings = cls(
                 name=check_name(data["name"]), signature=data["signature"],
@@ -151,7 +176,7 @@ class SiteSettings:
                 qkd_keys_per_handshake=int(data.get("qkd_keys_per_handshake", 1)),
                 handshake_timeout_s=float(data.get("handshake_timeout_s",
                                                    DEFAULT_HANDSHAKE_TIMEOUT)),
-                pool_warn_below=warn_below,
+                pool_warn_below=warn_below, key_source_table=key_source,
                 links=dict(data.get("links", {})))
         except (TypeError, ValueError) as exc:
             raise SiteError(f"{where}: {exc}") from None
@@ -181,6 +206,9 @@ class SiteSettings:
             raise SiteError(f"{where}: {exc}") from None
         if self.handshake_timeout_s <= 0:
             raise SiteError(f"{where}: handshake_timeout_s must be positive")
+        if self.name in self.key_source.peers:
+            raise SiteError(f"{where}: [key_source.peers] names this site itself "
+                            f"({self.name}); it maps peer sites to their SAE IDs")
 
 
 # -- files -----------------------------------------------------------------------------------
@@ -262,16 +290,23 @@ def _read_trusted(path: Path) -> list[TrustedPeer]:
 
 
 class Site:
-    """A site directory, loaded: settings, signing identity, trust, and its key store
-    (open until :meth:`close`).  Make one with :meth:`init` or :meth:`load`."""
+    """A site directory, loaded: settings, signing identity, trust, its key store and
+    its key source (open until :meth:`close`).  Make one with :meth:`init` or :meth:`load`.
+
+    ``key_source`` is what sessions draw QKD keys from: keys.db, or with site.toml's
+    ``[key_source] kind = "kme"`` the site's KME (a
+    :class:`~hybridkex.keydelivery.kme.dual.DualKMEKeySource`: blocking for sockets,
+    awaited on an event loop).  keys.db stays open as ``store`` either way.
+    """
 
     def __init__(self, path: Path, settings: SiteSettings, identity: SigningIdentity,
-                 store: SQLiteKeyStore) -> None:
+                 store: SQLiteKeyStore, kme: DualKMEKeySource | None = None) -> None:
         self.path = path
         self.settings = settings
         self.identity = identity
         self.store = store
-        self.key_source = StoreKeySource(store)
+        self.kme = kme
+        self.key_source: KeySource = kme if kme is not None else StoreKeySource(store)
 
     # -- creating and opening --------------------------------------------------------------
 
@@ -350,8 +385,12 @@ class Site:
         return cls.load(directory)
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> Site:
-        """Open a site directory, checking every file (and identity.key's permissions)."""
+    def load(cls, path: str | os.PathLike[str], *, open_kme: bool = True) -> Site:
+        """Open a site directory, checking every file (and identity.key's permissions).
+
+        ``open_kme=False`` leaves a ``[key_source] kind = "kme"`` unopened, its files
+        unchecked, and draws keys from keys.db: for replacing a broken KME set-up
+        (``hybridkex site kme-source``), never for sessions."""
         directory = Path(path)
         toml_path = directory / SITE_TOML
         if not toml_path.is_file():
@@ -367,10 +406,7 @@ class Site:
             # One open file, not a symlink, checked and read: no window between the two.
             fd = os.open(key_path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
             with os.fdopen(fd, "rb") as key_file:
-                mode = os.fstat(key_file.fileno()).st_mode
-                if os.name == "posix" and mode & 0o077:
-                    raise SiteError(f"{key_path} is accessible by group or others (mode "
-                                    f"{stat.S_IMODE(mode):04o}); run: chmod 600 {key_path}")
+                check_private_mode(key_path, os.fstat(key_file.fileno()).st_mode)
                 pem = key_file.read()
             private = load_private_key_pem(settings.signature, pem)
         except OSError as exc:
@@ -390,8 +426,10 @@ class Site:
             raise SiteError(f"{db}: {exc}") from None
         except Exception as exc:  # sqlite3.Error: a damaged or locked file
             raise SiteError(f"cannot open {db}: {type(exc).__name__}: {exc}") from None
-        site = cls(directory, settings, identity, store)
         try:
+            kme = (open_kme_source(directory, settings.key_source)
+                   if settings.key_source.is_kme and open_kme else None)
+            site = cls(directory, settings, identity, store, kme)
             site.peers()  # every trust file parses
         except BaseException:
             store.close()
@@ -518,7 +556,54 @@ class Site:
         return _read_trusted(target)[0]
 
     def pool_status(self, peer: str) -> StoreStatus:
+        """keys.db's pool with ``peer`` (whatever the key source: see :meth:`pool_level`)."""
         return self.store.status(peer)
+
+    # -- the key source ----------------------------------------------------------------------
+
+    def qkd_peers(self) -> list[str]:
+        """The peers the key source has keys with: trust/'s peers for keys.db, the names
+        in [key_source.peers] for a KME."""
+        if self.kme is not None:
+            return list(self.settings.key_source.peers)
+        return self.peers()
+
+    def require_qkd_peer(self, peer: str) -> None:
+        """Refuse, in one line, a peer the KME key source has no SAE ID for (before a
+        handshake would fail on it as a missing QKD key)."""
+        if self.kme is not None:
+            self.settings.key_source.sae_of(peer)
+
+    def pool_level(self, peer: str) -> PoolLevel:
+        """What this site can say about its QKD keys with ``peer``: keys.db's counts, or
+        the KME's Get status (``None`` and a reason when the KME cannot tell)."""
+        if self.kme is None:
+            status = self.pool_status(peer)
+            return PoolLevel(peer, status.available_to_take, status.available_to_fetch,
+                             status.delivered)
+        try:
+            sae = self.settings.key_source.sae_of(peer)
+        except SiteError as exc:
+            return PoolLevel(peer, None, reason=str(exc))
+        try:
+            count = self.kme.status(peer).stored_key_count
+        except HybridKexError as exc:
+            return PoolLevel(peer, None, sae_id=sae, reason=_kme_problem(exc))
+        return PoolLevel(peer, count, sae_id=sae)
+
+    async def pool_level_async(self, peer: str) -> PoolLevel:
+        """:meth:`pool_level` for an event loop: the KME's status is awaited."""
+        if self.kme is None:
+            return self.pool_level(peer)
+        try:
+            sae = self.settings.key_source.sae_of(peer)
+        except SiteError as exc:
+            return PoolLevel(peer, None, reason=str(exc))
+        try:
+            count = (await self.kme.status_async(peer)).stored_key_count
+        except HybridKexError as exc:
+            return PoolLevel(peer, None, sae_id=sae, reason=_kme_problem(exc))
+        return PoolLevel(peer, count, sae_id=sae)
 
     def link_info(self, peer: str) -> dict[str, Any]:
         """What site.toml records about the QKD link to ``peer`` (empty if nothing)."""
@@ -526,6 +611,11 @@ class Site:
 
     def qkd_source_label(self, peer: str) -> str:
         """Where this site's QKD keys for ``peer`` came from, as told to a user."""
+        if self.kme is not None:
+            ks = self.settings.key_source
+            their = ks.peers.get(peer, "not configured")
+            return (f"the KME at {ks.url} (ETSI GS QKD 014; this site's SAE {ks.sae_id}, "
+                    f"{peer}'s SAE {their})")
         link = self.link_info(peer)
         if link.get("simulated"):
             distance = link.get("distance_km")
@@ -537,6 +627,42 @@ class Site:
     def record_link(self, peer: str, link: dict[str, Any]) -> None:
         self.settings.links[peer] = link
         _replace(self.path / SITE_TOML, self.settings.to_toml().encode(), 0o644)
+
+    def use_kme(self, url: str, sae_id: str, cert: str | os.PathLike[str],
+                key: str | os.PathLike[str], ca: str | os.PathLike[str],
+                peers: dict[str, str], *, replace: bool = False) -> KeySourceSettings:
+        """Make the site an SAE of a KME: copy its SAE certificate and key and the KME's
+        CA into the directory (kme-client.crt, kme-client.key mode 0600, kme-ca.crt)
+        and write ``[key_source] kind = "kme"`` to site.toml.  Everything is checked
+        before anything is written; a different file already there is kept unless
+        ``replace``.  Takes effect when the site is next loaded."""
+        settings = KeySourceSettings.from_table(
+            {"kind": KME, "url": url, "sae_id": sae_id, "cert": KME_CLIENT_CRT,
+             "key": KME_CLIENT_KEY, "ca": KME_CA, "peers": peers}, "the KME key source")
+        if self.name in settings.peers:
+            raise SiteError(f"--peer {self.name} is this site itself")
+        sources = {"cert": Path(cert), "key": Path(key), "ca": Path(ca)}
+        data: dict[str, bytes] = {}
+        for name, source in sources.items():
+            try:
+                data[name] = source.read_bytes()
+            except OSError as exc:
+                raise SiteError(f"cannot read {source}: {exc.strerror or exc}") from None
+        # the certificate, key and CA load together, as the KME client will load them
+        check = KeySourceSettings(KME, url, sae_id, str(sources["cert"].absolute()),
+                                  str(sources["key"].absolute()),
+                                  str(sources["ca"].absolute()), settings.peers)
+        open_kme_source(self.path, check, private_key_checked=False).close()
+        targets = {name: settings.path(self.path, name) for name in sources}
+        for name, target in targets.items():
+            if target.exists() and target.read_bytes() != data[name] and not replace:
+                raise SiteError(f"{target} already holds a different file; remove it first, "
+                                "or replace it deliberately (--replace)")
+        for name, target in targets.items():
+            _replace(target, data[name], 0o600 if name == "key" else 0o644)
+        self.settings.key_source_table = settings
+        _replace(self.path / SITE_TOML, self.settings.to_toml().encode(), 0o644)
+        return settings
 
     # -- connections ------------------------------------------------------------------------
 
@@ -557,14 +683,23 @@ class Site:
 
     def context(self, **overrides: Any) -> Context:
         """A :class:`hybridkex.Context` for this site: its identity (key and certificate
-        chain), trust/ as its TrustStore, keys.db as its QKD key source, site.toml's policy,
-        suites and authentication mode.  ``overrides`` are Config fields, or
-        ``handshake_timeout`` (seconds)."""
+        chain), trust/ as its TrustStore, its QKD key source (keys.db, or the KME of
+        [key_source]), site.toml's policy, suites and authentication mode.  ``overrides``
+        are Config fields, or ``handshake_timeout`` (seconds)."""
         timeout = overrides.pop("handshake_timeout", self.settings.handshake_timeout_s)
         return Context.from_config(self.config(**overrides), timeout)
 
     def close(self) -> None:
+        """Close keys.db and the KME client's idle connections."""
+        if self.kme is not None:
+            self.kme.close()
         self.store.close()
+
+    async def aclose(self) -> None:
+        """Close the KME connections the running event loop opened (none for keys.db):
+        call it before the loop ends, as ``serve`` does."""
+        if self.kme is not None:
+            await self.kme.aclose()
 
     def __enter__(self) -> Site:
         return self
