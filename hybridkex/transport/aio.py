@@ -21,7 +21,7 @@ import abc
 import asyncio
 import concurrent.futures
 import threading
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 from hybridkex.errors import HybridKexError
@@ -30,20 +30,23 @@ from hybridkex.keydelivery.keys import DeliveredKey
 from hybridkex.keydelivery.request import KeyRequest
 from hybridkex.keydelivery.source import AsyncKeySource, KeySource
 
-__all__ = ["READ_CHUNK", "ClientConnectedCallback", "DrivingProtocol", "RecordTransport",
-           "open_streams", "read_buffer", "serve_streams"]
+__all__ = ["READ_CHUNK", "STEP", "ClientConnectedCallback", "DrivingProtocol",
+           "RecordTransport", "open_streams", "read_buffer", "serve_streams", "steps"]
 
 ClientConnectedCallback = Callable[[asyncio.StreamReader, asyncio.StreamWriter],
                                    Awaitable[None] | None]
 
 
-#: The most a protocol here reads from a socket at once.  asyncio's own reads are up to
-#: 256 KiB, each into a new bytes object; at that size glibc maps fresh pages for every
-#: read and for every buffer made from it (the records sealed from a read, the plaintext
-#: opened from one), and the page faults cost a relay more CPU than the AEAD does.
-#: 64 KiB (four full records) keeps every buffer of a step on the heap, where it is
-#: reused.
-READ_CHUNK = 1 << 16
+#: What a protocol here reads from a socket at once, as asyncio's own reads do.
+READ_CHUNK = 1 << 18
+#: The most it hands on in one piece.  asyncio reads into a new bytes object each time,
+#: and the buffers made from a read (the records sealed from it, the plaintext opened
+#: from it, each joined for one write) are as large; at 256 KiB glibc maps fresh pages
+#: for them again and again, and the page faults cost a relay more CPU than AES-GCM.
+#: A read into a buffer that stays, handed on in pieces of 64 KiB (four full records),
+#: keeps every buffer made from it on the heap, where it is reused, and keeps the
+#: event loop's cost per read of a large read.
+STEP = 1 << 16
 
 _thread = threading.local()
 
@@ -57,6 +60,13 @@ def read_buffer() -> memoryview:
     if view is None:
         view = _thread.read_buffer = memoryview(bytearray(READ_CHUNK))
     return view
+
+
+def steps(nbytes: int) -> Iterator[bytes]:
+    """What was just read into :func:`read_buffer`, as bytes, ``STEP`` bytes at most each."""
+    view = read_buffer()
+    for start in range(0, nbytes, STEP):
+        yield bytes(view[start:min(nbytes, start + STEP)])
 
 
 class _SansIO(Protocol):
@@ -141,8 +151,9 @@ class RecordTransport(asyncio.Transport):
 class DrivingProtocol(asyncio.BufferedProtocol, abc.ABC):
     """Raw bytes in and out; plaintext to ``app`` once the handshake has completed.
 
-    The raw transport reads into :func:`read_buffer`, at most ``READ_CHUNK`` bytes at a
-    time (``data_received`` takes bytes too, for a caller that has them).
+    The raw transport reads into :func:`read_buffer`, and the connection takes what was
+    read ``STEP`` bytes at a time (:func:`steps`); ``data_received`` takes bytes too,
+    for a caller that has them.
 
     ``app`` is any :class:`asyncio.Protocol`: a StreamReaderProtocol for the stream
     interfaces, or a relay (:mod:`hybridkex.transport.forward`).  It sees
@@ -259,7 +270,8 @@ class DrivingProtocol(asyncio.BufferedProtocol, abc.ABC):
         return read_buffer()
 
     def buffer_updated(self, nbytes: int) -> None:
-        self._run(bytes(read_buffer()[:nbytes]))
+        for data in steps(nbytes):
+            self._run(data)
 
     def data_received(self, data: bytes) -> None:
         self._run(data)

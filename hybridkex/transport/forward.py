@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from hybridkex.errors import HybridKexError, InvalidParameter
-from hybridkex.transport.aio import DrivingProtocol, read_buffer
+from hybridkex.transport.aio import DrivingProtocol, read_buffer, steps
 
 __all__ = [
     "DEFAULT_GRACE",
@@ -194,15 +194,16 @@ class _ChannelEnd(_End, asyncio.Protocol):
 
 
 class _PlainEnd(_End, asyncio.BufferedProtocol):
-    """The plain TCP side of a splice: read into the thread's read buffer, at most
-    ``READ_CHUNK`` bytes at a time, so what is sealed from one read stays small (see
-    :data:`~hybridkex.transport.aio.READ_CHUNK`)."""
+    """The plain TCP side of a splice: read into the thread's read buffer and passed on
+    in pieces of at most 64 KiB, so that no buffer sealed from a read is large (see
+    :data:`~hybridkex.transport.aio.STEP`)."""
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return read_buffer()
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.splice._data(self.side, bytes(read_buffer()[:nbytes]))
+        for data in steps(nbytes):
+            self.splice._data(self.side, data)
 
 
 _CHANNEL, _PLAIN = "channel", "plain"
