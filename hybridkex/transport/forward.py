@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from hybridkex.errors import HybridKexError, InvalidParameter
-from hybridkex.transport.aio import DrivingProtocol
+from hybridkex.transport.aio import DrivingProtocol, read_buffer, steps
 
 __all__ = [
     "DEFAULT_GRACE",
@@ -161,7 +161,7 @@ def reset(transport: asyncio.Transport) -> None:
     transport.abort()
 
 
-class _End(asyncio.Protocol):
+class _End(asyncio.BaseProtocol):
     """One side of a splice, as asyncio sees it."""
 
     def __init__(self, splice: Splice, side: str) -> None:
@@ -171,9 +171,6 @@ class _End(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.splice._attach(self.side, transport)
-
-    def data_received(self, data: bytes) -> None:
-        self.splice._data(self.side, data)
 
     def eof_received(self) -> bool:
         self.splice._eof(self.side)
@@ -187,6 +184,26 @@ class _End(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.splice._write_buffer(self.side, full=False)
+
+
+class _ChannelEnd(_End, asyncio.Protocol):
+    """The channel's side: its driving protocol hands over plaintext as bytes."""
+
+    def data_received(self, data: bytes) -> None:
+        self.splice._data(self.side, data)
+
+
+class _PlainEnd(_End, asyncio.BufferedProtocol):
+    """The plain TCP side of a splice: read into the thread's read buffer and passed on
+    in pieces of at most 64 KiB, so that no buffer sealed from a read is large (see
+    :data:`~hybridkex.transport.aio.STEP`)."""
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return read_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        for data in steps(nbytes):
+            self.splice._data(self.side, data)
 
 
 _CHANNEL, _PLAIN = "channel", "plain"
@@ -214,10 +231,10 @@ class Splice:
         self._over = False
 
     def channel_end(self) -> asyncio.Protocol:
-        return _End(self, _CHANNEL)
+        return _ChannelEnd(self, _CHANNEL)
 
-    def plain_end(self) -> asyncio.Protocol:
-        return _End(self, _PLAIN)
+    def plain_end(self) -> asyncio.BaseProtocol:
+        return _PlainEnd(self, _PLAIN)
 
     # -- reading, paused for any of several reasons ---------------------------------------
 
@@ -633,7 +650,7 @@ class ChannelServer:
     def sockets(self) -> tuple[Any, ...]:
         return tuple(self._server.sockets) if self._server is not None else ()
 
-    def _accept(self) -> asyncio.Protocol:
+    def _accept(self) -> asyncio.BaseProtocol:
         gate = self._gate
         if gate.full:
             return _Refusal(gate, self.refusal)
@@ -684,7 +701,7 @@ class LocalForwarder:
     def sockets(self) -> tuple[Any, ...]:
         return tuple(self._server.sockets) if self._server is not None else ()
 
-    def _accept(self) -> asyncio.Protocol:
+    def _accept(self) -> asyncio.BaseProtocol:
         gate = self._gate
         if gate.full:
             return _Refusal(gate, b"")
