@@ -9,110 +9,135 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from dataclasses import asdict, replace
-from functools import partial
 from typing import Any
 
-from hybridkex.cli.args import positive_count
+from hybridkex.cli.args import OneLineParser, positive_count, seed
+from hybridkex.cli.progress import RoundProgress
+from hybridkex.cli.qkd_options import (
+    DECOY_INTENSITY,
+    DISTANCE,
+    EPSILON,
+    FRACTION,
+    INTENSITY,
+    NAME,
+    OPEN_PROBABILITY,
+    OUTPUT_FILE,
+    STEP_KM,
+    add_budget_options,
+    simulate_parameters,
+    usage_error,
+    within_budget,
+)
 from hybridkex.errors import InvalidParameter
 from hybridkex.keydelivery.store import open_store
 from hybridkex.qkd import analytic, montecarlo
 from hybridkex.qkd.distillation import DistillationConfig
 from hybridkex.qkd.labels import SIMULATION_LABEL
 from hybridkex.qkd.link import QKDLink, SiteIdentity
-from hybridkex.qkd.parameters import Eavesdropper, LinkParameters, finite_key_parameters
+from hybridkex.qkd.parameters import LinkParameters, finite_key_parameters
 
 
 def register(qkd: argparse.ArgumentParser) -> None:
     """Add the ``qkd`` subcommands to the ``hybridkex qkd`` parser.  The command line
     calls this only when that parser parses (:mod:`hybridkex.cli`), because these
-    options name the simulator's defaults, and importing it loads numpy."""
-    qsub = qkd.add_subparsers(dest="qkd_command", required=True)
+    options name the simulator's defaults, and importing it loads numpy.  Every option
+    says its unit and range in its help, and its type refuses anything else with a
+    one-line error (exit status 2)."""
+    qsub = qkd.add_subparsers(dest="qkd_command", required=True, parser_class=OneLineParser)
 
-    p = qsub.add_parser("simulate", help="one link session end to end (simulation)")
-    p.add_argument("--distance-km", type=float, required=True)
-    p.add_argument("--pulses", type=positive_count, required=True)
-    p.add_argument("--eve", choices=["intercept-resend", "pns"])
-    p.add_argument("--eve-fraction", type=float, default=1.0)
-    p.add_argument("--seed", type=int)
+    p = qsub.add_parser("simulate", help="one link session end to end (simulation)",
+                        description="Simulate one round of the decoy-state BB84 link and "
+                        "distil it with the real two-party protocol.  A SIMULATION.")
+    p.add_argument("--distance-km", type=DISTANCE, required=True, metavar="KM",
+                   help="fibre length (km, 0..1000)")
+    p.add_argument("--pulses", type=positive_count, required=True, metavar="N",
+                   help="pulses Alice sends (a whole number, 5e8 allowed; 1..1e18)")
+    p.add_argument("--eve", choices=["intercept-resend", "pns"],
+                   help="an eavesdropper on the fibre (default: none)")
+    p.add_argument("--eve-fraction", type=FRACTION, metavar="F",
+                   help="share of pulses Eve intercepts (intercept-resend) or of "
+                   "single-photon pulses she blocks (pns) (fraction, 0..1; default 1 "
+                   "with --eve; needs --eve)")
+    p.add_argument("--seed", type=seed, metavar="S",
+                   help="make the simulated round reproducible (integer, 0..2^64-1; "
+                   "default: a fresh random seed)")
     p.add_argument("--preset", choices=["finite-key", "gys"], default="finite-key",
                    help="intensities and probabilities: finite-key (default; see "
                    "docs/qkd.md) or the GYS set of the analytic curves")
-    p.add_argument("--p-z", type=float,
-                   help="probability of the Z basis (0.5: standard BB84; more: efficient BB84)")
-    p.add_argument("--mu", type=float, help="signal intensity")
-    p.add_argument("--nu", type=float, help="weak decoy intensity")
+    p.add_argument("--p-z", type=OPEN_PROBABILITY, metavar="P",
+                   help="probability of the Z basis (probability, 0 < P < 1; 0.5: standard "
+                   "BB84, more: efficient BB84; default from --preset)")
+    p.add_argument("--mu", type=INTENSITY, metavar="MU",
+                   help="signal intensity (mean photons per pulse, > 0 and <= 100; above "
+                   "--nu; default from --preset)")
+    p.add_argument("--nu", type=DECOY_INTENSITY, metavar="NU",
+                   help="weak decoy intensity (mean photons per pulse, >= 0; below --mu; "
+                   "default from --preset)")
     p.add_argument("--asymptotic", action="store_true",
                    help="asymptotic decoy bounds instead of finite-size (Lim et al. 2014)")
-    p.add_argument("--eps-sec", type=float, default=DistillationConfig.eps_sec)
+    p.add_argument("--eps-sec", type=EPSILON, default=DistillationConfig.eps_sec,
+                   metavar="EPS", help="security parameter of the finite-size key "
+                   "(probability, 1e-300 <= EPS < 1; default %(default)g)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(func=cmd_simulate)
+    add_budget_options(p)
+    p.set_defaults(func=cmd_simulate, parser=p)
 
     k = qsub.add_parser("link", help="run the simulated link, filling both sites' key stores")
-    k.add_argument("--site-a", required=True)
-    k.add_argument("--store-a", required=True, help="memory:, sqlite:///path or postgresql://...")
-    k.add_argument("--site-b", required=True)
-    k.add_argument("--store-b", required=True)
-    k.add_argument("--distance-km", type=float, default=25.0)
-    k.add_argument("--target-keys", type=positive_count,
-                   help="stop once this many 256-bit keys were deposited (default: run until "
-                   "interrupted)")
-    k.add_argument("--pulses-per-round", type=positive_count, default=500_000_000)
+    k.add_argument("--site-a", type=NAME, required=True, help="name of site A (Alice's end)")
+    k.add_argument("--store-a", type=NAME, required=True,
+                   help="site A's key store: memory:, sqlite:///path or postgresql://...")
+    k.add_argument("--site-b", type=NAME, required=True, help="name of site B (Bob's end)")
+    k.add_argument("--store-b", type=NAME, required=True, help="site B's key store (as --store-a)")
+    k.add_argument("--distance-km", type=DISTANCE, default=25.0, metavar="KM",
+                   help="fibre length (km, 0..1000; default %(default)g)")
+    k.add_argument("--target-keys", type=positive_count, metavar="N",
+                   help="stop once this many 256-bit keys were deposited (keys, 1..1e18; "
+                   "default: run until interrupted)")
+    k.add_argument("--pulses-per-round", type=positive_count, default=500_000_000, metavar="N",
+                   help="pulses per round (1..1e18; default %(default).0e)")
     k.add_argument("--json", action="store_true", help="one JSON object per round on stdout")
-    k.set_defaults(func=cmd_link)
+    add_budget_options(k)
+    k.set_defaults(func=cmd_link, parser=k)
 
     s = qsub.add_parser("sweep", help="key rate against distance: analytic, and simulated")
-    s.add_argument("--from-km", type=float, required=True)
-    s.add_argument("--to-km", type=float, required=True)
-    s.add_argument("--step-km", type=float, required=True)
-    s.add_argument("--model", choices=list(analytic.MODELS), default="vacuum-weak")
-    s.add_argument("--mu", type=float, default=LinkParameters.mu)
-    s.add_argument("--nu", type=float, default=LinkParameters.nu)
-    s.add_argument("--pulses", type=positive_count,
-                   help="also estimate the rate from this many simulated pulses per point")
-    s.add_argument("--seed", type=int, default=1)
+    s.add_argument("--from-km", type=DISTANCE, required=True, metavar="KM",
+                   help="first distance (km, 0..1000)")
+    s.add_argument("--to-km", type=DISTANCE, required=True, metavar="KM",
+                   help="last distance (km, 0..1000, at least --from-km)")
+    s.add_argument("--step-km", type=STEP_KM, required=True, metavar="KM",
+                   help="distance step (km, > 0)")
+    s.add_argument("--model", choices=list(analytic.MODELS), default="vacuum-weak",
+                   help="key-rate model (default %(default)s)")
+    s.add_argument("--mu", type=INTENSITY, default=LinkParameters.mu, metavar="MU",
+                   help="signal intensity (mean photons per pulse, > 0 and <= 100; "
+                   "default %(default)g)")
+    s.add_argument("--nu", type=DECOY_INTENSITY, default=LinkParameters.nu, metavar="NU",
+                   help="weak decoy intensity (mean photons per pulse, >= 0, below --mu; "
+                   "default %(default)g)")
+    s.add_argument("--pulses", type=positive_count, metavar="N",
+                   help="also estimate the rate from this many simulated pulses per point "
+                   "(1..1e18)")
+    s.add_argument("--seed", type=seed, default=1, metavar="S",
+                   help="seed of the simulated points (integer, 0..2^64-1; default 1)")
     s.add_argument("--json", action="store_true", help="print one JSON object")
-    s.add_argument("--plot", metavar="FILE.png", help="draw rate against distance (needs "
-                   "the plot extra: pip install 'hybridkex[plot]')")
-    s.set_defaults(func=cmd_sweep)
-
-
-class _Progress:
-    """A one-line progress bar on stderr."""
-
-    def __init__(self, label: str) -> None:
-        self.label = label
-        self.started = time.perf_counter()
-        self.last = 0.0
-
-    def __call__(self, done: int, total: int) -> None:
-        now = time.perf_counter()
-        if now - self.last < 0.2 and done < total:
-            return
-        self.last = now
-        width = 30
-        filled = int(width * done / total) if total else width
-        rate = done / max(now - self.started, 1e-9)
-        sys.stderr.write(f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] "
-                         f"{done:.3g}/{total:.3g} pulses, {rate:.3g}/s")
-        if done >= total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
+    s.add_argument("--plot", type=OUTPUT_FILE, metavar="FILE.png",
+                   help="draw rate against distance (needs the plot extra: pip install "
+                   "'hybridkex[plot]')")
+    add_budget_options(s, memory=False)
+    s.set_defaults(func=cmd_sweep, parser=s)
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    eve = Eavesdropper(args.eve, args.eve_fraction) if args.eve else None
-    chosen = {name: getattr(args, name) for name in ("p_z", "mu", "nu")
-              if getattr(args, name) is not None}
-    make = finite_key_parameters if args.preset == "finite-key" else partial(replace,
-                                                                              LinkParameters())
-    params = make(distance_km=args.distance_km, eve=eve, **chosen)
+    params = simulate_parameters(args)
     config = DistillationConfig(finite_key=not args.asymptotic, eps_sec=args.eps_sec)
+    cost = within_budget(args, params, args.pulses, config=config)
     link = QKDLink("site-a", "site-b", params, config, identity_a=SiteIdentity.generate(),
                    identity_b=SiteIdentity.generate())
-    progress = None if args.json else _Progress("simulating")
-    report = link.run_round(args.pulses, args.seed, progress)
+    progress = None if args.json else RoundProgress(cost)
+    report = link.run_round(args.pulses, args.seed, stages=progress)
+    if progress is not None:
+        progress.finish()
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
         return 0
@@ -121,6 +146,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_link(args: argparse.Namespace) -> int:
+    within_budget(args, finite_key_parameters(distance_km=args.distance_km),
+                  args.pulses_per_round, pulses_option="--pulses-per-round")
     store_a = open_store(args.store_a, args.site_a)
     store_b = open_store(args.store_b, args.site_b)
     link = QKDLink(args.site_a, args.site_b, finite_key_parameters(distance_km=args.distance_km),
@@ -180,8 +207,10 @@ def _print_report(r: dict[str, Any]) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    if args.step_km <= 0 or args.to_km < args.from_km:
-        raise InvalidParameter("need --step-km > 0 and --to-km >= --from-km")
+    if args.to_km < args.from_km:
+        usage_error(args, "arguments --from-km, --to-km: need --to-km >= --from-km")
+    if args.nu >= args.mu:
+        usage_error(args, "arguments --mu, --nu: need --mu above --nu")
     params = LinkParameters(mu=args.mu, nu=args.nu)
     model = args.model
     points: list[dict[str, Any]] = []

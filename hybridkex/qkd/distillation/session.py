@@ -4,6 +4,7 @@ confirmation tag, and the rule that a failed round ends both ends with no key.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import numpy as np
@@ -19,8 +20,10 @@ from hybridkex.qkd.errors import LinkAborted
 __all__ = [
     "CASCADE_FRAME_BITS",
     "CASCADE_SEED_SIZE",
+    "RECONCILE_SEGMENT_BITS",
     "check_reconcilable",
     "confirmation_tag",
+    "reconciliation_segments",
     "run_guarded",
     "session_id",
     "verification_input",
@@ -33,6 +36,11 @@ SESSION_LABEL = b"hybridkex qkd session"
 # the whole block, which is then discarded.
 CASCADE_FRAME_BITS = 100_000
 CASCADE_SEED_SIZE = 32  # Bob's public seed of Cascade's permutations
+# Cascade's memory grows with the key it reconciles at once: about 90 bytes per bit for
+# both ends together (its trees of every pass).  A longer key block is reconciled in
+# segments of at most this many bits, one after the other, each a Cascade run of its
+# own with a fresh seed; a round of up to about 1.4e9 pulses at 25 km needs only one.
+RECONCILE_SEGMENT_BITS = 1 << 21
 
 
 def session_id(nonce_a: bytes, nonce_b: bytes) -> bytes:
@@ -50,6 +58,16 @@ def check_reconcilable(key: npt.NDArray[np.uint8]) -> None:
     if not MIN_FRAME_BITS <= len(key) <= MAX_KEY_BITS:
         raise LinkAborted(f"a key block of {len(key)} bits is outside what reconciliation "
                           f"takes ({MIN_FRAME_BITS}..{MAX_KEY_BITS})")
+
+
+def reconciliation_segments(key_bits: int) -> list[tuple[int, int]]:
+    """The ``(start, stop)`` segments a key block is reconciled in: as few as keep each
+    within :data:`RECONCILE_SEGMENT_BITS`, their lengths differing by at most one (so
+    none is shorter than half the maximum).  Both ends derive them from the length."""
+    count = max(1, -(-key_bits // RECONCILE_SEGMENT_BITS))
+    q, r = divmod(key_bits, count)
+    bounds = [i * q + min(i, r) for i in range(count + 1)]
+    return list(itertools.pairwise(bounds))
 
 
 def confirmation_tag(final_key: bytes, session: bytes, sender: Role) -> bytes:
