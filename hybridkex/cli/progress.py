@@ -19,7 +19,7 @@ from hybridkex.qkd.budget import RoundCost
 from hybridkex.qkd.labels import SIMULATION_LABEL
 from hybridkex.qkd.progress import STAGES
 
-__all__ = ["RoundProgress"]
+__all__ = ["ItemProgress", "RoundProgress"]
 
 _UNITS = {"simulation": "pulses", "sifting": "detections", "reconciliation": "key bits",
           "amplification": "steps"}
@@ -95,3 +95,32 @@ def _clock(seconds: float) -> str:
     if seconds >= 3600:
         return f"{int(seconds // 3600)}:{int(seconds % 3600 // 60):02d}:{int(seconds % 60):02d}"
     return f"{int(seconds // 60)}:{int(seconds % 60):02d}"
+
+
+class ItemProgress:
+    """Progress through a list of runs (the points of a sweep), with the same policy as
+    :class:`RoundProgress`: redrawn in place on a terminal, occasional lines elsewhere."""
+
+    def __init__(self, label: str, total: int, stream: TextIO | None = None,
+                 line_interval_s: float = _LINE_S) -> None:
+        self._stream = stream if stream is not None else sys.stderr
+        self._tty = self._stream.isatty()
+        self._label, self._total = label, total
+        self._started = time.monotonic()
+        self._last = -math.inf
+        self._line_interval = line_interval_s
+
+    def __call__(self, done: int, what: str = "") -> None:
+        now = time.monotonic()
+        last = done >= self._total
+        if not self._tty and not last and now - self._last < self._line_interval:
+            return
+        self._last = now
+        elapsed = now - self._started
+        eta = "done" if last else _clock(elapsed * (self._total - done) / done) if done else "--:--"
+        text = f"{self._label}: {done}/{self._total} {what}, ETA {eta}"
+        if self._tty:
+            self._stream.write(f"\r{text}\033[K" + ("\n" if last else ""))
+        else:
+            self._stream.write(text + "\n")
+        self._stream.flush()

@@ -12,8 +12,9 @@ import sys
 from dataclasses import asdict, replace
 from typing import Any
 
+from hybridkex.cli import qkd_eve
 from hybridkex.cli.args import OneLineParser, positive_count, seed
-from hybridkex.cli.progress import RoundProgress
+from hybridkex.cli.progress import ItemProgress, RoundProgress
 from hybridkex.cli.qkd_options import (
     DECOY_INTENSITY,
     DISTANCE,
@@ -29,7 +30,7 @@ from hybridkex.cli.qkd_options import (
     usage_error,
     within_budget,
 )
-from hybridkex.errors import InvalidParameter
+from hybridkex.cli.qkd_plot import MODEL_LABELS, plot_sweep
 from hybridkex.keydelivery.store import open_store
 from hybridkex.qkd import analytic, montecarlo
 from hybridkex.qkd.distillation import DistillationConfig
@@ -84,11 +85,14 @@ def register(qkd: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_simulate, parser=p)
 
     k = qsub.add_parser("link", help="run the simulated link, filling both sites' key stores")
-    k.add_argument("--site-a", type=NAME, required=True, help="name of site A (Alice's end)")
+    k.add_argument("--site-a", type=NAME, required=True,
+                   help="name of site A, Alice's end (text, non-empty)")
     k.add_argument("--store-a", type=NAME, required=True,
-                   help="site A's key store: memory:, sqlite:///path or postgresql://...")
-    k.add_argument("--site-b", type=NAME, required=True, help="name of site B (Bob's end)")
-    k.add_argument("--store-b", type=NAME, required=True, help="site B's key store (as --store-a)")
+                   help="site A's key store (URL: memory:, sqlite:///PATH or postgresql://...)")
+    k.add_argument("--site-b", type=NAME, required=True,
+                   help="name of site B, Bob's end (text, non-empty, not --site-a)")
+    k.add_argument("--store-b", type=NAME, required=True,
+                   help="site B's key store (URL, as --store-a)")
     k.add_argument("--distance-km", type=DISTANCE, default=25.0, metavar="KM",
                    help="fibre length (km, 0..1000; default %(default)g)")
     k.add_argument("--target-keys", type=positive_count, metavar="N",
@@ -108,12 +112,17 @@ def register(qkd: argparse.ArgumentParser) -> None:
     s.add_argument("--step-km", type=STEP_KM, required=True, metavar="KM",
                    help="distance step (km, > 0)")
     s.add_argument("--model", choices=list(analytic.MODELS), default="vacuum-weak",
-                   help="key-rate model (default %(default)s)")
+                   help="key-rate model (default %(default)s): a published GLLP model, or "
+                   "as-run, the protocol as the simulator runs it (Z-keyed with p_Z, X for "
+                   "estimation, Cascade's f), drawn beside the published curves")
     s.add_argument("--mu", type=INTENSITY, default=LinkParameters.mu, metavar="MU",
                    help="signal intensity (mean photons per pulse, > 0 and <= 100; "
                    "default %(default)g)")
     s.add_argument("--nu", type=DECOY_INTENSITY, default=LinkParameters.nu, metavar="NU",
                    help="weak decoy intensity (mean photons per pulse, >= 0, below --mu; "
+                   "default %(default)g)")
+    s.add_argument("--p-z", type=OPEN_PROBABILITY, default=LinkParameters.p_z, metavar="P",
+                   help="probability of the Z basis at each end (probability, 0 < P < 1; "
                    "default %(default)g)")
     s.add_argument("--pulses", type=positive_count, metavar="N",
                    help="also estimate the rate from this many simulated pulses per point "
@@ -126,6 +135,8 @@ def register(qkd: argparse.ArgumentParser) -> None:
                    "'hybridkex[plot]')")
     add_budget_options(s, memory=False)
     s.set_defaults(func=cmd_sweep, parser=s)
+
+    qkd_eve.register(qsub)
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -211,29 +222,41 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         usage_error(args, "arguments --from-km, --to-km: need --to-km >= --from-km")
     if args.nu >= args.mu:
         usage_error(args, "arguments --mu, --nu: need --mu above --nu")
-    params = LinkParameters(mu=args.mu, nu=args.nu)
+    count = qkd_eve.point_count(args.from_km, args.to_km, args.step_km)
+    if count > qkd_eve.MAX_POINTS:
+        usage_error(args, f"arguments --from-km, --to-km, --step-km: {count:.3g} points, at "
+                    f"most {qkd_eve.MAX_POINTS}; raise --step-km")
+    params = LinkParameters(mu=args.mu, nu=args.nu, p_z=args.p_z)
     model = args.model
     points: list[dict[str, Any]] = []
     estimable = model in montecarlo.OBSERVABLE_MODELS
-    for point in analytic.sweep(params, args.from_km, args.to_km, args.step_km, model):
+    distances = analytic.sweep(params, args.from_km, args.to_km, args.step_km, model)
+    if args.pulses and estimable:
+        farthest = params.at_distance(distances[0].distance_km if distances else 0.0)
+        within_budget(args, farthest, args.pulses, rounds=len(distances))
+    # The protocol's own curve is drawn beside the published ones it differs from.
+    progress = None if args.json else ItemProgress("sweep", len(distances))
+    published: tuple[analytic.Model, ...] = (
+        ("vacuum-weak", "infinite-decoy") if model == "as-run" else ())
+    for point in distances:
         entry: dict[str, Any] = {"distance_km": round(point.distance_km, 6),
                                  "analytic_rate": point.rate,
                                  # PLOB is unbounded at 0 km; JSON has no infinity
                                  "plob_bound": point.plob if point.plob != float("inf") else None}
+        at = params.at_distance(point.distance_km)
+        if published:
+            entry["published_rates"] = {name: analytic.key_rate(at, name) for name in published}
         if args.pulses:
             if estimable:
-                sim = montecarlo.simulated_rate(params.at_distance(point.distance_km), model,
-                                                args.pulses, args.seed)
+                sim = montecarlo.simulated_rate(at, model, args.pulses, args.seed)
                 entry["simulated_rate"] = sim.rate
                 entry["simulated_stderr"] = sim.stderr
             else:
                 entry["simulated_rate"] = None
         points.append(entry)
-        if not args.json:
-            print(f"\r{point.distance_km:7.1f} km", end="", file=sys.stderr, flush=True)
-    if not args.json:
-        print(file=sys.stderr)
-    result = {
+        if progress is not None:
+            progress(len(points), f"points ({point.distance_km:g} km)")
+    result: dict[str, Any] = {
         "model": model,
         "parameters": {k: v for k, v in asdict(replace(params, eve=None)).items()
                        if k not in ("distance_km", "eve")},
@@ -241,12 +264,17 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         "points": points,
         "simulation": SIMULATION_LABEL if args.pulses else None,
     }
+    if model == "as-run":
+        result["f_ec"] = analytic.CASCADE_EFFICIENCY
+        result["z_sample_fraction"] = analytic.Z_SAMPLE_FRACTION
+        result["published_max_distance_km"] = {
+            name: round(analytic.max_distance_km(params, name), 1) for name in published}
     if args.pulses and not estimable:
         result["simulated_note"] = (f"the {model} bound assumes the true single-photon yield, "
                                     "which a simulated experiment cannot observe; use "
-                                    "vacuum-weak or no-decoy for simulated rates")
+                                    "vacuum-weak, no-decoy or as-run for simulated rates")
     if args.plot:
-        _plot(result, args.plot)
+        plot_sweep(result, args.plot)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -255,46 +283,22 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _print_sweep(result: dict[str, Any]) -> None:
-    print(f"model {result['model']}; maximum distance {result['max_distance_km']:.1f} km")
-    print(f"{'km':>7} {'analytic':>12} {'simulated':>12} {'PLOB':>12}   (secret bits per pulse)")
+    print(f"model {result['model']} ({MODEL_LABELS.get(result['model'], '')}); "
+          f"maximum distance {result['max_distance_km']:.1f} km")
+    published = list(result.get("published_max_distance_km", {}))
+    print(f"{'km':>7} {result['model']:>12} "
+          + "".join(f"{name:>15}" for name in published)
+          + f" {'simulated':>12} {'± stderr':>10} {'PLOB':>12}   (secret bits per pulse)")
     for p in result["points"]:
         sim = p.get("simulated_rate")
         sim_text = "" if sim is None else f"{sim:12.4e}"
+        err_text = "" if sim is None else f"{p['simulated_stderr']:10.2e}"
         plob = p["plob_bound"]
         plob_text = "unbounded" if plob is None else f"{plob:12.4e}"
-        print(f"{p['distance_km']:7.1f} {p['analytic_rate']:12.4e} {sim_text:>12} "
-              f"{plob_text:>12}")
+        others = "".join(f"{p['published_rates'][name]:15.4e}" for name in published)
+        print(f"{p['distance_km']:7.1f} {p['analytic_rate']:12.4e}{others} {sim_text:>12} "
+              f"{err_text:>10} {plob_text:>12}")
+    for name, reach in result.get("published_max_distance_km", {}).items():
+        print(f"  {name}: {MODEL_LABELS[name]}, maximum distance {reach:.1f} km")
     if result["simulation"]:
         print(f"simulated rates: {result['simulation']}")
-
-
-def _plot(result: dict[str, Any], path: str) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise InvalidParameter(
-            "--plot needs matplotlib: pip install 'hybridkex[plot]'") from None
-    pts = result["points"]
-    km = [p["distance_km"] for p in pts]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    plob = [(p["distance_km"], p["plob_bound"]) for p in pts if p["plob_bound"] is not None]
-    ax.semilogy([x for x, _ in plob], [y for _, y in plob], "k--", label="PLOB bound")
-    ax.semilogy(km, [max(p["analytic_rate"], 1e-300) for p in pts], label=(
-        f"analytic ({result['model']})"))
-    sim = [(p["distance_km"], p["simulated_rate"]) for p in pts
-           if p.get("simulated_rate")]
-    if sim:
-        ax.semilogy([s[0] for s in sim], [s[1] for s in sim], "o",
-                    label="Monte Carlo simulation")
-    ax.set_xlabel("distance (km)")
-    ax.set_ylabel("secret key rate (bits per pulse)")
-    ax.set_ylim(1e-9, 10.0)
-    ax.set_title("Decoy-state BB84, GYS parameters (simulated link)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)

@@ -41,6 +41,8 @@ __all__ = [
     "KMEKeySource",
     "KMERequestError",
     "KMEStatus",
+    "decode_answer",
+    "delivered_keys",
 ]
 
 MAX_RESPONSE_BYTES = 8 * 1024 * 1024
@@ -208,40 +210,11 @@ class KMEClient:
     # -- plumbing
 
     def _keys(self, body: Any) -> list[DeliveredKey]:
-        """The Key container data format (clause 6.3) as DeliveredKeys."""
-        if not isinstance(body, dict) or not isinstance(body.get("keys"), list):
-            raise KeySourceError("the KME's answer is not a key container")
-        keys: list[DeliveredKey] = []
-        for entry in body["keys"]:
-            if not isinstance(entry, dict):
-                raise KeySourceError("the KME's key container holds a non-object")
-            key_id, encoded = entry.get("key_ID"), entry.get("key")
-            if not isinstance(key_id, str) or not isinstance(encoded, str):
-                raise KeySourceError("a key in the KME's answer lacks key_ID or key")
-            try:
-                material = base64.b64decode(encoded, validate=True)
-            except (binascii.Error, ValueError):
-                raise KeySourceError("a key in the KME's answer is not base64") from None
-            extension: tuple[str, ...] = ()
-            ext = entry.get("key_ID_extension")
-            if isinstance(ext, dict) and EXT_UNITS in ext:
-                units = ext.get(EXT_UNITS)
-                if not isinstance(units, list) or not all(isinstance(u, str) for u in units):
-                    raise KeySourceError("a key's key_ID_extension is malformed")
-                extension = tuple(units)
-                if ext.get(EXT_SIZE) != len(material) * 8:
-                    raise KeySourceError("a key's size does not match its key_ID_extension")
-            if not material:
-                raise KeySourceError("a key in the KME's answer is empty")
-            keys.append(DeliveredKey(key_id, material, len(material) * 8, extension))
-        return keys
+        return delivered_keys(body)
 
     def _call(self, method: str, path: str, body: Mapping[str, Any] | None) -> Any:
         status, raw = self._exchange(method, self._prefix + path, body)
-        try:
-            decoded = json.loads(raw.decode("utf-8")) if raw else None
-        except (UnicodeDecodeError, ValueError):
-            decoded = None
+        decoded = decode_answer(raw)
         if status == 200:
             if decoded is None:
                 raise KeySourceError(f"the KME's answer to {method} {path} is not JSON")
@@ -296,6 +269,47 @@ class KMEClient:
                                  f"{type(exc).__name__}: {exc}") from None
         finally:
             conn.close()
+
+
+def decode_answer(raw: bytes) -> Any:
+    """A KME's answer body as JSON, or None when it is empty or not JSON (any bytes)."""
+    if not raw:
+        return None
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: deep nesting
+        return None
+
+
+def delivered_keys(body: Any) -> list[DeliveredKey]:
+    """The Key container data format (clause 6.3) as DeliveredKeys; anything else in
+    ``body`` raises :class:`~hybridkex.keydelivery.KeySourceError`."""
+    if not isinstance(body, dict) or not isinstance(body.get("keys"), list):
+        raise KeySourceError("the KME's answer is not a key container")
+    keys: list[DeliveredKey] = []
+    for entry in body["keys"]:
+        if not isinstance(entry, dict):
+            raise KeySourceError("the KME's key container holds a non-object")
+        key_id, encoded = entry.get("key_ID"), entry.get("key")
+        if not isinstance(key_id, str) or not isinstance(encoded, str):
+            raise KeySourceError("a key in the KME's answer lacks key_ID or key")
+        try:
+            material = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            raise KeySourceError("a key in the KME's answer is not base64") from None
+        extension: tuple[str, ...] = ()
+        ext = entry.get("key_ID_extension")
+        if isinstance(ext, dict) and EXT_UNITS in ext:
+            units = ext.get(EXT_UNITS)
+            if not isinstance(units, list) or not all(isinstance(u, str) for u in units):
+                raise KeySourceError("a key's key_ID_extension is malformed")
+            extension = tuple(units)
+            if ext.get(EXT_SIZE) != len(material) * 8:
+                raise KeySourceError("a key's size does not match its key_ID_extension")
+        if not material:
+            raise KeySourceError("a key in the KME's answer is empty")
+        keys.append(DeliveredKey(key_id, material, len(material) * 8, extension))
+    return keys
 
 
 class KMEKeySource:

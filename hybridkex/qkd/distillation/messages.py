@@ -569,14 +569,17 @@ class Confirm:
 @dataclass(frozen=True)
 class Abort:
     """Either way: the sender ends the round.  The reason is UTF-8 text of at most 200
-    bytes (cut there when longer); any bytes decode, bad UTF-8 is replaced."""
+    bytes (cut at the last whole character when longer); any bytes decode, bad UTF-8
+    is replaced."""
 
     reason: str
 
     msg_type: ClassVar[MessageType] = MessageType.ABORT
 
     def encode(self) -> bytes:
-        return self.reason.encode()[:MAX_ABORT_REASON]
+        # cut at a character boundary, so the reason decodes to a prefix of itself
+        cut = self.reason.encode()[:MAX_ABORT_REASON]
+        return cut.decode("utf-8", "ignore").encode()
 
     @classmethod
     def decode(cls, payload: bytes) -> Self:
