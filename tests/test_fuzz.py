@@ -16,6 +16,8 @@ import pytest
 from hybridkex.keydelivery.errors import KeySourceError
 from hybridkex.keydelivery.kme.client import KMEStatus, decode_answer
 from hybridkex.qkd.distillation.messages import MAX_ABORT_REASON, Abort
+from hybridkex.site.directory import SiteSettings
+from hybridkex.site.errors import SiteError
 from tests.fuzz import campaign
 from tests.fuzz.targets import TARGETS, Target
 
@@ -80,3 +82,18 @@ def test_an_abort_reason_cut_at_the_limit_stays_whole_characters() -> None:
     assert len(encoded) <= MAX_ABORT_REASON
     assert Abort.decode(encoded).reason == reason[:len(Abort.decode(encoded).reason)]
     assert Abort(Abort.decode(encoded).reason).encode() == encoded
+
+
+def test_a_site_toml_integer_too_long_to_convert_is_a_site_error() -> None:
+    """Found by the site-toml target (mutate engine, seed 11): tomllib refuses integers
+    of more than 4300 digits with a plain ValueError, which escaped ``from_toml``."""
+    with pytest.raises(SiteError, match="4300 digits"):
+        SiteSettings.from_toml("E = " + "1" * 5000 + "\n", "site.toml")
+
+
+@pytest.mark.parametrize("line", ["handshake_timeout_s = nan", "handshake_timeout_s = inf",
+                                  "links = {peer = 1}"])
+def test_a_site_toml_value_later_code_could_not_use_is_refused(line: str) -> None:
+    text = 'name = "a"\nsignature = "Ed25519"\nidentity = "x509-self-signed"\n' + line + "\n"
+    with pytest.raises(SiteError):
+        SiteSettings.from_toml(text, "site.toml")

@@ -180,12 +180,15 @@ def cmd_link(args: argparse.Namespace) -> int:
                     f"+{report.keys_deposited} keys, QBER {report.qber:.3f}, "
                     f"auth {report.auth_bits_consumed} bits")
                 target = f"/{args.target_keys}" if args.target_keys else ""
-                print(f"\rround {rounds}: {deposited}{target} keys deposited "
-                      f"({status})", end="", file=sys.stderr, flush=True)
+                # redrawn in place on a terminal, a plain line per round elsewhere
+                tty = sys.stderr.isatty()
+                start, end = ("\r", "") if tty else ("", "\n")
+                print(f"{start}round {rounds}: {deposited}{target} keys deposited "
+                      f"({status})", end=end, file=sys.stderr, flush=True)
     except KeyboardInterrupt:
         pass
     finally:
-        if not args.json:
+        if not args.json and sys.stderr.isatty():
             print(file=sys.stderr)
         store_a.close()
         store_b.close()
