@@ -95,7 +95,7 @@ def add_budget_options(parser: argparse.ArgumentParser, *, memory: bool = True) 
         parser.add_argument("--memory-limit-mb", type=_MEGABYTES, metavar="MB",
                             default=DEFAULT_MEMORY_LIMIT_MB,
                             help="refuse a run whose predicted peak memory is above this "
-                            "(MB, 16..1e9; default %(default)g)")
+                            "(MiB, 16..1e9; default %(default)g)")
     parser.add_argument("--time-limit-s", type=_SECONDS, metavar="S",
                         default=DEFAULT_TIME_LIMIT_S,
                         help="refuse a run whose predicted time is above this (seconds, "

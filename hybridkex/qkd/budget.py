@@ -138,7 +138,7 @@ def check_budget(params: LinkParameters, pulses: int, memory_limit_mb: float,
                            lambda c: c.memory_bytes / _MB <= memory_limit_mb)
         raise BudgetExceeded(
             f"refused before starting: {pulses:.3g} pulses per round would need about "
-            f"{memory_mb:,.0f} MB ({cost.detections:.3g} detections expected), above "
+            f"{memory_mb:,.0f} MiB ({cost.detections:.3g} detections expected), above "
             f"--memory-limit-mb {memory_limit_mb:g}; lower {pulses_option}"
             f"{_at_most(fit)} or raise --memory-limit-mb")
     seconds = rounds * cost.seconds
