@@ -149,8 +149,8 @@ def test_sweep_refuses_a_simulated_rate_it_cannot_estimate() -> None:
 
 def test_bad_arguments_fail_with_one_line() -> None:
     result = _run("sweep", "--from-km", "10", "--to-km", "0", "--step-km", "1")
-    assert result.returncode == 1
-    assert result.stderr.strip().count("\n") == 0 and "hybridkex:" in result.stderr
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "--to-km" in result.stderr
 
 
 def test_sweep_plot_writes_a_png(tmp_path: Path) -> None:

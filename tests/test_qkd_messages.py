@@ -36,6 +36,7 @@ from hybridkex.qkd.distillation.channel import MAX_TAG, AuthenticatedChannel, Fr
 from hybridkex.qkd.distillation.codec import Reader, Writer
 from hybridkex.qkd.distillation.messages import (
     MAX_INTENSITY,
+    MAX_SIFT_CHUNK,
     Abort,
     Amplify,
     CascadeDone,
@@ -95,7 +96,9 @@ def sift_replies(draw: st.DrawFn) -> SiftReply:
 def sifts(draw: st.DrawFn) -> Sift:
     index = draw(increasing)
     basis = draw(st.lists(st.integers(0, 1), min_size=len(index), max_size=len(index)))
-    return Sift(draw(st.binary(min_size=16, max_size=16)), index, np.array(basis, np.uint8))
+    total = len(index) + draw(st.integers(0, 2**64 - 1 - len(index))) if len(index) else 0
+    return Sift(draw(st.binary(min_size=16, max_size=16)), total, index,
+                np.array(basis, np.uint8))
 
 
 @st.composite
@@ -249,16 +252,23 @@ REFUSED: dict[str, tuple[type[Any], bytes]] = {
     "hello: infinite count": (Hello, _hello(sent=(math.inf, 1.0, 1.0))),
     "hello: negative probability": (Hello, _hello(probabilities=(-0.1, 0.6, 0.5))),
     "hello: intensity past the maximum": (Hello, _hello(intensities=(800.0, 0.2, 0.0))),
-    "sift: repeated pulse": (Sift, Sift(bytes(16), np.array([3, 3], np.int64),
+    "sift: repeated pulse": (Sift, Sift(bytes(16), 2, np.array([3, 3], np.int64),
                                         np.zeros(2, np.uint8)).encode()),
-    "sift: decreasing pulses": (Sift, Sift(bytes(16), np.array([5, 3], np.int64),
+    "sift: decreasing pulses": (Sift, Sift(bytes(16), 2, np.array([5, 3], np.int64),
                                            np.zeros(2, np.uint8)).encode()),
-    "sift: index past 2**63": (Sift, Writer().blob(bytes(16)).blob(b"\xff" * 8)
+    "sift: index past 2**63": (Sift, Writer().blob(bytes(16)).u64(1).blob(b"\xff" * 8)
                                .bits(np.zeros(1, np.uint8)).build()),
-    "sift: fewer bases than pulses": (Sift, Sift(bytes(16), np.array([1, 2], np.int64),
+    "sift: fewer bases than pulses": (Sift, Sift(bytes(16), 2, np.array([1, 2], np.int64),
                                                  np.zeros(1, np.uint8)).encode()),
-    "sift: ragged index array": (Sift, Writer().blob(bytes(16)).blob(bytes(7))
+    "sift: ragged index array": (Sift, Writer().blob(bytes(16)).u64(0).blob(bytes(7))
                                  .bits(np.zeros(0, np.uint8)).build()),
+    "sift: chunk above the total": (Sift, Sift(bytes(16), 1, np.array([1, 2], np.int64),
+                                               np.zeros(2, np.uint8)).encode()),
+    "sift: empty chunk, detections left": (Sift, Sift(bytes(16), 5, np.zeros(0, np.int64),
+                                                      np.zeros(0, np.uint8)).encode()),
+    "sift: chunk above the maximum": (Sift, Sift(
+        bytes(16), MAX_SIFT_CHUNK + 1, np.arange(MAX_SIFT_CHUNK + 1, dtype=np.int64),
+        np.zeros(MAX_SIFT_CHUNK + 1, np.uint8)).encode()),
     "sift reply: intensity class 3": (SiftReply, SiftReply(
         np.zeros(1, np.uint8), np.array([3], np.uint8)).encode()),
     "sift reply: counts differ": (SiftReply, SiftReply(
@@ -305,7 +315,10 @@ def test_the_same_fields_with_good_values_decode() -> None:
     """The fixtures above are built with the real encoders, so they only test what they
     claim: the same fields with good values decode."""
     Hello.decode(_hello())
-    Sift.decode(Sift(bytes(16), np.array([3, 5], np.int64), np.zeros(2, np.uint8)).encode())
+    Sift.decode(Sift(bytes(16), 2, np.array([3, 5], np.int64), np.zeros(2, np.uint8)).encode())
+    Sift.decode(Sift(bytes(16), 0, np.zeros(0, np.int64), np.zeros(0, np.uint8)).encode())
+    Sift.decode(Sift(bytes(16), MAX_SIFT_CHUNK + 1, np.arange(MAX_SIFT_CHUNK, dtype=np.int64),
+                     np.zeros(MAX_SIFT_CHUNK, np.uint8)).encode())
     Amplify.decode(Amplify(512, 0, np.zeros(0, np.uint8), IDS[:2]).encode())
     CascadeRequest.decode(CascadeRequest(0, np.zeros(0, np.int64),
                                          CascadeSetup(64, 64, b"s", (1,))).encode())

@@ -1,57 +1,91 @@
-"""Argument types the command groups share: each refuses nonsense (NaN, inf, negative
-or zero where meaningless, ``1,000``) when the command line is parsed, with one line
-that says what was wrong."""
+"""Argument types the command groups share, and a parser whose errors are one line.
+
+Every type refuses what is not a plain finite number in its range (NaN, infinities,
+``1,000``, a negative count) with a message that says what it wants, so a command
+never starts on nonsense and never shows a traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable
+from typing import NoReturn
 
-__all__ = ["connection_count", "fraction", "grace_seconds", "kilometres", "number",
-           "positive_count", "positive_number", "seconds"]
+__all__ = ["OneLineParser", "connection_count", "count", "fraction", "grace_seconds",
+           "kilometres", "number", "positive_count", "positive_number", "seconds", "seed"]
 
 
-def number(text: str) -> float:
-    """A finite number."""
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line on stderr, exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        hint = " (write 1000 or 1e3, without separators)" if "," in text else ""
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number{hint}") from None
     if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number, not {text}")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
     return value
 
 
-def positive_count(text: str) -> int:
-    """A whole number of at least 1, also written as a float (``5e8``)."""
-    value = number(text)
-    if value != int(value) or value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive whole number, not {text}")
-    return int(value)
+def _range_text(minimum: float | None, maximum: float | None, min_open: bool,
+                max_open: bool) -> str:
+    low = "" if minimum is None else f"{'>' if min_open else '>='} {minimum:g}"
+    high = "" if maximum is None else f"{'<' if max_open else '<='} {maximum:g}"
+    return " and ".join(part for part in (low, high) if part)
 
 
-def positive_number(text: str) -> float:
-    """A finite number above 0."""
-    value = number(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be above 0, not {text}")
-    return value
+def number(minimum: float | None = None, maximum: float | None = None, *,
+           min_open: bool = False, max_open: bool = False) -> Callable[[str], float]:
+    """A finite number within ``[minimum, maximum]`` (either end open if asked)."""
+
+    def parse(text: str) -> float:
+        value = _float(text)
+        if (minimum is not None and (value < minimum or (min_open and value == minimum))) or (
+                maximum is not None and (value > maximum or (max_open and value == maximum))):
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is out of range: must be "
+                f"{_range_text(minimum, maximum, min_open, max_open)}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
 
 
-def kilometres(text: str) -> float:
-    """A fibre length: a finite number of km, 0 or more."""
-    value = number(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"a distance must be 0 km or more, not {text}")
-    return value
+def count(minimum: int = 1, maximum: int | None = None) -> Callable[[str], int]:
+    """A whole number in ``[minimum, maximum]``, also written as a float (``5e8``)."""
+
+    def parse(text: str) -> int:
+        value = _float(text)  # accepts 5e8
+        if value != math.floor(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
+        whole = int(text) if text.strip().lstrip("+-").isdigit() else int(value)
+        if whole < minimum or (maximum is not None and whole > maximum):
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is out of range: must be a whole number "
+                f"{_range_text(minimum, maximum, False, False)}")
+        return whole
+
+    parse.__name__ = "count"
+    return parse
 
 
-def fraction(text: str) -> float:
-    """A fraction from 0 to 1."""
-    value = number(text)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"must be from 0 to 1, not {text}")
-    return value
+#: A whole number of at least 1 (pulses, keys), at most 10^18.
+positive_count = count(1, 10**18)
+#: A seed: a whole number from 0 to 2^64 - 1.
+seed = count(0, 2**64 - 1)
+#: A finite number above 0.
+positive_number = number(0, min_open=True)
+#: A fibre length: a finite number of km, 0 or more.
+kilometres = number(0)
+#: A fraction from 0 to 1.
+fraction = number(0, 1)
 
 
 def seconds(text: str) -> float:

@@ -11,20 +11,36 @@ import argparse
 import json
 import os
 import sys
-import time
 from dataclasses import asdict, replace
-from functools import partial
 from pathlib import Path
 from typing import Any
 
-from hybridkex.cli.args import fraction, kilometres, positive_count, positive_number
+from hybridkex.cli import qkd_eve
+from hybridkex.cli.args import OneLineParser, positive_count, seed
+from hybridkex.cli.progress import ItemProgress, RoundProgress
+from hybridkex.cli.qkd_options import (
+    DECOY_INTENSITY,
+    DISTANCE,
+    EPSILON,
+    FRACTION,
+    INTENSITY,
+    NAME,
+    OPEN_PROBABILITY,
+    OUTPUT_FILE,
+    STEP_KM,
+    add_budget_options,
+    simulate_parameters,
+    usage_error,
+    within_budget,
+)
+from hybridkex.cli.qkd_plot import MODEL_LABELS, plot_sweep
 from hybridkex.errors import HybridKexError, InvalidParameter
 from hybridkex.keydelivery.store import KeyStore, open_store
 from hybridkex.qkd import analytic, montecarlo
 from hybridkex.qkd.distillation import DistillationConfig
 from hybridkex.qkd.labels import SIMULATION_LABEL
 from hybridkex.qkd.link import QKDLink, SiteIdentity
-from hybridkex.qkd.parameters import Eavesdropper, LinkParameters, finite_key_parameters
+from hybridkex.qkd.parameters import LinkParameters, finite_key_parameters
 
 #: ``qkd simulate``'s exit status when the round aborted (no key); 1 is an error.
 EXIT_ABORTED = 3
@@ -36,59 +52,102 @@ _SIMULATE_EPILOG = (f"exit status: 0 when the round distilled a key, {EXIT_ABORT
 def register(qkd: argparse.ArgumentParser) -> None:
     """Add the ``qkd`` subcommands to the ``hybridkex qkd`` parser.  The command line
     calls this only when that parser parses (:mod:`hybridkex.cli`), because these
-    options name the simulator's defaults, and importing it loads numpy."""
-    qsub = qkd.add_subparsers(dest="qkd_command", required=True)
+    options name the simulator's defaults, and importing it loads numpy.  Every option
+    says its unit and range in its help, and its type refuses anything else with a
+    one-line error (exit status 2)."""
+    qsub = qkd.add_subparsers(dest="qkd_command", required=True, parser_class=OneLineParser)
 
     p = qsub.add_parser("simulate", help="one link session end to end (simulation)",
-                        epilog=_SIMULATE_EPILOG)
-    p.add_argument("--distance-km", type=kilometres, required=True)
-    p.add_argument("--pulses", type=positive_count, required=True)
-    p.add_argument("--eve", choices=["intercept-resend", "pns"])
-    p.add_argument("--eve-fraction", type=fraction, default=1.0,
-                   help="fraction of the pulses Eve attacks, 0 to 1 (default 1: every "
-                   "pulse; only with --eve)")
-    p.add_argument("--seed", type=int)
+                        epilog=_SIMULATE_EPILOG,
+                        description="Simulate one round of the decoy-state BB84 link and "
+                        "distil it with the real two-party protocol.  A SIMULATION.")
+    p.add_argument("--distance-km", type=DISTANCE, required=True, metavar="KM",
+                   help="fibre length (km, 0..1000)")
+    p.add_argument("--pulses", type=positive_count, required=True, metavar="N",
+                   help="pulses Alice sends (a whole number, 5e8 allowed; 1..1e18)")
+    p.add_argument("--eve", choices=["intercept-resend", "pns"],
+                   help="an eavesdropper on the fibre (default: none)")
+    p.add_argument("--eve-fraction", type=FRACTION, metavar="F",
+                   help="share of pulses Eve intercepts (intercept-resend) or of "
+                   "single-photon pulses she blocks (pns) (fraction, 0..1; default 1: every "
+                   "pulse; needs --eve)")
+    p.add_argument("--seed", type=seed, metavar="S",
+                   help="make the simulated round reproducible (integer, 0..2^64-1; "
+                   "default: a fresh random seed)")
     p.add_argument("--preset", choices=["finite-key", "gys"], default="finite-key",
                    help="intensities and probabilities: finite-key (default; see "
                    "docs/qkd.md) or the GYS set of the analytic curves")
-    p.add_argument("--p-z", type=float,
-                   help="probability of the Z basis (0.5: standard BB84; more: efficient BB84)")
-    p.add_argument("--mu", type=float, help="signal intensity")
-    p.add_argument("--nu", type=float, help="weak decoy intensity")
+    p.add_argument("--p-z", type=OPEN_PROBABILITY, metavar="P",
+                   help="probability of the Z basis (probability, 0 < P < 1; 0.5: standard "
+                   "BB84, more: efficient BB84; default from --preset)")
+    p.add_argument("--mu", type=INTENSITY, metavar="MU",
+                   help="signal intensity (mean photons per pulse, > 0 and <= 100; above "
+                   "--nu; default from --preset)")
+    p.add_argument("--nu", type=DECOY_INTENSITY, metavar="NU",
+                   help="weak decoy intensity (mean photons per pulse, >= 0; below --mu; "
+                   "default from --preset)")
     p.add_argument("--asymptotic", action="store_true",
                    help="asymptotic decoy bounds instead of finite-size (Lim et al. 2014)")
-    p.add_argument("--eps-sec", type=float, default=DistillationConfig.eps_sec)
+    p.add_argument("--eps-sec", type=EPSILON, default=DistillationConfig.eps_sec,
+                   metavar="EPS", help="security parameter of the finite-size key "
+                   "(probability, 1e-300 <= EPS < 1; default %(default)g)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(func=cmd_simulate)
+    add_budget_options(p)
+    p.set_defaults(func=cmd_simulate, parser=p)
 
     k = qsub.add_parser("link", help="run the simulated link, filling both sites' key stores")
-    k.add_argument("--site-a", required=True)
-    k.add_argument("--store-a", required=True, help="memory:, sqlite:///path or postgresql://...")
-    k.add_argument("--site-b", required=True)
-    k.add_argument("--store-b", required=True)
-    k.add_argument("--distance-km", type=kilometres, default=25.0)
-    k.add_argument("--target-keys", type=positive_count,
-                   help="stop once this many 256-bit keys were deposited (default: run until "
-                   "interrupted)")
-    k.add_argument("--pulses-per-round", type=positive_count, default=500_000_000)
+    k.add_argument("--site-a", type=NAME, required=True,
+                   help="name of site A, Alice's end (text, non-empty)")
+    k.add_argument("--store-a", type=NAME, required=True,
+                   help="site A's key store (URL: memory:, sqlite:///PATH or postgresql://...)")
+    k.add_argument("--site-b", type=NAME, required=True,
+                   help="name of site B, Bob's end (text, non-empty, not --site-a)")
+    k.add_argument("--store-b", type=NAME, required=True,
+                   help="site B's key store (URL, as --store-a)")
+    k.add_argument("--distance-km", type=DISTANCE, default=25.0, metavar="KM",
+                   help="fibre length (km, 0..1000; default %(default)g)")
+    k.add_argument("--target-keys", type=positive_count, metavar="N",
+                   help="stop once this many 256-bit keys were deposited (keys, 1..1e18; "
+                   "default: run until interrupted)")
+    k.add_argument("--pulses-per-round", type=positive_count, default=500_000_000, metavar="N",
+                   help="pulses per round (1..1e18; default %(default).0e)")
     k.add_argument("--json", action="store_true", help="one JSON object per round on stdout")
-    k.set_defaults(func=cmd_link)
+    add_budget_options(k)
+    k.set_defaults(func=cmd_link, parser=k)
 
     s = qsub.add_parser("sweep", help="key rate against distance: analytic, and simulated")
-    s.add_argument("--from-km", type=kilometres, required=True)
-    s.add_argument("--to-km", type=kilometres, required=True)
-    s.add_argument("--step-km", type=positive_number, required=True)
-    s.add_argument("--model", choices=list(analytic.MODELS), default="vacuum-weak")
-    s.add_argument("--mu", type=float, default=LinkParameters.mu)
-    s.add_argument("--nu", type=float, default=LinkParameters.nu)
-    s.add_argument("--pulses", type=positive_count,
-                   help="also estimate the rate from this many simulated pulses per point")
-    s.add_argument("--seed", type=int, default=1)
+    s.add_argument("--from-km", type=DISTANCE, required=True, metavar="KM",
+                   help="first distance (km, 0..1000)")
+    s.add_argument("--to-km", type=DISTANCE, required=True, metavar="KM",
+                   help="last distance (km, 0..1000, at least --from-km)")
+    s.add_argument("--step-km", type=STEP_KM, required=True, metavar="KM",
+                   help="distance step (km, > 0)")
+    s.add_argument("--model", choices=list(analytic.MODELS), default="vacuum-weak",
+                   help="key-rate model (default %(default)s): a published GLLP model, or "
+                   "as-run, the protocol as the simulator runs it (Z-keyed with p_Z, X for "
+                   "estimation, Cascade's f), drawn beside the published curves")
+    s.add_argument("--mu", type=INTENSITY, default=LinkParameters.mu, metavar="MU",
+                   help="signal intensity (mean photons per pulse, > 0 and <= 100; "
+                   "default %(default)g)")
+    s.add_argument("--nu", type=DECOY_INTENSITY, default=LinkParameters.nu, metavar="NU",
+                   help="weak decoy intensity (mean photons per pulse, >= 0, below --mu; "
+                   "default %(default)g)")
+    s.add_argument("--p-z", type=OPEN_PROBABILITY, default=LinkParameters.p_z, metavar="P",
+                   help="probability of the Z basis at each end (probability, 0 < P < 1; "
+                   "default %(default)g)")
+    s.add_argument("--pulses", type=positive_count, metavar="N",
+                   help="also estimate the rate from this many simulated pulses per point "
+                   "(1..1e18)")
+    s.add_argument("--seed", type=seed, default=1, metavar="S",
+                   help="seed of the simulated points (integer, 0..2^64-1; default 1)")
     s.add_argument("--json", action="store_true", help="print one JSON object")
-    s.add_argument("--plot", metavar="FILE.png", help="draw rate against distance (needs "
-                   "the plot extra: pip install 'hybridkex[plot]')")
-    s.set_defaults(func=cmd_sweep)
+    s.add_argument("--plot", type=OUTPUT_FILE, metavar="FILE.png",
+                   help="draw rate against distance (needs the plot extra: pip install "
+                   "'hybridkex[plot]')")
+    add_budget_options(s, memory=False)
+    s.set_defaults(func=cmd_sweep, parser=s)
 
+    qkd_eve.register(qsub)
 
 def _open_store(url: str, site: str, option: str) -> KeyStore:
     """The store ``url`` names, or one line saying why it cannot be opened."""
@@ -132,41 +191,16 @@ def _check_plot(path: str) -> None:
                                f"{', '.join('.' + f for f in sorted(formats))})")
 
 
-class _Progress:
-    """A one-line progress bar on stderr."""
-
-    def __init__(self, label: str) -> None:
-        self.label = label
-        self.started = time.perf_counter()
-        self.last = 0.0
-
-    def __call__(self, done: int, total: int) -> None:
-        now = time.perf_counter()
-        if now - self.last < 0.2 and done < total:
-            return
-        self.last = now
-        width = 30
-        filled = int(width * done / total) if total else width
-        rate = done / max(now - self.started, 1e-9)
-        sys.stderr.write(f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] "
-                         f"{done:.3g}/{total:.3g} pulses, {rate:.3g}/s")
-        if done >= total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
-
-
 def cmd_simulate(args: argparse.Namespace) -> int:
-    eve = Eavesdropper(args.eve, args.eve_fraction) if args.eve else None
-    chosen = {name: getattr(args, name) for name in ("p_z", "mu", "nu")
-              if getattr(args, name) is not None}
-    make = finite_key_parameters if args.preset == "finite-key" else partial(replace,
-                                                                              LinkParameters())
-    params = make(distance_km=args.distance_km, eve=eve, **chosen)
+    params = simulate_parameters(args)
     config = DistillationConfig(finite_key=not args.asymptotic, eps_sec=args.eps_sec)
+    cost = within_budget(args, params, args.pulses, config=config)
     link = QKDLink("site-a", "site-b", params, config, identity_a=SiteIdentity.generate(),
                    identity_b=SiteIdentity.generate())
-    progress = None if args.json else _Progress("simulating")
-    report = link.run_round(args.pulses, args.seed, progress)
+    progress = None if args.json else RoundProgress(cost)
+    report = link.run_round(args.pulses, args.seed, stages=progress)
+    if progress is not None:
+        progress.finish()
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     else:
@@ -175,6 +209,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_link(args: argparse.Namespace) -> int:
+    within_budget(args, finite_key_parameters(distance_km=args.distance_km),
+                  args.pulses_per_round, pulses_option="--pulses-per-round")
     store_a = _open_store(args.store_a, args.site_a, "--store-a")
     try:
         store_b = _open_store(args.store_b, args.site_b, "--store-b")
@@ -200,12 +236,15 @@ def cmd_link(args: argparse.Namespace) -> int:
                     f"+{report.keys_deposited} keys, QBER {report.qber:.3f}, "
                     f"auth {report.auth_bits_consumed} bits")
                 target = f"/{args.target_keys}" if args.target_keys else ""
-                print(f"\rround {rounds}: {deposited}{target} keys deposited "
-                      f"({status})", end="", file=sys.stderr, flush=True)
+                # redrawn in place on a terminal, a plain line per round elsewhere
+                tty = sys.stderr.isatty()
+                start, end = ("\r", "") if tty else ("", "\n")
+                print(f"{start}round {rounds}: {deposited}{target} keys deposited "
+                      f"({status})", end=end, file=sys.stderr, flush=True)
     except KeyboardInterrupt:
         pass
     finally:
-        if not args.json:
+        if not args.json and sys.stderr.isatty():
             print(file=sys.stderr)
         store_a.close()
         store_b.close()
@@ -293,32 +332,46 @@ def _print_terms(t: dict[str, Any], error: str) -> None:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     if args.to_km < args.from_km:
-        raise InvalidParameter("need --to-km >= --from-km")
+        usage_error(args, "arguments --from-km, --to-km: need --to-km >= --from-km")
+    if args.nu >= args.mu:
+        usage_error(args, "arguments --mu, --nu: need --mu above --nu")
+    count = qkd_eve.point_count(args.from_km, args.to_km, args.step_km)
+    if count > qkd_eve.MAX_POINTS:
+        usage_error(args, f"arguments --from-km, --to-km, --step-km: {count:.3g} points, at "
+                    f"most {qkd_eve.MAX_POINTS}; raise --step-km")
     if args.plot:
         _check_plot(args.plot)
-    params = LinkParameters(mu=args.mu, nu=args.nu)
+    params = LinkParameters(mu=args.mu, nu=args.nu, p_z=args.p_z)
     model = args.model
     points: list[dict[str, Any]] = []
     estimable = model in montecarlo.OBSERVABLE_MODELS
-    for point in analytic.sweep(params, args.from_km, args.to_km, args.step_km, model):
+    distances = analytic.sweep(params, args.from_km, args.to_km, args.step_km, model)
+    if args.pulses and estimable:
+        farthest = params.at_distance(distances[0].distance_km if distances else 0.0)
+        within_budget(args, farthest, args.pulses, rounds=len(distances))
+    # The protocol's own curve is drawn beside the published ones it differs from.
+    progress = None if args.json else ItemProgress("sweep", len(distances))
+    published: tuple[analytic.Model, ...] = (
+        ("vacuum-weak", "infinite-decoy") if model == "as-run" else ())
+    for point in distances:
         entry: dict[str, Any] = {"distance_km": round(point.distance_km, 6),
                                  "analytic_rate": point.rate,
                                  # PLOB is unbounded at 0 km; JSON has no infinity
                                  "plob_bound": point.plob if point.plob != float("inf") else None}
+        at = params.at_distance(point.distance_km)
+        if published:
+            entry["published_rates"] = {name: analytic.key_rate(at, name) for name in published}
         if args.pulses:
             if estimable:
-                sim = montecarlo.simulated_rate(params.at_distance(point.distance_km), model,
-                                                args.pulses, args.seed)
+                sim = montecarlo.simulated_rate(at, model, args.pulses, args.seed)
                 entry["simulated_rate"] = sim.rate
                 entry["simulated_stderr"] = sim.stderr
             else:
                 entry["simulated_rate"] = None
         points.append(entry)
-        if not args.json:
-            print(f"\r{point.distance_km:7.1f} km", end="", file=sys.stderr, flush=True)
-    if not args.json:
-        print(file=sys.stderr)
-    result = {
+        if progress is not None:
+            progress(len(points), f"points ({point.distance_km:g} km)")
+    result: dict[str, Any] = {
         "model": model,
         "parameters": {k: v for k, v in asdict(replace(params, eve=None)).items()
                        if k not in ("distance_km", "eve")},
@@ -326,12 +379,17 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         "points": points,
         "simulation": SIMULATION_LABEL if args.pulses else None,
     }
+    if model == "as-run":
+        result["f_ec"] = analytic.CASCADE_EFFICIENCY
+        result["z_sample_fraction"] = analytic.Z_SAMPLE_FRACTION
+        result["published_max_distance_km"] = {
+            name: round(analytic.max_distance_km(params, name), 1) for name in published}
     if args.pulses and not estimable:
         result["simulated_note"] = (f"the {model} bound assumes the true single-photon yield, "
                                     "which a simulated experiment cannot observe; use "
-                                    "vacuum-weak or no-decoy for simulated rates")
+                                    "vacuum-weak, no-decoy or as-run for simulated rates")
     if args.plot:
-        _plot(result, args.plot)
+        plot_sweep(result, args.plot)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -340,46 +398,22 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _print_sweep(result: dict[str, Any]) -> None:
-    print(f"model {result['model']}; maximum distance {result['max_distance_km']:.1f} km")
-    print(f"{'km':>7} {'analytic':>12} {'simulated':>12} {'PLOB':>12}   (secret bits per pulse)")
+    print(f"model {result['model']} ({MODEL_LABELS.get(result['model'], '')}); "
+          f"maximum distance {result['max_distance_km']:.1f} km")
+    published = list(result.get("published_max_distance_km", {}))
+    print(f"{'km':>7} {result['model']:>12} "
+          + "".join(f"{name:>15}" for name in published)
+          + f" {'simulated':>12} {'± stderr':>10} {'PLOB':>12}   (secret bits per pulse)")
     for p in result["points"]:
         sim = p.get("simulated_rate")
         sim_text = "" if sim is None else f"{sim:12.4e}"
+        err_text = "" if sim is None else f"{p['simulated_stderr']:10.2e}"
         plob = p["plob_bound"]
         plob_text = "unbounded" if plob is None else f"{plob:12.4e}"
-        print(f"{p['distance_km']:7.1f} {p['analytic_rate']:12.4e} {sim_text:>12} "
-              f"{plob_text:>12}")
+        others = "".join(f"{p['published_rates'][name]:15.4e}" for name in published)
+        print(f"{p['distance_km']:7.1f} {p['analytic_rate']:12.4e}{others} {sim_text:>12} "
+              f"{err_text:>10} {plob_text:>12}")
+    for name, reach in result.get("published_max_distance_km", {}).items():
+        print(f"  {name}: {MODEL_LABELS[name]}, maximum distance {reach:.1f} km")
     if result["simulation"]:
         print(f"simulated rates: {result['simulation']}")
-
-
-def _plot(result: dict[str, Any], path: str) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise InvalidParameter(
-            "--plot needs matplotlib: pip install 'hybridkex[plot]'") from None
-    pts = result["points"]
-    km = [p["distance_km"] for p in pts]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    plob = [(p["distance_km"], p["plob_bound"]) for p in pts if p["plob_bound"] is not None]
-    ax.semilogy([x for x, _ in plob], [y for _, y in plob], "k--", label="PLOB bound")
-    ax.semilogy(km, [max(p["analytic_rate"], 1e-300) for p in pts], label=(
-        f"analytic ({result['model']})"))
-    sim = [(p["distance_km"], p["simulated_rate"]) for p in pts
-           if p.get("simulated_rate")]
-    if sim:
-        ax.semilogy([s[0] for s in sim], [s[1] for s in sim], "o",
-                    label="Monte Carlo simulation")
-    ax.set_xlabel("distance (km)")
-    ax.set_ylabel("secret key rate (bits per pulse)")
-    ax.set_ylim(1e-9, 10.0)
-    ax.set_title("Decoy-state BB84, GYS parameters (simulated link)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)

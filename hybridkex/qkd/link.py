@@ -52,11 +52,14 @@ from hybridkex.qkd.distillation.authentication import (
     WegmanCarterAuthenticator,
 )
 from hybridkex.qkd.distillation.channel import AuthenticatedChannel
+from hybridkex.qkd.distillation.data import alice_values, bob_values
+from hybridkex.qkd.distillation.detections import DetectionLog
 from hybridkex.qkd.distillation.transport import ClassicalChannel, queue_pair
 from hybridkex.qkd.ends import Role
 from hybridkex.qkd.labels import SIMULATION_LABEL
 from hybridkex.qkd.parameters import LinkParameters
-from hybridkex.qkd.simulator import simulate
+from hybridkex.qkd.progress import SIMULATION, StageProgress
+from hybridkex.qkd.simulator import AliceRecord, BobRecord, UInt8Array, simulate
 
 __all__ = ["LinkReport", "QKDLink", "SiteIdentity", "stored_keys",
            "unit_initiator"]
@@ -90,9 +93,9 @@ def stored_keys(material: bytes, key_ids: Sequence[str], alice_site: str,
     ]
 
 
-def _pad_bits(alice: AliceData, bob: BobData) -> None:
-    """XOR Alice's bit at every detected pulse, and Bob's at the same pulse, with one
-    fresh bit from the operating system.
+def _pad_bits(alice: AliceRecord, bob: BobRecord) -> tuple[UInt8Array, UInt8Array]:
+    """Alice's bits at one block's detected pulses, and Bob's at the same pulses, each
+    XORed with one fresh bit from the operating system per pulse.
 
     The simulator draws Alice's bits uniformly and independently of everything else it
     records, with Bob's errors independent of her bit, so the padded records have
@@ -104,8 +107,7 @@ def _pad_bits(alice: AliceData, bob: BobData) -> None:
         raise AssertionError("the simulator's records of Alice and Bob cover other pulses")
     count = len(alice.bit)
     pad = np.unpackbits(np.frombuffer(os.urandom((count + 7) // 8), dtype=np.uint8))[:count]
-    alice.bit ^= pad
-    bob.bit ^= pad
+    return alice.bit ^ pad, bob.bit ^ pad
 
 
 @dataclass(frozen=True, repr=False)
@@ -194,11 +196,13 @@ class QKDLink:
     def run_round(self, pulses: int, seed: int | None = None,
                   progress: Callable[[int, int], None] | None = None,
                   channel_hook: Callable[[ClassicalChannel, Role], ClassicalChannel] | None = None,
-                  ) -> LinkReport:
+                  stages: StageProgress | None = None) -> LinkReport:
         """Simulate ``pulses`` pulses, distil, and deposit the keys into both stores.
 
         ``seed`` makes the round reproducible, and is refused when the link has a key
         store: anyone who knew it could recompute the keys (see the module docstring).
+        ``progress(done, total)`` follows the simulated pulses; ``stages`` follows the
+        whole round, stage by stage (:mod:`hybridkex.qkd.progress`).
         ``channel_hook(end, role)`` may wrap each party's end of the classical channel,
         to play an active attacker on it (tests, demonstrations).
         """
@@ -220,9 +224,14 @@ class QKDLink:
         report = LinkReport(distance_km=self.params.distance_km, pulses=pulses,
                             finite_key=self.config.finite_key, eps_sec=self.config.eps_sec,
                             qber_threshold=self.config.qber_abort, seed=shown)
-        alice, bob = self._quantum_phase(pulses, seed, progress)
-        if deposits:
-            _pad_bits(alice, bob)
+
+        def simulated(done: int, total: int) -> None:
+            if progress is not None:
+                progress(done, total)
+            if stages is not None:
+                stages(SIMULATION, done, total)
+
+        alice, bob = self._quantum_phase(pulses, seed, simulated, pad=deposits)
         report.simulation_s = time.perf_counter() - started
 
         auth_a, auth_b, report.auth_mode = self._authenticators()
@@ -245,7 +254,7 @@ class QKDLink:
 
         def bob_side() -> None:
             try:
-                results[Role.BOB] = run_bob(chan_b, bob, self.config, randomness_b)
+                results[Role.BOB] = run_bob(chan_b, bob, self.config, randomness_b, stages)
             finally:
                 if Role.BOB not in results:  # an unexpected error: Bob keeps nothing
                     results[Role.BOB] = DistillationResult(
@@ -277,34 +286,31 @@ class QKDLink:
         return report
 
     def _quantum_phase(self, pulses: int, seed: int,
-                       progress: Callable[[int, int], None] | None) -> tuple[AliceData, BobData]:
-        a_parts: dict[str, list[np.ndarray[Any, Any]]] = {"index": [], "intensity": [],
-                                                          "basis": [], "bit": []}
-        b_parts: dict[str, list[np.ndarray[Any, Any]]] = {"index": [], "basis": [], "bit": []}
+                       progress: Callable[[int, int], None] | None, *,
+                       pad: bool = False) -> tuple[AliceData, BobData]:
+        """Run the optical simulation block by block, each end keeping only its detection
+        events (:class:`~hybridkex.qkd.distillation.detections.DetectionLog`): memory
+        grows with the detections, four bytes per end each, never with the pulses.
+        ``pad``: key bits from the operating system, not the simulator (:func:`_pad_bits`),
+        for rounds whose keys are deposited."""
+        alice_log, bob_log = DetectionLog(), DetectionLog()
         sent = np.zeros(3, dtype=np.int64)
         done = 0
         for block in simulate(self.params, pulses, seed):
-            for name in a_parts:
-                a_parts[name].append(getattr(block.alice, name))
-            for name in b_parts:
-                b_parts[name].append(getattr(block.bob, name))
-            sent += block.alice.sent.sum(axis=1)
-            done += block.alice.pulses
+            a, b = block.alice, block.bob
+            a_bit, b_bit = _pad_bits(a, b) if pad else (a.bit, b.bit)
+            alice_log.append(a.index, alice_values(a.intensity, a.basis, a_bit))
+            bob_log.append(b.index, bob_values(b.basis, b_bit))
+            sent += a.sent.sum(axis=1)
+            done += a.pulses
             if progress is not None:
                 progress(done, pulses)
         p = self.params
-
-        def cat(parts: list[np.ndarray[Any, Any]], dtype: Any) -> Any:
-            return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype=dtype)
-
         alice = AliceData(
-            index=cat(a_parts["index"], np.int64), intensity=cat(a_parts["intensity"], np.uint8),
-            basis=cat(a_parts["basis"], np.uint8), bit=cat(a_parts["bit"], np.uint8),
-            pulses_sent=pulses, sent=(float(sent[0]), float(sent[1]), float(sent[2])),
+            detections=alice_log, pulses_sent=pulses,
+            sent=(float(sent[0]), float(sent[1]), float(sent[2])),
             intensities=(p.mu, p.nu, p.vacuum), probabilities=(p.p_mu, p.p_nu, p.p_vacuum))
-        bob = BobData(index=cat(b_parts["index"], np.int64), basis=cat(b_parts["basis"], np.uint8),
-                      bit=cat(b_parts["bit"], np.uint8))
-        return alice, bob
+        return alice, BobData(detections=bob_log)
 
     @staticmethod
     def _fill(report: LinkReport, r: DistillationResult) -> None:

@@ -143,8 +143,10 @@ __all__ = [
     "Z_BASIS",
     "AliceRecord",
     "BobRecord",
+    "ExpectedRates",
     "SimulatedBlock",
     "SimulationStats",
+    "expected_rates",
     "pns_matching_fraction",
     "simulate",
 ]
@@ -367,6 +369,37 @@ def _build_model(params: LinkParameters) -> _Model:
         undetected=undetected / undetected.sum() if undetected.sum() > 0 else undetected,
         has_eve=params.eve is not None,
     )
+
+
+@dataclass(frozen=True)
+class ExpectedRates:
+    """What a pulse of the simulated link yields on average (per pulse sent).
+
+    ``detection``: P(Bob clicks).  ``matched[b]``: P(a click where both chose basis
+    ``b``).  ``qber[b]``: the error rate of those matched clicks (double clicks count
+    as an error half of the time, as the squashing makes them), Eve included.
+    """
+
+    detection: float
+    matched: tuple[float, float]
+    qber: tuple[float, float]
+
+
+def expected_rates(params: LinkParameters) -> ExpectedRates:
+    """The exact per-pulse expectations of the simulation under ``params``: the cell
+    probabilities the sampler draws from, summed (see the module docstring)."""
+    _check_params(params)
+    model = _build_model(params)
+    cells = np.diff(model.cdf, prepend=0.0) * model.p_detect
+    matched, qber = [], []
+    for basis in (Z_BASIS, X_BASIS):
+        same = (model.alice_basis == basis) & (model.bob_basis == basis)
+        total = float(cells[same].sum())
+        wrong = float(cells[same & (model.pattern == _WRONG)].sum()
+                      + 0.5 * cells[same & (model.pattern == _DOUBLE)].sum())
+        matched.append(total)
+        qber.append(wrong / total if total > 0.0 else math.nan)
+    return ExpectedRates(model.p_detect, (matched[0], matched[1]), (qber[0], qber[1]))
 
 
 def _class_gains(params: LinkParameters) -> Float64Array:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import os
 import re
 import shutil
@@ -148,7 +149,7 @@ class SiteSettings:
     def from_toml(cls, text: str, where: str) -> SiteSettings:
         try:
             data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
+        except ValueError as exc:  # TOMLDecodeError, or an integer of over 4300 digits
             raise SiteError(f"{where}: {exc}") from None
         unknown = sorted(set(data) - set(_SETTINGS))
         if unknown:
@@ -204,8 +205,10 @@ class SiteSettings:
                 suite_by_name(suite)
         except UnknownAlgorithm as exc:
             raise SiteError(f"{where}: {exc}") from None
-        if self.handshake_timeout_s <= 0:
-            raise SiteError(f"{where}: handshake_timeout_s must be positive")
+        if not math.isfinite(self.handshake_timeout_s) or self.handshake_timeout_s <= 0:
+            raise SiteError(f"{where}: handshake_timeout_s must be a positive number")
+        if not all(isinstance(link, dict) for link in self.links.values()):
+            raise SiteError(f"{where}: each entry of [links] must be a table")
         if self.name in self.key_source.peers:
             raise SiteError(f"{where}: [key_source.peers] names this site itself "
                             f"({self.name}); it maps peer sites to their SAE IDs")

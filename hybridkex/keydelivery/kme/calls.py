@@ -55,6 +55,7 @@ __all__ = [
     "PeerSAEs",
     "client_ssl_context",
     "dec_keys_call",
+    "decode_answer",
     "enc_keys_call",
     "status_call",
 ]
@@ -304,12 +305,19 @@ def dec_keys_call(master_sae: str, key_ids: Sequence[str | Sequence[str]],
 # -- what an answer means -----------------------------------------------------------------------
 
 
+def decode_answer(raw: bytes) -> Any:
+    """A KME's answer body as JSON, or None when it is empty or not JSON (any bytes)."""
+    if not raw:
+        return None
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: deep nesting
+        return None
+
+
 def decode(call: Call, status: int, raw: bytes) -> Any:
     """The JSON of a 200 answer; any other status as its typed error."""
-    try:
-        decoded = json.loads(raw.decode("utf-8")) if raw else None
-    except (UnicodeDecodeError, ValueError):
-        decoded = None
+    decoded = decode_answer(raw)
     if status == 200:
         if decoded is None:
             raise KeySourceError(f"the KME's answer to {call.method} {call.path} is not JSON")

@@ -28,8 +28,8 @@ from hybridkex.qkd.distillation.data import (
     DistillationConfig,
     DistillationResult,
     Sifted,
-    X,
-    Z,
+    SiftedBuilder,
+    split_alice_values,
 )
 from hybridkex.qkd.distillation.messages import (
     NONCE_SIZE,
@@ -50,6 +50,7 @@ from hybridkex.qkd.distillation.session import (
     check_confirmation,
     check_reconcilable,
     confirmation_bits,
+    reconciliation_segments,
     run_guarded,
     session_id,
     split_confirmation,
@@ -102,20 +103,31 @@ def hello(chan: AuthenticatedChannel, data: AliceData, random_bytes: RandomBytes
 
 def sift(chan: AuthenticatedChannel, data: AliceData, announced: Hello,
          result: DistillationResult) -> Sifted:
-    """2. Look up Bob's detections in her record and disclose her basis and intensity
-    class at each; refuse any pulse she never sent or that produced no click."""
-    bob = chan.recv(Sift)
-    if len(bob.index) and bob.index[-1] >= data.pulses_sent:
-        raise LinkAborted("sifting message announces invalid pulse indices")
+    """2. Look up Bob's detections, chunk by chunk, in her record and disclose her basis
+    and intensity class at each; refuse any pulse she never sent or that produced no
+    click, and any chunk that does not follow the last.  Her record is let go of as
+    Bob's announcement passes it; she keeps only the matched bits."""
+    first = bob = chan.recv(Sift)
     chan.session_id = session_id(announced.nonce, bob.nonce)
-    pos = np.searchsorted(data.index, bob.index)
-    if not np.all(pos < len(data.index)) or not np.array_equal(data.index[pos], bob.index):
-        raise LinkAborted("Bob announced a pulse that produced no click")
-    basis, intensity = data.basis[pos], data.intensity[pos]
-    chan.send(SiftReply(basis, intensity))
-    match = basis == bob.basis
-    result.detections, result.sifted_bits = len(bob.index), int(np.count_nonzero(match))
-    return Sifted(intensity, data.bit[pos], match & (basis == Z), match & (basis == X))
+    sifted = SiftedBuilder()
+    last = -1
+    while True:
+        if bob.nonce != first.nonce or bob.total != first.total:
+            raise LinkAborted("a sifting chunk changes the nonce or the total")
+        if len(bob.index) and (bob.index[0] <= last or bob.index[-1] >= data.pulses_sent):
+            raise LinkAborted("sifting message announces invalid pulse indices")
+        values = data.detections.lookup(bob.index)
+        if values is None:
+            raise LinkAborted("Bob announced a pulse that produced no click")
+        intensity, basis, bit = split_alice_values(values)
+        chan.send(SiftReply(basis, intensity))
+        sifted.add(intensity, bit, basis == bob.basis, basis)
+        if sifted.detections > first.total:
+            raise LinkAborted("sifting announces more detections than its total")
+        if sifted.detections == first.total:
+            return sifted.finish(result)
+        last = int(bob.index[-1])
+        bob = chan.recv(Sift)
 
 
 def estimate(chan: AuthenticatedChannel, sifted: Sifted, announced: Hello,
@@ -124,34 +136,46 @@ def estimate(chan: AuthenticatedChannel, sifted: Sifted, announced: Hello,
     """3. Disclose her X bits and the Z sample Bob's seed picks, count the errors, and
     stop if no key can come out.  Returns the estimates and her key block."""
     bob = chan.recv(Estimate)
-    z_bits = sifted.bit[sifted.z]
-    x_bits = sifted.bit[sifted.x]
+    z_bits, x_bits = sifted.z_bits, sifted.x_bits
     sample = estimation.sample_z(len(z_bits), bob.sample_seed, config)
     if len(bob.x_bits) != len(x_bits) or len(bob.z_sample_bits) != np.count_nonzero(sample):
         raise MalformedMessage("malformed estimation message: bit counts differ from sifting")
     chan.send(EstimateReply(x_bits, z_bits[sample]))
-    est = estimation.estimate(sifted.intensity[sifted.z], sifted.intensity[sifted.x], sample,
+    est = estimation.estimate(sifted.z_intensity, sifted.x_intensity, sample,
                               z_bits[sample] ^ bob.z_sample_bits, x_bits ^ bob.x_bits)
     estimation.check_worth_reconciling(est, announced, sifted.intensity, config, result)
     return est, z_bits[~sample]
 
 
 def reconcile(chan: AuthenticatedChannel, key: Bits, result: DistillationResult) -> int:
-    """4. Answer Cascade's parity queries until Bob is done.  The queries and answers are
-    deferred frames; Bob's tagged summary authenticates them.  Returns the bits leaked."""
+    """4. Answer Cascade's parity queries, segment by segment
+    (:func:`.session.reconciliation_segments`: a request with setup starts the next),
+    until Bob is done.  The queries and answers are deferred frames; Bob's tagged
+    summary authenticates them.  Returns the bits leaked."""
     check_reconcilable(key)
-    cascade = CascadeAlice(key)
+    segments = reconciliation_segments(len(key))
+    current = leaked = round_trips = 0
+    cascade = CascadeAlice(key[slice(*segments[0])])
     expected = {CascadeRequest: True, CascadeDone: False}  # message class: deferred?
     while not isinstance(message := chan.recv_any(expected), CascadeDone):
         assert isinstance(message, CascadeRequest)
+        if message.setup is not None and cascade.frames:  # Bob starts the next segment
+            leaked, round_trips = leaked + cascade.leaked_bits, round_trips + cascade.round_trips
+            current += 1
+            if current == len(segments):
+                raise LinkAborted("reconciliation asks for more segments than the key has")
+            del cascade  # before the next segment's: one Cascade's memory at a time
+            cascade = CascadeAlice(key[slice(*segments[current])])
         chan.send(cascade.respond(message), deferred=True)
-    if message.leaked_bits != cascade.leaked_bits:
+    if current != len(segments) - 1 or not cascade.frames:
+        raise LinkAborted("reconciliation ended before every segment was reconciled")
+    leaked, round_trips = leaked + cascade.leaked_bits, round_trips + cascade.round_trips
+    if message.leaked_bits != leaked:
         raise LinkAborted("the parties disagree on the bits reconciliation disclosed")
     if message.errors > len(key):
         raise MalformedMessage("malformed reconciliation summary: more errors than key bits")
-    result.record_reconciliation(len(key), message.leaked_bits, message.errors,
-                                 cascade.round_trips)
-    return cascade.leaked_bits
+    result.record_reconciliation(len(key), message.leaked_bits, message.errors, round_trips)
+    return leaked
 
 
 def verify(chan: AuthenticatedChannel, key: Bits, random_bytes: RandomBytes) -> None:

@@ -11,6 +11,7 @@ protocol as a whole is described in :mod:`hybridkex.qkd.distillation`.
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Callable
 from functools import partial
@@ -28,10 +29,11 @@ from hybridkex.qkd.distillation.data import (
     DistillationConfig,
     DistillationResult,
     Sifted,
-    X,
-    Z,
+    SiftedBuilder,
+    split_bob_values,
 )
 from hybridkex.qkd.distillation.messages import (
+    MAX_SIFT_CHUNK,
     NONCE_SIZE,
     SAMPLE_SEED_SIZE,
     Amplify,
@@ -52,6 +54,7 @@ from hybridkex.qkd.distillation.session import (
     check_confirmation,
     check_reconcilable,
     confirmation_bits,
+    reconciliation_segments,
     run_guarded,
     session_id,
     split_confirmation,
@@ -60,6 +63,7 @@ from hybridkex.qkd.distillation.session import (
 from hybridkex.qkd.distillation.toeplitz import toeplitz_hash
 from hybridkex.qkd.ends import Role
 from hybridkex.qkd.errors import LinkAborted, MalformedMessage
+from hybridkex.qkd.progress import AMPLIFICATION, RECONCILIATION, SIFTING, StageProgress
 
 __all__ = ["amplify", "confirm", "estimate", "hello", "reconcile", "run_bob", "sift", "verify"]
 
@@ -68,50 +72,69 @@ RandomBytes = Callable[[int], bytes]
 
 
 def run_bob(chan: AuthenticatedChannel, data: BobData, config: DistillationConfig,
-            random_bytes: RandomBytes = os.urandom) -> DistillationResult:
+            random_bytes: RandomBytes = os.urandom,
+            progress: StageProgress | None = None) -> DistillationResult:
     """Bob's side of one distillation round.
 
     ``random_bytes`` supplies the protocol's public random choices (his nonce, the
     estimation sample's seed, Cascade's seed); only a reproducible simulation replaces
-    the operating system's CSPRNG.
+    the operating system's CSPRNG.  Bob drives sifting and reconciliation, so he is
+    the end that reports their ``progress``.
     """
     result = DistillationResult(role=Role.BOB)
-    return run_guarded(chan, result, partial(_steps, chan, data, config, random_bytes, result))
+    return run_guarded(chan, result, partial(_steps, chan, data, config, random_bytes, result,
+                                             progress))
 
 
 def _steps(chan: AuthenticatedChannel, data: BobData, config: DistillationConfig,
-           random_bytes: RandomBytes, result: DistillationResult) -> None:
+           random_bytes: RandomBytes, result: DistillationResult,
+           progress: StageProgress | None) -> None:
     announced = hello(chan, data)
-    sifted = sift(chan, data, announced, random_bytes, result)
+    sifted = sift(chan, data, announced, random_bytes, result, progress)
     est, key = estimate(chan, sifted, announced, config, random_bytes, result)
-    corrected, leaked = reconcile(chan, key, est, random_bytes, result)
+    corrected, leaked = reconcile(chan, key, est, random_bytes, result, progress)
+    del key  # the corrected key replaces it (a long block is tens of MB)
     verify(chan, corrected)
+    if progress is not None:
+        progress(AMPLIFICATION, 0, 1)
     output, amplified = amplify(chan, corrected, est, announced, sifted, leaked, config, result)
+    if progress is not None:
+        progress(AMPLIFICATION, 1, 1)
     result.keep(confirm(chan, output), amplified.reserve_bits, amplified.key_ids)
 
 
 def hello(chan: AuthenticatedChannel, data: BobData) -> Hello:
     """1. Take Alice's hello; refuse it if he registered a pulse she says she never sent."""
     announced = chan.recv(Hello)
-    if len(data.index) and data.index[-1] >= announced.pulses_sent:
+    if data.detections.last_index >= announced.pulses_sent:
         raise LinkAborted("Bob registered more pulses than Alice announces")
     return announced
 
 
 def sift(chan: AuthenticatedChannel, data: BobData, announced: Hello,
-         random_bytes: RandomBytes, result: DistillationResult) -> Sifted:
+         random_bytes: RandomBytes, result: DistillationResult,
+         progress: StageProgress | None = None) -> Sifted:
     """2. Announce his detections and bases with his nonce (the session ID follows from
-    both nonces), and take Alice's bases and intensity classes at them."""
+    both nonces), chunk by chunk, and take Alice's bases and intensity classes at them.
+    His record is let go of as it is announced; he keeps only the matched bits."""
     nonce = random_bytes(NONCE_SIZE)
-    chan.send(Sift(nonce, data.index, data.basis))
-    chan.session_id = session_id(announced.nonce, nonce)
-    alice = chan.recv(SiftReply)
-    if len(alice.basis) != len(data.index):
-        raise MalformedMessage("malformed sifting reply: not one entry per detection")
-    match = alice.basis == data.basis
-    result.detections, result.sifted_bits = len(data.index), int(np.count_nonzero(match))
-    return Sifted(alice.intensity, data.bit, match & (data.basis == Z),
-                  match & (data.basis == X))
+    total = len(data.detections)
+    sifted = SiftedBuilder()
+    if progress is not None:
+        progress(SIFTING, 0, total)
+    chunks = data.detections.drain(MAX_SIFT_CHUNK)
+    empty = (np.zeros(0, np.int64), np.zeros(0, np.uint8))
+    for index, values in itertools.chain(chunks, [empty] if not total else []):
+        basis, bit = split_bob_values(values)
+        chan.send(Sift(nonce, total, index, basis))
+        chan.session_id = session_id(announced.nonce, nonce)
+        alice = chan.recv(SiftReply)
+        if len(alice.basis) != len(index):
+            raise MalformedMessage("malformed sifting reply: not one entry per detection")
+        sifted.add(alice.intensity, bit, alice.basis == basis, basis)
+        if progress is not None:
+            progress(SIFTING, sifted.detections, total)
+    return sifted.finish(result)
 
 
 def estimate(chan: AuthenticatedChannel, sifted: Sifted, announced: Hello,
@@ -121,35 +144,47 @@ def estimate(chan: AuthenticatedChannel, sifted: Sifted, announced: Hello,
     count the errors against Alice's, and stop if no key can come out.  Returns the
     estimates and his key block."""
     sample_seed = random_bytes(SAMPLE_SEED_SIZE)
-    z_bits = sifted.bit[sifted.z]
-    x_bits = sifted.bit[sifted.x]
+    z_bits, x_bits = sifted.z_bits, sifted.x_bits
     sample = estimation.sample_z(len(z_bits), sample_seed, config)
     chan.send(Estimate(sample_seed, x_bits, z_bits[sample]))
     alice = chan.recv(EstimateReply)
     if len(alice.x_bits) != len(x_bits) or len(alice.z_sample_bits) != np.count_nonzero(
             sample):
         raise MalformedMessage("malformed estimation reply: bit counts differ from sifting")
-    est = estimation.estimate(sifted.intensity[sifted.z], sifted.intensity[sifted.x], sample,
+    est = estimation.estimate(sifted.z_intensity, sifted.x_intensity, sample,
                               z_bits[sample] ^ alice.z_sample_bits, x_bits ^ alice.x_bits)
     estimation.check_worth_reconciling(est, announced, sifted.intensity, config, result)
     return est, z_bits[~sample]
 
 
 def reconcile(chan: AuthenticatedChannel, key: Bits, est: estimation.Estimates,
-              random_bytes: RandomBytes, result: DistillationResult) -> tuple[Bits, int]:
-    """4. Drive Cascade towards Alice's key over deferred frames, then send the tagged
-    summary that authenticates them.  Returns his corrected key and the bits leaked."""
+              random_bytes: RandomBytes, result: DistillationResult,
+              progress: StageProgress | None = None) -> tuple[Bits, int]:
+    """4. Drive Cascade towards Alice's key over deferred frames, segment by segment
+    (:func:`.session.reconciliation_segments`), then send the tagged summary that
+    authenticates them.  Returns his corrected key and the bits leaked."""
     check_reconcilable(key)
-    cascade = CascadeBob(key, max(est.qber_sample, MIN_QBER), random_bytes(CASCADE_SEED_SIZE),
-                         frame_bits=CASCADE_FRAME_BITS)
-    while (request := cascade.request()) is not None:
-        chan.send(request, deferred=True)
-        cascade.receive(chan.recv(CascadeResponse, deferred=True))
-    corrected = cascade.corrected
+    qber = max(est.qber_sample, MIN_QBER)
+    corrected = key.copy()
+    leaked = round_trips = 0
+    if progress is not None:
+        progress(RECONCILIATION, 0, len(key))
+    for lo, hi in reconciliation_segments(len(key)):
+        cascade = CascadeBob(key[lo:hi], qber, random_bytes(CASCADE_SEED_SIZE),
+                             frame_bits=CASCADE_FRAME_BITS)
+        while (request := cascade.request()) is not None:
+            chan.send(request, deferred=True)
+            cascade.receive(chan.recv(CascadeResponse, deferred=True))
+        corrected[lo:hi] = cascade.corrected
+        leaked += cascade.leaked_bits
+        round_trips += cascade.round_trips
+        del cascade  # before the next segment's: one Cascade's memory at a time
+        if progress is not None:
+            progress(RECONCILIATION, hi, len(key))
     errors = int(np.count_nonzero(corrected != key))
-    chan.send(CascadeDone(cascade.leaked_bits, errors))
-    result.record_reconciliation(len(key), cascade.leaked_bits, errors, cascade.round_trips)
-    return corrected, cascade.leaked_bits
+    chan.send(CascadeDone(leaked, errors))
+    result.record_reconciliation(len(key), leaked, errors, round_trips)
+    return corrected, leaked
 
 
 def verify(chan: AuthenticatedChannel, corrected: Bits) -> None:

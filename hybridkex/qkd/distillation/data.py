@@ -20,6 +20,7 @@ import numpy.typing as npt
 
 from hybridkex.keydelivery.keys import UNIT_BYTES
 from hybridkex.qkd import decoy
+from hybridkex.qkd.distillation.detections import DetectionLog
 from hybridkex.qkd.ends import Role
 
 __all__ = [
@@ -30,10 +31,14 @@ __all__ = [
     "PATerms",
     "RoundMetrics",
     "Sifted",
+    "SiftedBuilder",
+    "alice_values",
+    "bob_values",
+    "split_alice_values",
+    "split_bob_values",
 ]
 
 Bits = npt.NDArray[np.uint8]
-Mask = npt.NDArray[np.bool_]
 Z, X = 0, 1  # basis values in the records and on the wire
 
 
@@ -57,13 +62,12 @@ class AliceData:
 
     The simulator keeps Alice's choices only at pulses that produced a click, which is
     all she keeps once Bob has announced them; she still looks them up by Bob's
-    announced indices and refuses an index she has no record of.
+    announced indices and refuses an index she has no record of.  ``detections`` packs
+    her intensity class, basis and bit at each of those pulses (:func:`alice_values`);
+    sifting drains it.
     """
 
-    index: npt.NDArray[np.int64]
-    intensity: Bits       # 0 signal, 1 weak decoy, 2 vacuum
-    basis: Bits           # 0 Z, 1 X
-    bit: Bits
+    detections: DetectionLog
     pulses_sent: int
     sent: tuple[float, float, float]   # pulses sent per intensity class
     intensities: tuple[float, float, float]
@@ -72,22 +76,82 @@ class AliceData:
 
 @dataclass(repr=False)
 class BobData:
-    """What Bob's detectors registered: pulse index, his basis, his bit."""
+    """What Bob's detectors registered: the pulses that clicked, with his basis and bit at
+    each packed by :func:`bob_values`; sifting drains it."""
 
-    index: npt.NDArray[np.int64]
-    basis: Bits
-    bit: Bits
+    detections: DetectionLog
+
+
+def alice_values(intensity: Bits, basis: Bits, bit: Bits) -> Bits:
+    """Alice's choices at a pulse as one :class:`DetectionLog` value."""
+    return (intensity | (basis << 2) | (bit << 3)).astype(np.uint8)
+
+
+def split_alice_values(values: Bits) -> tuple[Bits, Bits, Bits]:
+    """(intensity class, basis, bit) from :func:`alice_values`."""
+    one = np.uint8(1)
+    return values & np.uint8(3), (values >> np.uint8(2)) & one, (values >> np.uint8(3)) & one
+
+
+def bob_values(basis: Bits, bit: Bits) -> Bits:
+    """Bob's basis and bit at a pulse as one :class:`DetectionLog` value."""
+    return (basis | (bit << 1)).astype(np.uint8)
+
+
+def split_bob_values(values: Bits) -> tuple[Bits, Bits]:
+    """(basis, bit) from :func:`bob_values`."""
+    one = np.uint8(1)
+    return values & one, (values >> one) & one
 
 
 @dataclass(frozen=True, repr=False)
 class Sifted:
-    """One end's view after sifting, at every pulse Bob detected: Alice's intensity class
-    (public from here on), this end's own bit, and where the two bases matched."""
+    """One end's view after sifting.  ``intensity``: Alice's intensity class at every
+    pulse Bob detected (public from here on; the gains per class come from it).  Then,
+    where the two bases matched, this end's bits and their intensity classes, per
+    basis, in pulse order.  Detections in different bases are not kept: they carry
+    nothing any later step needs."""
 
     intensity: Bits
-    bit: Bits
-    z: Mask
-    x: Mask
+    z_bits: Bits
+    z_intensity: Bits
+    x_bits: Bits
+    x_intensity: Bits
+
+    @property
+    def matched(self) -> int:
+        return len(self.z_bits) + len(self.x_bits)
+
+
+class SiftedBuilder:
+    """Collects :class:`Sifted` chunk by chunk, as sifting goes through the detections."""
+
+    def __init__(self) -> None:
+        self._parts: dict[str, list[Bits]] = {name: [] for name in (
+            "intensity", "z_bits", "z_intensity", "x_bits", "x_intensity")}
+        self.detections = 0
+
+    def add(self, intensity: Bits, bit: Bits, match: npt.NDArray[np.bool_],
+            basis: Bits) -> None:
+        """One chunk: Alice's intensity class, this end's bit, whether the bases matched
+        and the basis, at each announced detection."""
+        z, x = match & (basis == Z), match & (basis == X)
+        for name, part in (("intensity", intensity), ("z_bits", bit[z]),
+                           ("z_intensity", intensity[z]), ("x_bits", bit[x]),
+                           ("x_intensity", intensity[x])):
+            self._parts[name].append(np.asarray(part, dtype=np.uint8))
+        self.detections += len(intensity)
+
+    def finish(self, result: RoundMetrics) -> Sifted:
+        """The sifted data; records the detections and sifted bits in ``result``."""
+        joined: dict[str, Bits] = {}
+        for name in list(self._parts):
+            parts = self._parts.pop(name)  # each field's chunks go as it is joined
+            joined[name] = np.concatenate(parts) if parts else np.zeros(0, np.uint8)
+            del parts
+        sifted = Sifted(**joined)
+        result.detections, result.sifted_bits = self.detections, sifted.matched
+        return sifted
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ __all__ = [
     "CONFIRM_SIZE",
     "MAX_INTENSITY",
     "MAX_SEED_BYTES",
+    "MAX_SIFT_CHUNK",
     "NONCE_SIZE",
     "PROTOCOL_VERSION",
     "SAMPLE_SEED_SIZE",
@@ -68,6 +69,8 @@ VERIFY_TAG_SIZE = 16
 CONFIRM_SIZE = 16      # privacy amplification output bytes each end discloses to confirm
 KEY_ID_SIZE = 16
 MAX_ABORT_REASON = 200
+#: The most detections one sifting message announces (a frame of about 8.5 MB).
+MAX_SIFT_CHUNK = 1 << 20
 #: The largest mean photon number a hello may announce.  Weak coherent pulses carry
 #: less than one photon on average; the bounds evaluate e^mu, which overflows past 709.
 MAX_INTENSITY = 100.0
@@ -149,29 +152,43 @@ def _triple(values: list[float]) -> Triple:
 
 @dataclass(frozen=True, eq=False)
 class Sift:
-    """B->A: Bob's nonce, the pulses he detected (strictly increasing indices) and his
-    basis at each."""
+    """B->A: Bob's nonce, how many detections he announces in all, and one chunk of them:
+    the pulses he detected (strictly increasing indices) and his basis at each.
+
+    A round's detections go in as many chunks of at most :data:`MAX_SIFT_CHUNK` as they
+    need, in pulse order, each tagged, each answered by a :class:`SiftReply` before the
+    next: no frame outgrows the channel, and neither end holds more than one chunk of
+    messages at a time.  Every chunk repeats the nonce and the total, which must not
+    change; only a round without detections sends an empty chunk.
+    """
 
     nonce: bytes
+    total: int
     index: Indices
     basis: Bits
 
     msg_type: ClassVar[MessageType] = MessageType.SIFT
 
     def encode(self) -> bytes:
-        return Writer().blob(self.nonce).u64_array(self.index).bits(self.basis).build()
+        return (Writer().blob(self.nonce).u64(self.total).u64_array(self.index)
+                .bits(self.basis).build())
 
     @classmethod
     def decode(cls, payload: bytes) -> Self:
         r = Reader(payload, "sifting message")
-        nonce, raw_index, basis = r.blob(), r.u64_array(), r.bits()
+        nonce, total, raw_index, basis = r.blob(), r.u64(), r.u64_array(), r.bits()
         r.end()
         if len(nonce) != NONCE_SIZE or len(basis) != len(raw_index):
             raise r.fail("bad nonce, or not one basis per pulse")
+        if len(raw_index) > MAX_SIFT_CHUNK or len(raw_index) > total:
+            raise r.fail(f"a chunk of {len(raw_index)} detections: more than "
+                         f"{MAX_SIFT_CHUNK} or than the announced total")
+        if not raw_index.size and total:
+            raise r.fail("an empty chunk while detections remain")
         if len(raw_index) and (raw_index[-1] >= np.uint64(1 << 63)
                                or np.any(raw_index[1:] <= raw_index[:-1])):
             raise r.fail("pulse indices not strictly increasing")
-        return cls(nonce, raw_index.astype(np.int64), basis)
+        return cls(nonce, total, raw_index.astype(np.int64), basis)
 
 
 @dataclass(frozen=True, eq=False)
@@ -556,14 +573,17 @@ class Confirm:
 @dataclass(frozen=True)
 class Abort:
     """Either way: the sender ends the round.  The reason is UTF-8 text of at most 200
-    bytes (cut there when longer); any bytes decode, bad UTF-8 is replaced."""
+    bytes (cut at the last whole character when longer); any bytes decode, bad UTF-8
+    is replaced."""
 
     reason: str
 
     msg_type: ClassVar[MessageType] = MessageType.ABORT
 
     def encode(self) -> bytes:
-        return self.reason.encode()[:MAX_ABORT_REASON]
+        # cut at a character boundary, so the reason decodes to a prefix of itself
+        cut = self.reason.encode()[:MAX_ABORT_REASON]
+        return cut.decode("utf-8", "ignore").encode()
 
     @classmethod
     def decode(cls, payload: bytes) -> Self:

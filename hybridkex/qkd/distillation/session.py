@@ -6,6 +6,7 @@ ends with no key.
 from __future__ import annotations
 
 import hmac
+import itertools
 import math
 from collections.abc import Callable
 
@@ -24,10 +25,12 @@ __all__ = [
     "CASCADE_FRAME_BITS",
     "CASCADE_SEED_SIZE",
     "CONFIRMATION_BITS",
+    "RECONCILE_SEGMENT_BITS",
     "VERIFICATION_TAG_BITS",
     "check_confirmation",
     "check_reconcilable",
     "confirmation_bits",
+    "reconciliation_segments",
     "run_guarded",
     "session_id",
     "split_confirmation",
@@ -46,6 +49,11 @@ SESSION_LABEL = b"hybridkex qkd session"
 # failed frame fails verification of the whole block, which is then discarded.
 CASCADE_FRAME_BITS = 100_000
 CASCADE_SEED_SIZE = 32  # Bob's public seed of Cascade's permutations
+# Cascade's memory grows with the key it reconciles at once: about 90 bytes per bit for
+# both ends together (its trees of every pass).  A longer key block is reconciled in
+# segments of at most this many bits, one after the other, each a Cascade run of its
+# own with a fresh seed; a round of up to about 1.4e9 pulses at 25 km needs only one.
+RECONCILE_SEGMENT_BITS = 1 << 21
 
 
 def session_id(nonce_a: bytes, nonce_b: bytes) -> bytes:
@@ -94,6 +102,16 @@ def check_reconcilable(key: npt.NDArray[np.uint8]) -> None:
     if not MIN_FRAME_BITS <= len(key) <= MAX_KEY_BITS:
         raise LinkAborted(f"a key block of {len(key)} bits is outside what reconciliation "
                           f"takes ({MIN_FRAME_BITS}..{MAX_KEY_BITS})")
+
+
+def reconciliation_segments(key_bits: int) -> list[tuple[int, int]]:
+    """The ``(start, stop)`` segments a key block is reconciled in: as few as keep each
+    within :data:`RECONCILE_SEGMENT_BITS`, their lengths differing by at most one (so
+    none is shorter than half the maximum).  Both ends derive them from the length."""
+    count = max(1, -(-key_bits // RECONCILE_SEGMENT_BITS))
+    q, r = divmod(key_bits, count)
+    bounds = [i * q + min(i, r) for i in range(count + 1)]
+    return list(itertools.pairwise(bounds))
 
 
 def run_guarded(chan: AuthenticatedChannel, result: DistillationResult,

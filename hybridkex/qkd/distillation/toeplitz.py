@@ -27,6 +27,15 @@ How it is computed
     order, which a pointwise product does not mind, and the inverse undoes the steps.
     The float sums are rounded to the nearest integer and reduced mod 2.
 
+Memory
+    One transform of ``N`` points holds about ``30 N`` bytes (the padded inputs, two
+    half spectra, the four-step's copies).  So that a long key does not need one huge
+    transform, no product uses more than ``2^21`` points (about 64 MB): the output is
+    cut into blocks of rows and the key into chunks, each (block, chunk) pair is a
+    Toeplitz product of its own with the seed bits it meets, and the parities of a
+    block's chunks add.  A key of 1.5e7 bits hashed to 2.7e6 then takes 45 products
+    instead of one, at about the same total time.
+
 Why the result is exact
     Write ``u = 2^-53`` and let ``a`` (the key, or a chunk of it, ``la`` bits) and
     ``b`` (the seed bits it meets, ``lb = la + m - 1`` bits) be 0/1 vectors, so
@@ -106,6 +115,9 @@ _MAX_ROUNDING_ERROR = 0.25
 _FOUR_STEP_MIN = 1 << 14
 #: the column length N1 the four-step split aims for.
 _FOUR_STEP_ROWS = 500
+#: the longest transform one product may use: its memory, about 30 bytes per point, is
+#: what privacy amplification holds at a time (two ends in one process: twice that).
+_MAX_TRANSFORM_POINTS = 1 << 21
 #: the most bits toeplitz_hash_plain builds a matrix for.
 _PLAIN_MAX_ENTRIES = 1 << 24
 
@@ -297,34 +309,57 @@ def _chunk_length(n: int, m: int, four_step_min: int) -> int:
         chunks += 1
 
 
+def _block_plan(n: int, m: int, four_step_min: int) -> tuple[int, int]:
+    """``(chunk, rows)``: the key chunk and the block of output rows of one product.
+
+    Exactness caps the chunk (:func:`_chunk_length`); memory caps the transform, which
+    needs about 30 bytes per point: one product of a ``chunk``-bit key chunk and
+    ``rows`` output bits has ``chunk + rows - 1`` points at most
+    :data:`_MAX_TRANSFORM_POINTS` (a block of rows is itself a Toeplitz product, with
+    the seed bits it meets).  Both depend on the lengths only.
+    """
+    cap = _MAX_TRANSFORM_POINTS
+    rows = m if m <= 3 * cap // 4 else cap // 2
+    chunk = min(_chunk_length(n, rows, four_step_min), max(cap - rows + 1, 1), n)
+    return chunk, rows
+
+
 def _hash_chunked(key: Bits, seed: Bits, m: int, chunk: int,
-                  four_step_min: int = _FOUR_STEP_MIN) -> tuple[Bits, float]:
-    """The hash, summed over key chunks of ``chunk`` bits, and the largest distance of a
-    computed sum from its integer (the tripwire's measurement)."""
+                  four_step_min: int = _FOUR_STEP_MIN,
+                  rows: int | None = None) -> tuple[Bits, float]:
+    """The hash, summed over key chunks of ``chunk`` bits for each block of ``rows``
+    output bits (all of them by default), and the largest distance of a computed sum
+    from its integer (the tripwire's measurement)."""
     n = key.shape[0]
+    block = m if rows is None else rows
     parity = np.zeros(m, dtype=np.uint8)
     worst = 0.0
-    for start in range(0, n, chunk):
-        stop = min(start + chunk, n)
-        # the columns start..stop-1 of T meet the seed bits n-stop .. n-start+m-2
-        sums = _sums(key[start:stop], seed[n - stop : n - start + m - 1], m, four_step_min)
-        nearest = np.rint(sums)
-        sums -= nearest
-        error = float(np.max(np.abs(sums, out=sums)))
-        if not error <= _MAX_ROUNDING_ERROR:  # also catches NaN
-            raise HybridKexError(
-                f"FFT rounding error {error:.3g} exceeds the certified {_MAX_ROUNDING_ERROR}: "
-                "numpy's FFT is less accurate than the error model assumes"
-            )
-        worst = max(worst, error)
-        parity ^= np.fmod(nearest, 2.0).astype(np.uint8)  # nearest >= -0.0: 0.0 or 1.0
+    for first in range(0, m, block):
+        last = min(first + block, m)
+        for start in range(0, n, chunk):
+            stop = min(start + chunk, n)
+            # rows first..last-1, columns start..stop-1 of T meet the seed bits
+            # first + n - stop .. last + n - start - 2
+            sums = _sums(key[start:stop], seed[first + n - stop : last + n - start - 1],
+                         last - first, four_step_min)
+            nearest = np.rint(sums)
+            sums -= nearest
+            error = float(np.max(np.abs(sums, out=sums)))
+            if not error <= _MAX_ROUNDING_ERROR:  # also catches NaN
+                raise HybridKexError(
+                    f"FFT rounding error {error:.3g} exceeds the certified "
+                    f"{_MAX_ROUNDING_ERROR}: numpy's FFT is less accurate than the error "
+                    "model assumes"
+                )
+            worst = max(worst, error)
+            parity[first:last] ^= np.fmod(nearest, 2.0).astype(np.uint8)  # 0.0 or 1.0
     return parity, worst
 
 
 def _hash_with_error(key_bits: Bits, seed_bits: Bits, m: int) -> tuple[Bits, float]:
     key, seed, out = _check(key_bits, seed_bits, m)
-    chunk = _chunk_length(key.shape[0], out, _FOUR_STEP_MIN)
-    return _hash_chunked(key, seed, out, chunk)
+    chunk, rows = _block_plan(key.shape[0], out, _FOUR_STEP_MIN)
+    return _hash_chunked(key, seed, out, chunk, _FOUR_STEP_MIN, rows)
 
 
 # --- public API ----------------------------------------------------------------------
