@@ -47,6 +47,7 @@ from hybridkex.keydelivery.errors import KeySourceError
 from hybridkex.keydelivery.kme import formats
 from hybridkex.keydelivery.kme.calls import KMEStatus, decode_answer
 from hybridkex.keydelivery.kme.calls import parse_keys as delivered_keys
+from hybridkex.keydelivery.kme.sync import parse_reservations
 from hybridkex.protocol import wire
 from hybridkex.protocol.record import MAX_PAYLOAD, RecordBuffer, frame_record
 from hybridkex.protocol.suites import AuthMode, ContentType, KemId
@@ -236,6 +237,25 @@ def _kme_answer_seeds() -> Iterator[bytes]:
            '"key": "AAE=", "key_ID_extension": {"size": 16, "unit_key_IDs": []}}]}').encode()
 
 
+_SYNC_SAES = {"sae-a": "A", "sae-b": "B", "sae-c": "B"}
+
+
+def _kme_sync(data: bytes) -> None:
+    """A KME-to-KME reservations request, as KME B reads one from KME A."""
+    parse_reservations(formats.decode_json(data), caller="A", local="B",
+                       sae_sites=_SYNC_SAES, limits=_LIMITS)
+
+
+def _kme_sync_seeds() -> Iterator[bytes]:
+    a, b, c = (uuid.UUID(int=i) for i in (5, 6, 7))
+    yield (f'{{"source_KME_ID": "A", "target_KME_ID": "B", "reservations": [{{"key_ID": '
+           f'"{a}", "size": 512, "units": ["{a}", "{b}"], "master_SAE_ID": "sae-a", '
+           f'"slave_SAE_IDs": ["sae-b", "sae-c"]}}, {{"key_ID": "{c}", "size": 256, '
+           f'"units": ["{c}"], "master_SAE_ID": "sae-a", "slave_SAE_IDs": ["sae-b"]}}]}}'
+           ).encode()
+    yield b'{"source_KME_ID": "A", "target_KME_ID": "B", "reservations": []}'
+
+
 # -- site --------------------------------------------------------------------------------
 
 
@@ -275,6 +295,7 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
     Target("kme-bodies", _kme_body, (formats.KMEError,), _kme_body_seeds),
     Target("kme-queries", _kme_query, (formats.KMEError,), _kme_query_seeds),
     Target("kme-answers", _kme_answer, (KeySourceError,), _kme_answer_seeds),
+    Target("kme-sync", _kme_sync, (formats.KMEError,), _kme_sync_seeds),
     Target("site-toml", _site_toml, (SiteError,), _site_toml_seeds),
     Target("site-pin", _site_pin, (SiteError,), _site_pin_seeds),
 )}
