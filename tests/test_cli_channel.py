@@ -384,18 +384,22 @@ def no_computation(*args: object, **kwargs: object) -> None:
 
 
 @pytest.mark.parametrize(("plot", "says"), [
-    ("/nonexistent/x.png", "the directory /nonexistent does not exist"),
-    ("out.txt", "matplotlib cannot write .txt files"),
+    ("/nonexistent/x.png", ("/nonexistent", "does not exist")),
+    ("out.txt", ("matplotlib cannot write .txt files",)),
 ])
 def test_qkd_sweep_checks_plot_before_computing(monkeypatch: pytest.MonkeyPatch,
                                                 capsys: pytest.CaptureFixture[str],
-                                                plot: str, says: str) -> None:
+                                                plot: str, says: tuple[str, ...]) -> None:
     monkeypatch.setattr(analytic, "sweep", no_computation)
-    status = cli.main(["qkd", "sweep", "--from-km", "0", "--to-km", "100", "--step-km", "10",
-                       "--plot", plot])
-    assert status == 1
+    status: int | str | None
+    try:
+        status = cli.main(["qkd", "sweep", "--from-km", "0", "--to-km", "100",
+                           "--step-km", "10", "--plot", plot])
+    except SystemExit as exc:  # refused while parsing the command line: a usage error
+        status = exc.code
+    assert status in (1, 2)
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and says in err, err
+    assert err.count("\n") == 1 and all(part in err for part in says), err
 
 
 def test_qkd_link_with_a_store_in_a_missing_directory() -> None:

@@ -105,6 +105,8 @@ class Stream:
     started: float = field(default_factory=time.monotonic)
     _ended: Callable[[Stream], None] | None = field(default=None, repr=False)
     _cut: Callable[[], None] | None = field(default=None, repr=False)
+    # run just before the stream ends (the handshake's log line, if still due)
+    before_end: Callable[[], None] | None = field(default=None, repr=False)
 
     @property
     def pool_keys_spent(self) -> int:
@@ -124,6 +126,8 @@ class Stream:
     def end(self, outcome: str, error: BaseException | None = None, note: str = "") -> None:
         if self.outcome is not None:
             return
+        if self.before_end is not None:
+            self.before_end()
         self.outcome, self.error = outcome, error
         self.note = self.note or note
         if self._ended is not None:
@@ -601,20 +605,40 @@ class _Gate:
 def _track_handshake(stream: Stream, protocol: DrivingProtocol, log: StreamLog) -> None:
     """Tell the log when the handshake completes, end the stream if it fails."""
     stream.protocol = protocol
+    logged = False
 
-    def done(future: asyncio.Future[None]) -> None:
+    def address() -> None:
         if protocol.has_raw and stream.address == "?":
             stream.address = format_address(protocol.raw.get_extra_info("peername"))
+
+    def establish() -> None:
+        nonlocal logged
+        if logged:
+            return
+        logged = True
+        with contextlib.suppress(HybridKexError):
+            stream.handshake_info = protocol.connection.session_info()
+        log.established(stream)
+
+    def before_end() -> None:
+        # A stream can end in the same read that completed its handshake, before the
+        # handshake future's callback runs: log the session first, then its end.
+        address()
+        future = protocol.handshake
+        if future.done() and not future.cancelled() and future.exception() is None:
+            establish()
+
+    def done(future: asyncio.Future[None]) -> None:
+        address()
         exc = None if future.cancelled() else future.exception()
         if exc is not None or future.cancelled():
             stream.end("handshake failed", exc)
             return
         if stream.outcome is not None:  # its other side gave up meanwhile
             return
-        with contextlib.suppress(HybridKexError):
-            stream.handshake_info = protocol.connection.session_info()
-        log.established(stream)
+        establish()
 
+    stream.before_end = before_end
     protocol.handshake.add_done_callback(done)
 
 
