@@ -46,6 +46,7 @@ from hybridkex.transport.forward import (
     connect_channel,
 )
 from tests.hkx1 import CLIENT, SERVER, make_sites
+from tests.loopback import half_close, read_to_the_end
 
 HOST = "127.0.0.1"
 TIMEOUT = 20.0
@@ -200,23 +201,6 @@ def answer_after_eof_service() -> Iterator[tuple[str, int]]:
         listener.close()
 
 
-def read_to_the_end(sock: socket.socket) -> bytes:
-    data = bytearray()
-    while chunk := sock.recv(1 << 16):
-        data += chunk
-    return bytes(data)
-
-
-def half_close_exchange(port: int, data: bytes) -> bytes:
-    with socket.create_connection((HOST, port), timeout=TIMEOUT) as s:
-        s.sendall(data)
-        s.shutdown(socket.SHUT_WR)
-        answer = bytearray()
-        while chunk := s.recv(1 << 16):
-            answer += chunk
-    return bytes(answer)
-
-
 # -- the tests --------------------------------------------------------------------------------
 
 
@@ -258,7 +242,8 @@ def test_half_close_passes_through(kind: str) -> None:
         with answer_after_eof_service() as target:
             async with forwarding(kind, target) as pair:
                 answers = await asyncio.gather(*(
-                    in_thread(half_close_exchange, pair.local_port, data[i:])
+                    in_thread(functools.partial(half_close, timeout=TIMEOUT), pair.local_port,
+                              data[i:])
                     for i in range(3)))
                 assert answers == [data[i:][::-1] for i in range(3)]
                 await pair.server_log.until(lambda: len(pair.server_log.ended_streams) == 3)
