@@ -30,7 +30,7 @@ from hybridkex.qkd import analytic
 from hybridkex.site import Site
 from tests.loopback import half_close, read_to_the_end
 from tests.support import Process
-from tests.test_site_cli import Server, hybridkex
+from tests.test_site_cli import Server, hybridkex, open_session
 
 TIMEOUT = 30
 HOST = "127.0.0.1"
@@ -175,31 +175,27 @@ def test_max_connections_refuses_the_one_too_many(sites: tuple[Path, Path, Path]
     a, b, _ = sites
     server = Server("--site", str(b), "--listen", f"{HOST}:0", "--echo",
                     "--max-connections", "1")
-    holder = subprocess.Popen([sys.executable, "-m", "hybridkex", "connect",
-                               f"{HOST}:{server.port}", "--site", str(a)],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE)
     try:
-        assert holder.stdin is not None and holder.stdout is not None
-        holder.stdin.write(b"held\n")
-        holder.stdin.flush()
-        assert holder.stdout.readline() == b"held\n"  # one channel is open
-        started = time.monotonic()
-        refused = hybridkex("connect", f"{HOST}:{server.port}", "--site", str(a),
-                            input=b"more\n")
-        assert time.monotonic() - started < 10  # refused at once, not queued
-        assert refused.returncode == 4
-        line = one_line(refused.stderr)
-        assert "server_busy" in line and "connection limit" in line, line
-        assert "refused: 1 channel open, the limit (--max-connections 1)" in server.wait_for(
-            "refused")
-        holder.stdin.close()
-        assert holder.wait(TIMEOUT) == 0
-        again = hybridkex("connect", f"{HOST}:{server.port}", "--site", str(a),
-                          input=b"again\n")
-        assert again.returncode == 0 and again.stdout == b"again\n", again.stderr
+        holder = open_session(server.port, a, b"held\n")  # one channel is open
+        try:
+            assert holder.stdin is not None
+            started = time.monotonic()
+            refused = hybridkex("connect", f"{HOST}:{server.port}", "--site", str(a),
+                                input=b"more\n")
+            assert time.monotonic() - started < 10  # refused at once, not queued
+            assert refused.returncode == 4
+            line = one_line(refused.stderr)
+            assert "server_busy" in line and "connection limit" in line, line
+            assert "refused: 1 channel open, the limit (--max-connections 1)" in \
+                server.wait_for("refused")
+            holder.stdin.close()
+            assert holder.wait(TIMEOUT) == 0
+            again = hybridkex("connect", f"{HOST}:{server.port}", "--site", str(a),
+                              input=b"again\n")
+            assert again.returncode == 0 and again.stdout == b"again\n", again.stderr
+        finally:
+            holder.kill()
     finally:
-        holder.kill()
         assert server.stop() == 0
 
 

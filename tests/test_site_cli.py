@@ -359,6 +359,24 @@ def connect(port: int, site: Path, *args: str, data: bytes = b""
     return hybridkex("connect", f"127.0.0.1:{port}", "--site", str(site), *args, input=data)
 
 
+def open_session(port: int, site: Path, line: bytes) -> subprocess.Popen[bytes]:
+    """``hybridkex connect`` to the echo server at ``port``, left running with its session
+    open: ``line`` has been there and back.  Its stdin stays open; the caller ends it."""
+    client = subprocess.Popen([sys.executable, "-m", "hybridkex", "connect",
+                               f"127.0.0.1:{port}", "--site", str(site)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE)
+    try:
+        assert client.stdin is not None and client.stdout is not None
+        client.stdin.write(line)
+        client.stdin.flush()
+        assert client.stdout.readline() == line  # the session is up
+    except BaseException:
+        client.kill()
+        raise
+    return client
+
+
 # -- serve and connect ---------------------------------------------------------------------------
 
 
@@ -469,15 +487,8 @@ def test_sigterm_closes_open_sessions_with_close_notify(sites: tuple[Path, Path]
     # --grace 0: the open session is closed at once (test_cli_channel.py waits for one)
     server = Server("--site", str(sites[1]), "--listen", "127.0.0.1:0", "--echo",
                     "--grace", "0")
-    client = subprocess.Popen([sys.executable, "-m", "hybridkex", "connect",
-                               f"127.0.0.1:{server.port}", "--site", str(sites[0])],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE)
+    client = open_session(server.port, sites[0], b"still typing\n")
     try:
-        assert client.stdin is not None and client.stdout is not None
-        client.stdin.write(b"still typing\n")
-        client.stdin.flush()
-        assert client.stdout.readline() == b"still typing\n"  # the session is up
         assert server.stop() == 0
         out, err = client.communicate(timeout=TIMEOUT)  # its stdin is still open
     finally:
