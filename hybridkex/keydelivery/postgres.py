@@ -525,17 +525,25 @@ class PostgresKeyStore(KeyStore):
                          (self.site_id, [r[0] for r in rows]))
         return [(str(r[1]), r[2], tuple(str(u) for u in r[3]), bytes(r[4])) for r in rows]
 
+    def _lock_named(self, conn: psycopg.Connection[Any], select: str, peer: str,
+                    key_ids: list[str], missing: str) -> list[tuple[Any, ...]]:
+        """The rows of ``key_ids`` that ``select`` (a bound-key query taking the site,
+        the key IDs and the peer, with the key ID as second column) locks in key ID
+        order, so two callers cannot deadlock, returned in the order asked for;
+        KeyNotAvailable(``missing``) unless every key ID has its row."""
+        found = conn.execute(self._q(select), (self.site_id, key_ids, peer)).fetchall()
+        if len(found) != len(key_ids):
+            raise KeyNotAvailable(missing)
+        by_id = {str(r[1]): r for r in found}
+        return [by_id[k] for k in key_ids]
+
     def _confirm(self, peer: str, key_ids: list[str], hand_out: int) -> list[BoundRow]:
         with self._transaction() as conn:
-            found = conn.execute(self._q(
-                "SELECT seq, key_id, size_bits, units, material FROM {bound} "
+            rows = self._lock_named(
+                conn, "SELECT seq, key_id, size_bits, units, material FROM {bound} "
                 "WHERE site_id = %s AND key_id = ANY(%s::uuid[]) AND peer_site = %s "
-                "AND master_side AND state = 0 ORDER BY key_id FOR UPDATE"),
-                (self.site_id, key_ids, peer)).fetchall()
-            if len(found) != len(key_ids):
-                raise KeyNotAvailable("a key to confirm is not pending here")
-            by_id = {str(r[1]): r for r in found}
-            rows = [by_id[k] for k in key_ids]
+                "AND master_side AND state = 0 ORDER BY key_id FOR UPDATE",
+                peer, key_ids, "a key to confirm is not pending here")
             if rows[hand_out:]:
                 conn.execute(self._q("UPDATE {bound} SET state = 1 WHERE site_id = %s "
                                      "AND seq = ANY(%s)"),
@@ -587,15 +595,11 @@ class PostgresKeyStore(KeyStore):
     def _deliver(self, peer: str, sae: str, masters: frozenset[str], key_ids: list[str],
                  expected: Expected | None) -> list[BoundRow]:
         with self._transaction() as conn:
-            found = conn.execute(self._q(
-                "SELECT seq, key_id, size_bits, units, material, binding, waiting FROM {bound} "
-                "WHERE site_id = %s AND key_id = ANY(%s::uuid[]) AND peer_site = %s "
-                "AND NOT master_side ORDER BY key_id FOR UPDATE"),
-                (self.site_id, key_ids, peer)).fetchall()
-            if len(found) != len(key_ids):
-                raise KeyNotAvailable("a requested key ID is unknown or already delivered")
-            by_id = {str(r[1]): r for r in found}
-            rows = [by_id[k] for k in key_ids]
+            rows = self._lock_named(
+                conn, "SELECT seq, key_id, size_bits, units, material, binding, waiting "
+                "FROM {bound} WHERE site_id = %s AND key_id = ANY(%s::uuid[]) "
+                "AND peer_site = %s AND NOT master_side ORDER BY key_id FOR UPDATE",
+                peer, key_ids, "a requested key ID is unknown or already delivered")
             check_access([(Binding.from_tag(r[5]), sae in r[6], r[2],
                            tuple(str(u) for u in r[3])) for r in rows], sae, masters, expected)
             out: list[BoundRow] = []
