@@ -58,26 +58,17 @@ class AEAD:
         self, key: Bytes, nonce: Bytes, plaintext: Bytes, associated_data: Bytes = b""
     ) -> bytes:
         """Return ciphertext || tag.  A (key, nonce) pair must never be used twice."""
-        cipher = self._cipher(as_bytes(key, self._key_label, self.key_size, error=InvalidKey))
-        nonce_bytes = as_bytes(nonce, self._nonce_label, self.nonce_size)
-        data = as_bytes(plaintext, "plaintext")
-        if len(data) > _MAX_AEAD_INPUT:
-            raise InvalidParameter(f"{self.name} plaintext is too long for one call")
-        return cipher.encrypt(nonce_bytes, data, as_bytes(associated_data, "associated data"))
+        return self.keyed(key).encrypt(as_bytes(nonce, self._nonce_label, self.nonce_size),
+                                       as_bytes(plaintext, "plaintext"),
+                                       as_bytes(associated_data, "associated data"))
 
     def decrypt(
         self, key: Bytes, nonce: Bytes, ciphertext: Bytes, associated_data: Bytes = b""
     ) -> bytes:
         """Return the plaintext, or raise AuthenticationFailed and return nothing."""
-        cipher = self._cipher(as_bytes(key, self._key_label, self.key_size, error=InvalidKey))
-        nonce_bytes = as_bytes(nonce, self._nonce_label, self.nonce_size)
-        data = as_bytes(ciphertext, "ciphertext")
-        if len(data) < self.tag_size:
-            raise AuthenticationFailed(f"{self.name} ciphertext is shorter than its tag")
-        try:
-            return cipher.decrypt(nonce_bytes, data, as_bytes(associated_data, "associated data"))
-        except InvalidTag:
-            raise AuthenticationFailed(f"{self.name} tag does not verify") from None
+        return self.keyed(key).decrypt(as_bytes(nonce, self._nonce_label, self.nonce_size),
+                                       as_bytes(ciphertext, "ciphertext"),
+                                       as_bytes(associated_data, "associated data"))
 
 
 class KeyedAEAD:
@@ -234,16 +225,19 @@ class HMAC(MAC):
         self._key_label = f"{name} key"
         self.key_size = self.tag_size = self._algorithm.digest_size
 
-    def compute(self, key: Bytes, data: Bytes) -> bytes:
+    def _over(self, key: Bytes, data: Bytes) -> hmac.HMAC:
+        """The HMAC of ``data`` under ``key``, not yet finalized."""
         mac = hmac.HMAC(as_bytes(key, self._key_label, error=InvalidKey), self._algorithm)
         mac.update(as_bytes(data, "data"))
-        return mac.finalize()
+        return mac
+
+    def compute(self, key: Bytes, data: Bytes) -> bytes:
+        return self._over(key, data).finalize()
 
     def verify(self, key: Bytes, data: Bytes, tag: Bytes) -> bool:
         """Constant-time check of a full-length tag."""
         tag_bytes = as_bytes(tag, "tag")
-        mac = hmac.HMAC(as_bytes(key, self._key_label, error=InvalidKey), self._algorithm)
-        mac.update(as_bytes(data, "data"))
+        mac = self._over(key, data)
         try:
             mac.verify(tag_bytes)
         except InvalidSignature:
