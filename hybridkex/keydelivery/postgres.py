@@ -187,12 +187,21 @@ _COUNTED = """, counted AS (
         delivered = {counts}.delivered + EXCLUDED.delivered
 )"""
 
+# Erases the units a take or fetch chose, only if there are enough of them ("enough"),
+# and returns their key IDs: the statements' last step before {counted}.  The erasing
+# UPDATE names its rows by primary key (key_id = ANY(...)) rather than joining, so that
+# the planner looks them up by index whatever its estimates.
+_ERASED = """, erased AS (
+    UPDATE {keys} SET material = NULL, delivered_at = now()
+    WHERE site_id = %(site)s AND key_id = ANY(ARRAY(SELECT key_id FROM chosen))
+      AND (SELECT ok FROM enough)
+    RETURNING key_id
+)"""
+
 # Take, in one statement (so one transaction, one round trip): lock the oldest
 # available units, and only if there are n of them erase them and return the old
 # material; otherwise change nothing and return no rows.  {lock} is FOR UPDATE SKIP
-# LOCKED, or FOR UPDATE for the second attempt.  The erasing UPDATE names its rows
-# by primary key (key_id = ANY(...)) rather than joining, so that the planner looks
-# them up by index whatever its estimates; the result joins two small CTEs.
+# LOCKED, or FOR UPDATE for the second attempt.  The result joins two small CTEs.
 _TAKE = """
 WITH chosen AS (
     SELECT key_id, seq, material FROM {keys}
@@ -202,12 +211,7 @@ WITH chosen AS (
     {lock}
 ), enough AS (
     SELECT count(*) = %(n)s AS ok FROM chosen
-), erased AS (
-    UPDATE {keys} SET material = NULL, delivered_at = now()
-    WHERE site_id = %(site)s AND key_id = ANY(ARRAY(SELECT key_id FROM chosen))
-      AND (SELECT ok FROM enough)
-    RETURNING key_id
-){counted}
+){erased}{counted}
 SELECT chosen.seq, chosen.key_id, chosen.material FROM chosen JOIN erased USING (key_id)
 """
 
@@ -227,12 +231,7 @@ WITH chosen AS (
     FOR UPDATE
 ), enough AS (
     SELECT count(*) FILTER (WHERE material IS NOT NULL) = %(n)s AS ok FROM chosen
-), erased AS (
-    UPDATE {keys} SET material = NULL, delivered_at = now()
-    WHERE site_id = %(site)s AND key_id = ANY(ARRAY(SELECT key_id FROM chosen))
-      AND (SELECT ok FROM enough)
-    RETURNING key_id
-){counted}
+){erased}{counted}
 SELECT chosen.key_id, chosen.material FROM chosen JOIN erased USING (key_id)
 """
 
@@ -313,11 +312,15 @@ class PostgresKeyStore(KeyStore):
             return sql.SQL(_COUNTED).format(counts=self._counts_table,
                                             initiator=sql.SQL("TRUE" if initiator else "FALSE"))
 
+        erased = sql.SQL(_ERASED).format(keys=self._keys_table)
         self._sql_take_skip = sql.SQL(_TAKE).format(
-            lock=sql.SQL("FOR UPDATE SKIP LOCKED"), keys=self._keys_table, counted=counted(True))
+            lock=sql.SQL("FOR UPDATE SKIP LOCKED"), keys=self._keys_table, erased=erased,
+            counted=counted(True))
         self._sql_take_wait = sql.SQL(_TAKE).format(
-            lock=sql.SQL("FOR UPDATE"), keys=self._keys_table, counted=counted(True))
-        self._sql_fetch = sql.SQL(_FETCH).format(keys=self._keys_table, counted=counted(False))
+            lock=sql.SQL("FOR UPDATE"), keys=self._keys_table, erased=erased,
+            counted=counted(True))
+        self._sql_fetch = sql.SQL(_FETCH).format(keys=self._keys_table, erased=erased,
+                                                 counted=counted(False))
         self._sql_available = sql.SQL(_AVAILABLE).format(keys=self._keys_table)
         self._sql_status = sql.SQL(_STATUS).format(counts=self._counts_table)
         self._sql_add_counts = sql.SQL(_ADD_COUNTS).format(counts=self._counts_table)
