@@ -421,7 +421,7 @@ class Process:
     The constructor returns once a line containing ``ready`` has appeared (it is kept as
     ``first``).  ``timeout`` (seconds) bounds every wait: for a line, for the exit."""
 
-    def __init__(self, args: Sequence[str], ready: str, *, timeout: float) -> None:
+    def __init__(self, args: Sequence[str], ready: str, *, timeout: float = 30.0) -> None:
         self.timeout = timeout
         self.process = subprocess.Popen(list(args), stdin=subprocess.DEVNULL,
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
