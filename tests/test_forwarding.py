@@ -201,6 +201,10 @@ def answer_after_eof_service() -> Iterator[tuple[str, int]]:
         listener.close()
 
 
+# tests/loopback.py's half-closing client, with this module's time-out
+half_close_exchange = functools.partial(half_close, timeout=TIMEOUT)
+
+
 # -- the tests --------------------------------------------------------------------------------
 
 
@@ -242,8 +246,7 @@ def test_half_close_passes_through(kind: str) -> None:
         with answer_after_eof_service() as target:
             async with forwarding(kind, target) as pair:
                 answers = await asyncio.gather(*(
-                    in_thread(functools.partial(half_close, timeout=TIMEOUT), pair.local_port,
-                              data[i:])
+                    in_thread(half_close_exchange, pair.local_port, data[i:])
                     for i in range(3)))
                 assert answers == [data[i:][::-1] for i in range(3)]
                 await pair.server_log.until(lambda: len(pair.server_log.ended_streams) == 3)
