@@ -29,7 +29,7 @@ from hybridkex.protocol import ClientConnection
 from hybridkex.qkd import analytic
 from hybridkex.site import Site
 from tests.loopback import half_close, read_to_the_end
-from tests.support import Process
+from tests.support import Process as Process  # also imported from here by other tests
 from tests.test_site_cli import Server, hybridkex, open_session
 
 TIMEOUT = 30
