@@ -1,6 +1,6 @@
 """Argument types the command groups share: each refuses nonsense (NaN, inf, negative
 or zero where meaningless, ``1,000``) when the command line is parsed, with one line
-that says what was wrong; and :func:`parse_address`, the one reading of ``HOST:PORT``."""
+that says what was wrong."""
 
 from __future__ import annotations
 
