@@ -3,7 +3,9 @@
 What these tests share: a time limit on every socket operation (``TIMEOUT``) and on every
 test (``TEST_LIMIT``, for the ``time_limit`` mark of tests/conftest.py, which dumps every
 thread's stack and ends the process rather than let a deadlock hang the run), the number
-of open file descriptors, a ClientHello to send from a raw socket, and :class:`Relay`,
+of open file descriptors, a ClientHello to send from a raw socket, a client that
+half-closes and reads the answer to the end (:func:`half_close`, also for the forwarding
+tests), and :class:`Relay`,
 a raw TCP relay that sits between a client and a server and can forward one byte at a
 time, hold bytes back, or alter one byte; and a threaded blocking HKX/1 server
 (:class:`Server`) that reports each connection's outcome.
@@ -38,6 +40,8 @@ __all__ = [
     "connect",
     "contexts",
     "count_fds",
+    "half_close",
+    "read_to_the_end",
     "reset",
     "same_session",
     "wait_for_fds",
@@ -68,6 +72,23 @@ def client_hello(sites: Sites) -> bytes:
     conn = ClientConnection(sites.client, SERVER)
     conn.start_handshake()
     return conn.data_to_send()
+
+
+def read_to_the_end(sock: socket.socket) -> bytes:
+    """Everything ``sock`` receives until the peer's end of file."""
+    data = bytearray()
+    while chunk := sock.recv(1 << 16):
+        data += chunk
+    return bytes(data)
+
+
+def half_close(port: int, data: bytes, *, timeout: float = TIMEOUT) -> bytes:
+    """Send ``data`` to ``port`` on loopback, then end our side (FIN) and read the answer
+    to the end: a client that speaks only once it has sent everything."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
+        return read_to_the_end(s)
 
 
 def reset(sock: socket.socket) -> None:

@@ -20,6 +20,9 @@ site B hold the same keys" or "a CA and a leaf for ML-DSA-65" build them the sam
 * **Hang guard.**  :func:`hang_guard` ends the process with every thread's stack rather
   than let a deadlock hang the run; tests/conftest.py applies it to tests marked
   ``time_limit``.
+* **Processes.**  :class:`Process` runs a long-lived command (``hybridkex serve``,
+  ``connect --listen-local``) and collects its stderr lines as they come, so a test
+  waits for the line that says what happened instead of sleeping.
 
 Nothing here imports pytest: benchmarks import this module as ``tests.support``.
 """
@@ -31,8 +34,12 @@ import datetime
 import faulthandler
 import ipaddress
 import os
+import signal
 import ssl
+import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +71,7 @@ __all__ = [
     "Issued",
     "KMEFiles",
     "OneWayPools",
+    "Process",
     "alternating_units",
     "certificate",
     "hang_guard",
@@ -402,3 +410,57 @@ def hang_guard(seconds: float) -> Iterator[None]:
         yield
     finally:
         faulthandler.cancel_dump_traceback_later()
+
+
+# -- processes ------------------------------------------------------------------------------
+
+
+class Process:
+    """A long-running command; its stderr lines collected as they come.
+
+    The constructor returns once a line containing ``ready`` has appeared (it is kept as
+    ``first``).  ``timeout`` (seconds) bounds every wait: for a line, for the exit."""
+
+    def __init__(self, args: Sequence[str], ready: str, *, timeout: float = 30.0) -> None:
+        self.timeout = timeout
+        self.process = subprocess.Popen(list(args), stdin=subprocess.DEVNULL,
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.first = self.wait_for(ready)
+
+    def _read(self) -> None:
+        assert self.process.stderr is not None
+        for raw in self.process.stderr:
+            with self._changed:
+                self.lines.append(raw.decode().rstrip("\n"))
+                self._changed.notify_all()
+
+    def wait_for(self, text: str, start: int = 0) -> str:
+        """The first line from ``start`` on that contains ``text``, waiting for it."""
+        deadline = time.monotonic() + self.timeout
+        with self._changed:
+            while True:
+                for line in self.lines[start:]:
+                    if text in line:
+                        return line
+                if self.process.poll() is not None and not self._reader.is_alive():
+                    raise AssertionError(f"exited before {text!r}: {self.lines}")
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(f"no {text!r} in {self.lines}")
+                self._changed.wait(remaining)
+
+    def stop(self) -> int:
+        """SIGTERM, then its exit status."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.wait()
+
+    def wait(self) -> int:
+        """The exit status (a command that ends by itself)."""
+        code = self.process.wait(self.timeout)
+        self._reader.join(self.timeout)
+        return code

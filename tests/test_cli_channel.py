@@ -28,7 +28,9 @@ from hybridkex import cli
 from hybridkex.protocol import ClientConnection
 from hybridkex.qkd import analytic
 from hybridkex.site import Site
-from tests.test_site_cli import Server, hybridkex
+from tests.loopback import half_close, read_to_the_end
+from tests.support import Process as Process  # also imported from here by other tests
+from tests.test_site_cli import Server, hybridkex, open_session
 
 TIMEOUT = 30
 HOST = "127.0.0.1"
@@ -62,45 +64,6 @@ def pool(site: Path, peer: str) -> tuple[int, int]:
         return status.available_to_take, status.available_to_fetch
 
 
-class Process:
-    """A long-running command; its stderr lines collected as they come."""
-
-    def __init__(self, args: list[str], ready: str) -> None:
-        self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL,
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        self.lines: list[str] = []
-        self._changed = threading.Condition()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        self.first = self.wait_for(ready)
-
-    def _read(self) -> None:
-        assert self.process.stderr is not None
-        for raw in self.process.stderr:
-            with self._changed:
-                self.lines.append(raw.decode().rstrip("\n"))
-                self._changed.notify_all()
-
-    def wait_for(self, text: str, start: int = 0) -> str:
-        deadline = time.monotonic() + TIMEOUT
-        with self._changed:
-            while True:
-                for line in self.lines[start:]:
-                    if text in line:
-                        return line
-                assert self.process.poll() is None or self._reader.is_alive(), self.lines
-                remaining = deadline - time.monotonic()
-                assert remaining > 0, f"no {text!r} in {self.lines}"
-                self._changed.wait(remaining)
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        code = self.process.wait(TIMEOUT)
-        self._reader.join(TIMEOUT)
-        return code
-
-
 def port_in(line: str, after: str) -> int:
     match = re.search(re.escape(after) + r"127\.0\.0\.1:(\d+)", line)
     assert match, line
@@ -114,10 +77,11 @@ def forwarding(sites: tuple[Path, Path, Path], target: int, *extra: str
     a, b, _ = sites
     server = Process([sys.executable, "-m", "hybridkex", "serve", "--site", str(b),
                       "--listen", f"{HOST}:0", "--forward", f"{HOST}:{target}", *extra],
-                     "listening on ")
+                     "listening on ", timeout=TIMEOUT)
     port = port_in(server.first, "listening on ")
     client = Process([sys.executable, "-m", "hybridkex", "connect", "--site", str(a),
-                      "--listen-local", f"{HOST}:0", *extra, f"{HOST}:{port}"], "forwarding ")
+                      "--listen-local", f"{HOST}:0", *extra, f"{HOST}:{port}"], "forwarding ",
+                     timeout=TIMEOUT)
     try:
         yield port_in(client.first, "forwarding "), server, client
     finally:
@@ -166,23 +130,6 @@ def answer_after_eof() -> Iterator[int]:
         listener.close()
 
 
-def read_to_the_end(sock: socket.socket) -> bytes:
-    data = bytearray()
-    while chunk := sock.recv(1 << 16):
-        data += chunk
-    return bytes(data)
-
-
-def half_close(port: int, data: bytes) -> bytes:
-    with socket.create_connection((HOST, port), timeout=TIMEOUT) as s:
-        s.sendall(data)
-        s.shutdown(socket.SHUT_WR)
-        answer = bytearray()
-        while chunk := s.recv(1 << 16):
-            answer += chunk
-        return bytes(answer)
-
-
 # -- forwarding real applications -------------------------------------------------------------
 
 
@@ -221,38 +168,34 @@ def test_half_close_through_the_cli(sites: tuple[Path, Path, Path],
                                     protocol: tuple[str, ...]) -> None:
     data = b"0123456789abcdef" * 100_000
     with answer_after_eof() as target, forwarding(sites, target, *protocol) as (local, _, _):
-        assert half_close(local, data) == b"got 1600000 bytes: 0123456789abcdef"
+        assert half_close(local, data, timeout=TIMEOUT) == b"got 1600000 bytes: 0123456789abcdef"
 
 
 def test_max_connections_refuses_the_one_too_many(sites: tuple[Path, Path, Path]) -> None:
     a, b, _ = sites
     server = Server("--site", str(b), "--listen", f"{HOST}:0", "--echo",
                     "--max-connections", "1")
-    holder = subprocess.Popen([sys.executable, "-m", "hybridkex", "connect",
-                               f"{HOST}:{server.port}", "--site", str(a)],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE)
     try:
-        assert holder.stdin is not None and holder.stdout is not None
-        holder.stdin.write(b"held\n")
-        holder.stdin.flush()
-        assert holder.stdout.readline() == b"held\n"  # one channel is open
-        started = time.monotonic()
-        refused = hybridkex("connect", f"{HOST}:{server.port}", "--site", str(a),
-                            input=b"more\n")
-        assert time.monotonic() - started < 10  # refused at once, not queued
-        assert refused.returncode == 4
-        line = one_line(refused.stderr)
-        assert "server_busy" in line and "connection limit" in line, line
-        assert "refused: 1 channel open, the limit (--max-connections 1)" in server.wait_for(
-            "refused")
-        holder.stdin.close()
-        assert holder.wait(TIMEOUT) == 0
-        again = hybridkex("connect", f"{HOST}:{server.port}", "--site", str(a),
-                          input=b"again\n")
-        assert again.returncode == 0 and again.stdout == b"again\n", again.stderr
+        holder = open_session(server.port, a, b"held\n")  # one channel is open
+        try:
+            assert holder.stdin is not None
+            started = time.monotonic()
+            refused = hybridkex("connect", f"{HOST}:{server.port}", "--site", str(a),
+                                input=b"more\n")
+            assert time.monotonic() - started < 10  # refused at once, not queued
+            assert refused.returncode == 4
+            line = one_line(refused.stderr)
+            assert "server_busy" in line and "connection limit" in line, line
+            assert "refused: 1 channel open, the limit (--max-connections 1)" in \
+                server.wait_for("refused")
+            holder.stdin.close()
+            assert holder.wait(TIMEOUT) == 0
+            again = hybridkex("connect", f"{HOST}:{server.port}", "--site", str(a),
+                              input=b"again\n")
+            assert again.returncode == 0 and again.stdout == b"again\n", again.stderr
+        finally:
+            holder.kill()
     finally:
-        holder.kill()
         assert server.stop() == 0
 
 

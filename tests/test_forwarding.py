@@ -47,6 +47,7 @@ from hybridkex.transport.forward import (
     connect_channel,
 )
 from tests.hkx1 import CLIENT, SERVER, make_sites
+from tests.loopback import half_close, read_to_the_end
 
 HOST = "127.0.0.1"
 TIMEOUT = 20.0
@@ -201,21 +202,8 @@ def answer_after_eof_service() -> Iterator[tuple[str, int]]:
         listener.close()
 
 
-def read_to_the_end(sock: socket.socket) -> bytes:
-    data = bytearray()
-    while chunk := sock.recv(1 << 16):
-        data += chunk
-    return bytes(data)
-
-
-def half_close_exchange(port: int, data: bytes) -> bytes:
-    with socket.create_connection((HOST, port), timeout=TIMEOUT) as s:
-        s.sendall(data)
-        s.shutdown(socket.SHUT_WR)
-        answer = bytearray()
-        while chunk := s.recv(1 << 16):
-            answer += chunk
-    return bytes(answer)
+# tests/loopback.py's half-closing client, with this module's time-out
+half_close_exchange = functools.partial(half_close, timeout=TIMEOUT)
 
 
 # -- the tests --------------------------------------------------------------------------------

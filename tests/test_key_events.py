@@ -235,15 +235,16 @@ def slow_contexts(source_type: type[SlowSource], auth: str) -> tuple[Context, Co
     return client, server, slow_client, slow_server
 
 
+async def echo_one_byte(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """A service that answers a connection's first byte with that byte, then closes."""
+    writer.write(await reader.read(1))
+    await writer.drain()
+    writer.close()
+
+
 async def handshakes_at_once(client: Context, server: Context, count: int) -> float:
     """``count`` concurrent HKX/1 handshakes (and one byte echoed on each); seconds taken."""
-
-    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(await reader.read(1))
-        await writer.drain()
-        writer.close()
-
-    listener = await hkx.start_server(echo, HOST, 0, context=server)
+    listener = await hkx.start_server(echo_one_byte, HOST, 0, context=server)
     port = listener.sockets[0].getsockname()[1]
 
     async def one() -> bytes:
@@ -315,12 +316,7 @@ def test_tls_qkd_psk_fetches_off_the_loop(source_type: type[SlowSource]) -> None
     count = 20
 
     async def main() -> float:
-        async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            writer.write(await reader.read(1))
-            await writer.drain()
-            writer.close()
-
-        listener = await tls_asyncio.start_server(echo, HOST, 0, context=server)
+        listener = await tls_asyncio.start_server(echo_one_byte, HOST, 0, context=server)
         port = listener.sockets[0].getsockname()[1]
 
         async def one() -> Any:

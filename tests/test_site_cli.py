@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import re
-import signal
 import socket
 import sqlite3
 import stat
@@ -38,7 +37,7 @@ from hybridkex.errors import InvalidParameter
 from hybridkex.protocol import SessionInfo
 from hybridkex.site import COMPOSITE, Site, SiteSettings, load_pin, pair
 from hybridkex.transport import Context
-from tests.support import self_signed
+from tests.support import Process, self_signed
 
 TIMEOUT = 60
 ID_ML_DSA_65 = bytes.fromhex("0609608648016503040312")  # OID 2.16.840.1.101.3.4.3.18, DER
@@ -291,53 +290,15 @@ def test_a_seed_never_makes_the_keys_pairing_deposits(tmp_path: Path) -> None:
     assert not set(first.values()) & set(second.values())
 
 
-class Server:
+class Server(Process):
     """``hybridkex serve`` in a subprocess; its stderr lines collected as they come."""
 
     def __init__(self, *args: str) -> None:
-        self.process = subprocess.Popen([sys.executable, "-m", "hybridkex", "serve", *args],
-                                        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                        stderr=subprocess.PIPE)
-        self.lines: list[str] = []
-        self._changed = threading.Condition()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        line = self.wait_for("listening on ")
-        match = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
-        assert match, line
+        super().__init__([sys.executable, "-m", "hybridkex", "serve", *args], "listening on ",
+                         timeout=TIMEOUT)
+        match = re.search(r"listening on 127\.0\.0\.1:(\d+)", self.first)
+        assert match, self.first
         self.port = int(match.group(1))
-
-    def _read(self) -> None:
-        assert self.process.stderr is not None
-        for raw in self.process.stderr:
-            with self._changed:
-                self.lines.append(raw.decode().rstrip("\n"))
-                self._changed.notify_all()
-
-    def wait_for(self, text: str, start: int = 0) -> str:
-        deadline = time.monotonic() + TIMEOUT
-        with self._changed:
-            while True:
-                for line in self.lines[start:]:
-                    if text in line:
-                        return line
-                if self.process.poll() is not None and not self._reader.is_alive():
-                    raise AssertionError(f"server exited: {self.lines}")
-                remaining = deadline - time.monotonic()
-                assert remaining > 0, f"no {text!r} in {self.lines}"
-                self._changed.wait(remaining)
-
-    def stop(self) -> int:
-        """SIGTERM, then its exit status."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        return self.wait()
-
-    def wait(self) -> int:
-        """The exit status (a --once server exits by itself)."""
-        code = self.process.wait(TIMEOUT)
-        self._reader.join(TIMEOUT)
-        return code
 
 
 @pytest.fixture(scope="module")
@@ -396,6 +357,24 @@ class Proxy:
 def connect(port: int, site: Path, *args: str, data: bytes = b""
             ) -> subprocess.CompletedProcess[bytes]:
     return hybridkex("connect", f"127.0.0.1:{port}", "--site", str(site), *args, input=data)
+
+
+def open_session(port: int, site: Path, line: bytes) -> subprocess.Popen[bytes]:
+    """``hybridkex connect`` to the echo server at ``port``, left running with its session
+    open: ``line`` has been there and back.  Its stdin stays open; the caller ends it."""
+    client = subprocess.Popen([sys.executable, "-m", "hybridkex", "connect",
+                               f"127.0.0.1:{port}", "--site", str(site)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE)
+    try:
+        assert client.stdin is not None and client.stdout is not None
+        client.stdin.write(line)
+        client.stdin.flush()
+        assert client.stdout.readline() == line  # the session is up
+    except BaseException:
+        client.kill()
+        raise
+    return client
 
 
 # -- serve and connect ---------------------------------------------------------------------------
@@ -508,15 +487,8 @@ def test_sigterm_closes_open_sessions_with_close_notify(sites: tuple[Path, Path]
     # --grace 0: the open session is closed at once (test_cli_channel.py waits for one)
     server = Server("--site", str(sites[1]), "--listen", "127.0.0.1:0", "--echo",
                     "--grace", "0")
-    client = subprocess.Popen([sys.executable, "-m", "hybridkex", "connect",
-                               f"127.0.0.1:{server.port}", "--site", str(sites[0])],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE)
+    client = open_session(server.port, sites[0], b"still typing\n")
     try:
-        assert client.stdin is not None and client.stdout is not None
-        client.stdin.write(b"still typing\n")
-        client.stdin.flush()
-        assert client.stdout.readline() == b"still typing\n"  # the session is up
         assert server.stop() == 0
         out, err = client.communicate(timeout=TIMEOUT)  # its stdin is still open
     finally:

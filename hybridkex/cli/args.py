@@ -12,8 +12,11 @@ import math
 from collections.abc import Callable
 from typing import NoReturn
 
+from hybridkex.errors import InvalidParameter
+
 __all__ = ["OneLineParser", "connection_count", "count", "fraction", "grace_seconds",
-           "kilometres", "number", "positive_count", "positive_number", "seconds", "seed"]
+           "kilometres", "number", "parse_address", "positive_count", "positive_number",
+           "seconds", "seed"]
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -88,12 +91,17 @@ kilometres = number(0)
 fraction = number(0, 1)
 
 
-def seconds(text: str) -> float:
-    """A time limit: a finite number of seconds above 0."""
+def _seconds(text: str) -> float:
+    """``text`` as a number of seconds; the caller checks the range (and NaN, inf)."""
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+
+
+def seconds(text: str) -> float:
+    """A time limit: a finite number of seconds above 0."""
+    value = _seconds(text)
     if not math.isfinite(value) or value <= 0:
         raise argparse.ArgumentTypeError(f"must be a finite number of seconds above 0, "
                                          f"not {text}")
@@ -102,10 +110,7 @@ def seconds(text: str) -> float:
 
 def grace_seconds(text: str) -> float:
     """A grace period: a finite number of seconds, 0 or more."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    value = _seconds(text)
     if not math.isfinite(value) or value < 0:
         raise argparse.ArgumentTypeError(f"must be a finite number of seconds, 0 or more, "
                                          f"not {text}")
@@ -118,3 +123,15 @@ def connection_count(text: str) -> int:
         raise argparse.ArgumentTypeError(f"must be a whole number from 1 to 1000000, "
                                          f"not {text!r}")
     return int(text)
+
+
+def parse_address(text: str, what: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[IPv6]:PORT`` -> (host, port); ``what`` (the option) names it in
+    the error."""
+    host, sep, port_text = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise InvalidParameter(f"{what} must be HOST:PORT with a port from 0 to 65535, "
+                               f"got {text!r}")
+    return host, int(port_text)

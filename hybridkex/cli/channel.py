@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from hybridkex.cli.args import connection_count, grace_seconds, seconds
+from hybridkex.cli.args import connection_count, grace_seconds, parse_address, seconds
 from hybridkex.errors import (
     AlertReceived,
     ConnectionTruncated,
@@ -84,20 +84,6 @@ HKX_BUSY = frame_record(ContentType.ALERT, bytes([2, AlertDescription.SERVER_BUS
 
 
 # -- values checked when the command line is parsed (a usage error, status 2) ---------------
-
-
-
-
-
-def parse_address(text: str, what: str) -> tuple[str, int]:
-    """``HOST:PORT`` or ``[IPv6]:PORT`` -> (host, port)."""
-    host, sep, port_text = text.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise InvalidParameter(f"{what} must be HOST:PORT with a port from 0 to 65535, "
-                               f"got {text!r}")
-    return host, int(port_text)
 
 
 def address(what: str, *, any_port: bool = True) -> Callable[[str], tuple[str, int]]:

@@ -17,6 +17,7 @@ import sys
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from hybridkex.cli.args import parse_address
 from hybridkex.errors import BackendUnavailable, HybridKexError, InvalidParameter
 from hybridkex.keydelivery.store import KeyStore, open_store
 
@@ -64,17 +65,6 @@ def parse_peers(values: list[str]) -> dict[str, str]:
     return peers
 
 
-def parse_listen(text: str) -> tuple[str, int]:
-    """``HOST:PORT`` or ``[IPv6]:PORT`` -> (host, port)."""
-    host, sep, port_text = text.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise InvalidParameter(f"--listen must be HOST:PORT with a port from 0 to 65535, "
-                               f"got {text!r}")
-    return host, int(port_text)
-
-
 def _redacted(url: str) -> str:
     """A store URL fit for a message: any password replaced."""
     try:
@@ -114,7 +104,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise BackendUnavailable(
             "hybridkex kme serve needs aiohttp: pip install 'hybridkex[kme]'") from None
 
-    host, port = parse_listen(args.listen)
+    host, port = parse_address(args.listen, "--listen")
     sae_map = load_sae_map(args.sae_map)
     ssl_context = server_ssl_context(args.cert, args.key, args.ca)
     peers = parse_peers(args.peer)

@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import contextlib
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Awaitable, Callable
@@ -212,15 +213,18 @@ def _service(args: argparse.Namespace) -> Service:
     return Sink(write)
 
 
+def _listener(address: tuple[str, int]) -> socket.socket:
+    """A socket listening on ``address``; a failure is a one-line error, not a traceback."""
+    try:
+        return listen(*address)
+    except OSError as exc:
+        raise InvalidParameter(f"cannot listen on {format_address(address)}: "
+                               f"{exc.strerror or exc}") from None
+
+
 def serve(args: argparse.Namespace, site: Site, transport: Transport[Any]) -> int:
     """``hybridkex serve``: accept channels until a signal (or, --once, one channel)."""
-    host, port = args.listen
-    try:
-        listener = listen(host, port)
-    except OSError as exc:
-        raise InvalidParameter(f"cannot listen on {format_address(args.listen)}: "
-                               f"{exc.strerror or exc}") from None
-    with listener:
+    with _listener(args.listen) as listener:
         return asyncio.run(_serve(args, site, transport, listener))
 
 
@@ -263,13 +267,7 @@ async def _serve(args: argparse.Namespace, site: Site, transport: Transport[Any]
 def forward_local(args: argparse.Namespace, site: Site, peer: str,
                   transport: Transport[Any]) -> int:
     """``hybridkex connect --listen-local``: a channel to ``peer`` per local client."""
-    host, port = args.listen_local
-    try:
-        listener = listen(host, port)
-    except OSError as exc:
-        raise InvalidParameter(f"cannot listen on {format_address(args.listen_local)}: "
-                               f"{exc.strerror or exc}") from None
-    with listener:
+    with _listener(args.listen_local) as listener:
         return asyncio.run(_forward_local(args, site, peer, transport, listener))
 
 

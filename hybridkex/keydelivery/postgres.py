@@ -187,12 +187,21 @@ _COUNTED = """, counted AS (
         delivered = {counts}.delivered + EXCLUDED.delivered
 )"""
 
+# Erases the units a take or fetch chose, only if there are enough of them ("enough"),
+# and returns their key IDs: the statements' last step before {counted}.  The erasing
+# UPDATE names its rows by primary key (key_id = ANY(...)) rather than joining, so that
+# the planner looks them up by index whatever its estimates.
+_ERASED = """, erased AS (
+    UPDATE {keys} SET material = NULL, delivered_at = now()
+    WHERE site_id = %(site)s AND key_id = ANY(ARRAY(SELECT key_id FROM chosen))
+      AND (SELECT ok FROM enough)
+    RETURNING key_id
+)"""
+
 # Take, in one statement (so one transaction, one round trip): lock the oldest
 # available units, and only if there are n of them erase them and return the old
 # material; otherwise change nothing and return no rows.  {lock} is FOR UPDATE SKIP
-# LOCKED, or FOR UPDATE for the second attempt.  The erasing UPDATE names its rows
-# by primary key (key_id = ANY(...)) rather than joining, so that the planner looks
-# them up by index whatever its estimates; the result joins two small CTEs.
+# LOCKED, or FOR UPDATE for the second attempt.  The result joins two small CTEs.
 _TAKE = """
 WITH chosen AS (
     SELECT key_id, seq, material FROM {keys}
@@ -202,12 +211,7 @@ WITH chosen AS (
     {lock}
 ), enough AS (
     SELECT count(*) = %(n)s AS ok FROM chosen
-), erased AS (
-    UPDATE {keys} SET material = NULL, delivered_at = now()
-    WHERE site_id = %(site)s AND key_id = ANY(ARRAY(SELECT key_id FROM chosen))
-      AND (SELECT ok FROM enough)
-    RETURNING key_id
-){counted}
+){erased}{counted}
 SELECT chosen.seq, chosen.key_id, chosen.material FROM chosen JOIN erased USING (key_id)
 """
 
@@ -227,12 +231,7 @@ WITH chosen AS (
     FOR UPDATE
 ), enough AS (
     SELECT count(*) FILTER (WHERE material IS NOT NULL) = %(n)s AS ok FROM chosen
-), erased AS (
-    UPDATE {keys} SET material = NULL, delivered_at = now()
-    WHERE site_id = %(site)s AND key_id = ANY(ARRAY(SELECT key_id FROM chosen))
-      AND (SELECT ok FROM enough)
-    RETURNING key_id
-){counted}
+){erased}{counted}
 SELECT chosen.key_id, chosen.material FROM chosen JOIN erased USING (key_id)
 """
 
@@ -313,11 +312,15 @@ class PostgresKeyStore(KeyStore):
             return sql.SQL(_COUNTED).format(counts=self._counts_table,
                                             initiator=sql.SQL("TRUE" if initiator else "FALSE"))
 
+        erased = sql.SQL(_ERASED).format(keys=self._keys_table)
         self._sql_take_skip = sql.SQL(_TAKE).format(
-            lock=sql.SQL("FOR UPDATE SKIP LOCKED"), keys=self._keys_table, counted=counted(True))
+            lock=sql.SQL("FOR UPDATE SKIP LOCKED"), keys=self._keys_table, erased=erased,
+            counted=counted(True))
         self._sql_take_wait = sql.SQL(_TAKE).format(
-            lock=sql.SQL("FOR UPDATE"), keys=self._keys_table, counted=counted(True))
-        self._sql_fetch = sql.SQL(_FETCH).format(keys=self._keys_table, counted=counted(False))
+            lock=sql.SQL("FOR UPDATE"), keys=self._keys_table, erased=erased,
+            counted=counted(True))
+        self._sql_fetch = sql.SQL(_FETCH).format(keys=self._keys_table, erased=erased,
+                                                 counted=counted(False))
         self._sql_available = sql.SQL(_AVAILABLE).format(keys=self._keys_table)
         self._sql_status = sql.SQL(_STATUS).format(counts=self._counts_table)
         self._sql_add_counts = sql.SQL(_ADD_COUNTS).format(counts=self._counts_table)
@@ -525,17 +528,25 @@ class PostgresKeyStore(KeyStore):
                          (self.site_id, [r[0] for r in rows]))
         return [(str(r[1]), r[2], tuple(str(u) for u in r[3]), bytes(r[4])) for r in rows]
 
+    def _lock_named(self, conn: psycopg.Connection[Any], select: str, peer: str,
+                    key_ids: list[str], missing: str) -> list[tuple[Any, ...]]:
+        """The rows of ``key_ids`` that ``select`` (a bound-key query taking the site,
+        the key IDs and the peer, with the key ID as second column) locks in key ID
+        order, so two callers cannot deadlock, returned in the order asked for;
+        KeyNotAvailable(``missing``) unless every key ID has its row."""
+        found = conn.execute(self._q(select), (self.site_id, key_ids, peer)).fetchall()
+        if len(found) != len(key_ids):
+            raise KeyNotAvailable(missing)
+        by_id = {str(r[1]): r for r in found}
+        return [by_id[k] for k in key_ids]
+
     def _confirm(self, peer: str, key_ids: list[str], hand_out: int) -> list[BoundRow]:
         with self._transaction() as conn:
-            found = conn.execute(self._q(
-                "SELECT seq, key_id, size_bits, units, material FROM {bound} "
+            rows = self._lock_named(
+                conn, "SELECT seq, key_id, size_bits, units, material FROM {bound} "
                 "WHERE site_id = %s AND key_id = ANY(%s::uuid[]) AND peer_site = %s "
-                "AND master_side AND state = 0 ORDER BY key_id FOR UPDATE"),
-                (self.site_id, key_ids, peer)).fetchall()
-            if len(found) != len(key_ids):
-                raise KeyNotAvailable("a key to confirm is not pending here")
-            by_id = {str(r[1]): r for r in found}
-            rows = [by_id[k] for k in key_ids]
+                "AND master_side AND state = 0 ORDER BY key_id FOR UPDATE",
+                peer, key_ids, "a key to confirm is not pending here")
             if rows[hand_out:]:
                 conn.execute(self._q("UPDATE {bound} SET state = 1 WHERE site_id = %s "
                                      "AND seq = ANY(%s)"),
@@ -587,15 +598,11 @@ class PostgresKeyStore(KeyStore):
     def _deliver(self, peer: str, sae: str, masters: frozenset[str], key_ids: list[str],
                  expected: Expected | None) -> list[BoundRow]:
         with self._transaction() as conn:
-            found = conn.execute(self._q(
-                "SELECT seq, key_id, size_bits, units, material, binding, waiting FROM {bound} "
-                "WHERE site_id = %s AND key_id = ANY(%s::uuid[]) AND peer_site = %s "
-                "AND NOT master_side ORDER BY key_id FOR UPDATE"),
-                (self.site_id, key_ids, peer)).fetchall()
-            if len(found) != len(key_ids):
-                raise KeyNotAvailable("a requested key ID is unknown or already delivered")
-            by_id = {str(r[1]): r for r in found}
-            rows = [by_id[k] for k in key_ids]
+            rows = self._lock_named(
+                conn, "SELECT seq, key_id, size_bits, units, material, binding, waiting "
+                "FROM {bound} WHERE site_id = %s AND key_id = ANY(%s::uuid[]) "
+                "AND peer_site = %s AND NOT master_side ORDER BY key_id FOR UPDATE",
+                peer, key_ids, "a requested key ID is unknown or already delivered")
             check_access([(Binding.from_tag(r[5]), sae in r[6], r[2],
                            tuple(str(u) for u in r[3])) for r in rows], sae, masters, expected)
             out: list[BoundRow] = []

@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from hybridkex.errors import InvalidParameter
 from hybridkex.keydelivery.binding import Binding
@@ -210,6 +211,20 @@ class SQLiteKeyStore(KeyStore):
             [(now, key_id) for key_id in key_ids])
         self._count(db, peer, initiator, -len(key_ids), len(key_ids))
 
+    @staticmethod
+    def _named(db: sqlite3.Connection, select: str, key_ids: list[str], params: tuple[Any, ...],
+               missing: str) -> list[Any]:
+        """The row ``select`` finds for each of ``key_ids`` (its first parameter, then
+        ``params``), in the order asked for; KeyNotAvailable(``missing``) unless every
+        key ID has one."""
+        rows = []
+        for key_id in key_ids:
+            row = db.execute(select, (key_id, *params)).fetchone()
+            if row is None:
+                raise KeyNotAvailable(missing)
+            rows.append(row)
+        return rows
+
     def _take_in(self, db: sqlite3.Connection, peer: str, units: int) -> list[tuple[str, bytes]]:
         rows = db.execute(
             "SELECT key_id, material FROM qkd_keys WHERE peer_site = ? AND initiator = 1 "
@@ -224,16 +239,11 @@ class SQLiteKeyStore(KeyStore):
             return self._take_in(db, peer, units)
 
     def _fetch_in(self, db: sqlite3.Connection, peer: str, key_ids: list[str]) -> dict[str, bytes]:
-        found: dict[str, bytes] = {}
-        for key_id in key_ids:
-            row = db.execute(
-                "SELECT material FROM qkd_keys WHERE key_id = ? AND peer_site = ? "
-                "AND initiator = 0 AND material IS NOT NULL", (key_id, peer)).fetchone()
-            if row is None:
-                raise KeyNotAvailable("a requested key ID is unknown or already delivered")
-            found[key_id] = bytes(row[0])
+        rows = self._named(db, "SELECT material FROM qkd_keys WHERE key_id = ? AND peer_site = ? "
+                           "AND initiator = 0 AND material IS NOT NULL", key_ids, (peer,),
+                           "a requested key ID is unknown or already delivered")
         self._erase(db, peer, 0, key_ids)
-        return found
+        return {key_id: bytes(row[0]) for key_id, row in zip(key_ids, rows, strict=True)}
 
     def _fetch(self, peer: str, key_ids: list[str]) -> dict[str, bytes]:
         with self._transaction() as db:
@@ -282,15 +292,10 @@ class SQLiteKeyStore(KeyStore):
 
     def _confirm(self, peer: str, key_ids: list[str], hand_out: int) -> list[BoundRow]:
         with self._transaction() as db:
-            rows = []
-            for key_id in key_ids:
-                row = db.execute(
-                    "SELECT seq, key_id, size_bits, units, material FROM bound_keys "
-                    "WHERE key_id = ? AND peer_site = ? AND master_side = 1 AND state = ?",
-                    (key_id, peer, PENDING)).fetchone()
-                if row is None:
-                    raise KeyNotAvailable("a key to confirm is not pending here")
-                rows.append(row)
+            rows = self._named(
+                db, "SELECT seq, key_id, size_bits, units, material FROM bound_keys "
+                "WHERE key_id = ? AND peer_site = ? AND master_side = 1 AND state = ?",
+                key_ids, (peer, PENDING), "a key to confirm is not pending here")
             db.executemany("UPDATE bound_keys SET state = ? WHERE seq = ?",
                            [(OPEN, r[0]) for r in rows[hand_out:]])
             return self._hand_out(db, rows[:hand_out])
@@ -336,15 +341,10 @@ class SQLiteKeyStore(KeyStore):
     def _deliver(self, peer: str, sae: str, masters: frozenset[str], key_ids: list[str],
                  expected: Expected | None) -> list[BoundRow]:
         with self._transaction() as db:
-            rows = []
-            for key_id in key_ids:
-                row = db.execute(
-                    "SELECT seq, key_id, size_bits, units, material, binding, waiting "
-                    "FROM bound_keys WHERE key_id = ? AND peer_site = ? AND master_side = 0",
-                    (key_id, peer)).fetchone()
-                if row is None:
-                    raise KeyNotAvailable("a requested key ID is unknown or already delivered")
-                rows.append(row)
+            rows = self._named(
+                db, "SELECT seq, key_id, size_bits, units, material, binding, waiting "
+                "FROM bound_keys WHERE key_id = ? AND peer_site = ? AND master_side = 0",
+                key_ids, (peer,), "a requested key ID is unknown or already delivered")
             waiting = [json.loads(r[6]) for r in rows]
             check_access([(Binding.from_tag(r[5]), sae in w, r[2], tuple(json.loads(r[3])))
                           for r, w in zip(rows, waiting, strict=True)], sae, masters, expected)

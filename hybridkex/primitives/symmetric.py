@@ -58,26 +58,17 @@ class AEAD:
         self, key: Bytes, nonce: Bytes, plaintext: Bytes, associated_data: Bytes = b""
     ) -> bytes:
         """Return ciphertext || tag.  A (key, nonce) pair must never be used twice."""
-        cipher = self._cipher(as_bytes(key, self._key_label, self.key_size, error=InvalidKey))
-        nonce_bytes = as_bytes(nonce, self._nonce_label, self.nonce_size)
-        data = as_bytes(plaintext, "plaintext")
-        if len(data) > _MAX_AEAD_INPUT:
-            raise InvalidParameter(f"{self.name} plaintext is too long for one call")
-        return cipher.encrypt(nonce_bytes, data, as_bytes(associated_data, "associated data"))
+        return self.keyed(key).encrypt(as_bytes(nonce, self._nonce_label, self.nonce_size),
+                                       as_bytes(plaintext, "plaintext"),
+                                       as_bytes(associated_data, "associated data"))
 
     def decrypt(
         self, key: Bytes, nonce: Bytes, ciphertext: Bytes, associated_data: Bytes = b""
     ) -> bytes:
         """Return the plaintext, or raise AuthenticationFailed and return nothing."""
-        cipher = self._cipher(as_bytes(key, self._key_label, self.key_size, error=InvalidKey))
-        nonce_bytes = as_bytes(nonce, self._nonce_label, self.nonce_size)
-        data = as_bytes(ciphertext, "ciphertext")
-        if len(data) < self.tag_size:
-            raise AuthenticationFailed(f"{self.name} ciphertext is shorter than its tag")
-        try:
-            return cipher.decrypt(nonce_bytes, data, as_bytes(associated_data, "associated data"))
-        except InvalidTag:
-            raise AuthenticationFailed(f"{self.name} tag does not verify") from None
+        return self.keyed(key).decrypt(as_bytes(nonce, self._nonce_label, self.nonce_size),
+                                       as_bytes(ciphertext, "ciphertext"),
+                                       as_bytes(associated_data, "associated data"))
 
 
 class KeyedAEAD:
@@ -118,20 +109,26 @@ class KeyedAEAD:
         cipher = self._cipher
         return cipher.encrypt, cipher.decrypt, cipher.encrypt_into, cipher.decrypt_into
 
-    # The checks are those of AEAD.encrypt/decrypt; ``bytes`` arguments of the right
-    # size (the record layer's) pass on two comparisons each, without a call.
+    def _arguments(self, nonce: Bytes, data: Bytes, what: str,
+                   associated_data: Bytes) -> tuple[bytes, bytes | memoryview, bytes]:
+        """The checks of every call, as AEAD.encrypt/decrypt make them: ``bytes`` of the
+        right size pass on two comparisons each, ``data`` may also be a memoryview (read
+        in place); anything else is converted or refused by :func:`as_bytes`."""
+        if type(nonce) is not bytes or len(nonce) != _NONCE_SIZE:
+            nonce = as_bytes(nonce, self._nonce_label, _NONCE_SIZE)
+        if type(data) is not bytes and type(data) is not memoryview:
+            data = as_bytes(data, what)
+        if type(associated_data) is not bytes:
+            associated_data = as_bytes(associated_data, "associated data")
+        return nonce, data, associated_data
 
     def encrypt(self, nonce: Bytes, plaintext: Bytes, associated_data: Bytes = b"") -> bytes:
         """Return ciphertext || tag.  A nonce must never be used twice with this key.
 
         ``plaintext`` may be a memoryview, read in place (the record layer seals slices
         of the caller's data that way, without copying them first)."""
-        if type(nonce) is not bytes or len(nonce) != _NONCE_SIZE:
-            nonce = as_bytes(nonce, self._nonce_label, _NONCE_SIZE)
-        if type(plaintext) is not bytes and type(plaintext) is not memoryview:
-            plaintext = as_bytes(plaintext, "plaintext")
-        if type(associated_data) is not bytes:
-            associated_data = as_bytes(associated_data, "associated data")
+        nonce, plaintext, associated_data = self._arguments(nonce, plaintext, "plaintext",
+                                                            associated_data)
         if len(plaintext) > _MAX_AEAD_INPUT:
             raise InvalidParameter(f"{self.name} plaintext is too long for one call")
         return self._cipher.encrypt(nonce, plaintext, associated_data)
@@ -143,12 +140,8 @@ class KeyedAEAD:
 
         For a record layer that seals into a buffer it reuses, instead of allocating the
         ciphertext and then copying it next to its header."""
-        if type(nonce) is not bytes or len(nonce) != _NONCE_SIZE:
-            nonce = as_bytes(nonce, self._nonce_label, _NONCE_SIZE)
-        if type(plaintext) is not bytes and type(plaintext) is not memoryview:
-            plaintext = as_bytes(plaintext, "plaintext")
-        if type(associated_data) is not bytes:
-            associated_data = as_bytes(associated_data, "associated data")
+        nonce, plaintext, associated_data = self._arguments(nonce, plaintext, "plaintext",
+                                                            associated_data)
         size = len(plaintext) + _TAG_SIZE
         if len(plaintext) > _MAX_AEAD_INPUT:
             raise InvalidParameter(f"{self.name} plaintext is too long for one call")
@@ -161,12 +154,8 @@ class KeyedAEAD:
         length.  If the tag does not verify, ``out`` is wiped (the backend decrypts
         before it checks the tag) and AuthenticationFailed is raised: no unauthenticated
         byte is left behind."""
-        if type(nonce) is not bytes or len(nonce) != _NONCE_SIZE:
-            nonce = as_bytes(nonce, self._nonce_label, _NONCE_SIZE)
-        if type(ciphertext) is not bytes and type(ciphertext) is not memoryview:
-            ciphertext = as_bytes(ciphertext, "ciphertext")
-        if type(associated_data) is not bytes:
-            associated_data = as_bytes(associated_data, "associated data")
+        nonce, ciphertext, associated_data = self._arguments(nonce, ciphertext, "ciphertext",
+                                                             associated_data)
         size = len(ciphertext) - _TAG_SIZE
         if size < 0:
             raise AuthenticationFailed(f"{self.name} ciphertext is shorter than its tag")
@@ -182,12 +171,8 @@ class KeyedAEAD:
 
         ``ciphertext`` may be a memoryview, read in place (the record layer opens
         records where they arrived, without copying them out first)."""
-        if type(nonce) is not bytes or len(nonce) != _NONCE_SIZE:
-            nonce = as_bytes(nonce, self._nonce_label, _NONCE_SIZE)
-        if type(ciphertext) is not bytes and type(ciphertext) is not memoryview:
-            ciphertext = as_bytes(ciphertext, "ciphertext")
-        if type(associated_data) is not bytes:
-            associated_data = as_bytes(associated_data, "associated data")
+        nonce, ciphertext, associated_data = self._arguments(nonce, ciphertext, "ciphertext",
+                                                             associated_data)
         if len(ciphertext) < _TAG_SIZE:
             raise AuthenticationFailed(f"{self.name} ciphertext is shorter than its tag")
         try:
@@ -234,16 +219,19 @@ class HMAC(MAC):
         self._key_label = f"{name} key"
         self.key_size = self.tag_size = self._algorithm.digest_size
 
-    def compute(self, key: Bytes, data: Bytes) -> bytes:
+    def _over(self, key: Bytes, data: Bytes) -> hmac.HMAC:
+        """The HMAC of ``data`` under ``key``, not yet finalized."""
         mac = hmac.HMAC(as_bytes(key, self._key_label, error=InvalidKey), self._algorithm)
         mac.update(as_bytes(data, "data"))
-        return mac.finalize()
+        return mac
+
+    def compute(self, key: Bytes, data: Bytes) -> bytes:
+        return self._over(key, data).finalize()
 
     def verify(self, key: Bytes, data: Bytes, tag: Bytes) -> bool:
         """Constant-time check of a full-length tag."""
         tag_bytes = as_bytes(tag, "tag")
-        mac = hmac.HMAC(as_bytes(key, self._key_label, error=InvalidKey), self._algorithm)
-        mac.update(as_bytes(data, "data"))
+        mac = self._over(key, data)
         try:
             mac.verify(tag_bytes)
         except InvalidSignature:

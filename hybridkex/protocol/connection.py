@@ -348,10 +348,7 @@ class Connection:
             self._fail(exc)
             raise
         except HybridKexError as exc:
-            # Anything typed that a handler did not translate is still fatal and typed.
-            error = ProtocolError(f"handshake failed: {exc}", AlertDescription.INTERNAL_ERROR)
-            self._fail(error)
-            raise error from exc
+            raise self._fail_untranslated(exc) from exc
         return self._events.popleft()
 
     # -- QKD keys, when the driver delivers them (key_events=True) -------------------------
@@ -407,9 +404,7 @@ class Connection:
             self._fail(exc)
             raise
         except HybridKexError as exc:
-            failure = ProtocolError(f"handshake failed: {exc}", AlertDescription.INTERNAL_ERROR)
-            self._fail(failure)
-            raise failure from exc
+            raise self._fail_untranslated(exc) from exc
 
     def _begin(self, steps: KeySteps[_T], done: Callable[[_T], None]) -> None:
         """Run ``steps`` until it needs keys the driver must deliver, or to its end."""
@@ -632,6 +627,13 @@ class Connection:
             # of the failure from the silence.
             with contextlib.suppress(HybridKexError):
                 self._send_alert(exc.alert)
+
+    def _fail_untranslated(self, exc: HybridKexError) -> ProtocolError:
+        """Anything typed that a handler did not translate is still fatal and typed: the
+        connection fails with internal_error, and this is the error to raise."""
+        error = ProtocolError(f"handshake failed: {exc}", AlertDescription.INTERNAL_ERROR)
+        self._fail(error)
+        return error
 
     def _process_record(self, record: Record) -> None:
         content_type, payload = record.content_type, record.payload

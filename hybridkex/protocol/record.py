@@ -271,17 +271,11 @@ class RecordProtection:
         return f"<RecordProtection {self._aead.name} seq={self.seq}>"
 
     def seal(self, content_type: int, plaintext: bytes | memoryview) -> bytes:
-        size = len(plaintext)
-        if size > MAX_PLAINTEXT:
-            raise ValueError("record plaintext too long")
-        seq = self.seq
-        if seq >= self.limit:
-            raise _limit_reached()
-        header = _pack_header(content_type, size + self._tag_size)
-        sealed = header + self._encrypt((self._iv ^ seq).to_bytes(IV_SIZE, "big"),
-                                        plaintext, header)
-        self.seq = seq + 1
-        return sealed
+        """:meth:`seal_split`, joined: one record as one ``bytes``, for the records a
+        connection sends one at a time (handshake messages, alerts, the record at a key
+        update); application data otherwise goes to :meth:`seal_split` directly."""
+        header, sealed = self.seal_split(content_type, plaintext)
+        return header + sealed
 
     def seal_split(self, content_type: int, plaintext: bytes | memoryview) -> tuple[bytes, bytes]:
         """:meth:`seal` as (header, ciphertext), for a sender that joins many records

@@ -36,13 +36,10 @@ from hybridkex.keydelivery.kme.calls import (
     DEFAULT_CONNECTIONS,
     MAX_RESPONSE_BYTES,
     Call,
-    Endpoint,
+    KMEClientBase,
     KMEStatus,
     PeerSAEs,
     answer,
-    check_connections,
-    check_timeout,
-    client_ssl_context,
     dec_keys_call,
     enc_keys_call,
     status_call,
@@ -87,7 +84,7 @@ def _ssl_error(exc: BaseException) -> ssl.SSLError | None:
     return None
 
 
-class AsyncKMEClient:
+class AsyncKMEClient(KMEClientBase):
     """An SAE's connection to its KME, for asyncio: ``AsyncKMEClient(base_url, cert,
     key, ca)``; every call is a coroutine.
 
@@ -98,16 +95,9 @@ class AsyncKMEClient:
 
     def __init__(self, base_url: str, cert: str | Path, key: str | Path, ca: str | Path, *,
                  timeout: float = 10.0, connections: int = DEFAULT_CONNECTIONS) -> None:
-        self._endpoint = Endpoint.parse(base_url)
-        self.base_url = self._endpoint.base_url
-        self.timeout = check_timeout(timeout)
-        self.connections = check_connections(connections)
-        self._ssl = client_ssl_context(cert, key, ca)
+        super().__init__(base_url, cert, key, ca, timeout=timeout, connections=connections)
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-
-    def __repr__(self) -> str:
-        return f"AsyncKMEClient({self.base_url!r})"
 
     # -- the three methods of clause 5
 

@@ -48,6 +48,7 @@ __all__ = [
     "Call",
     "Endpoint",
     "KMEAuthenticationError",
+    "KMEClientBase",
     "KMEKeySizeMismatch",
     "KMEOutcomeUnknown",
     "KMERequestError",
@@ -187,8 +188,11 @@ def check_connections(connections: int) -> int:
     return connections
 
 
-def client_ssl_context(cert: str | Path, key: str | Path, ca: str | Path) -> ssl.SSLContext:
-    """The SAE's side of mutual TLS: verify the KME against ``ca``, present ``cert``."""
+def client_ssl_context(cert: str | Path, key: str | Path, ca: str | Path, *,
+                       holder: str = "SAE") -> ssl.SSLContext:
+    """The client's side of mutual TLS with a KME: verify the KME against ``ca``, present
+    ``cert``.  ``holder`` names whose certificate it is in errors: an SAE's, or a KME's
+    when it sends reservations to its peer KMEs (:mod:`.peers`)."""
     try:
         ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca))
     except (OSError, ValueError) as exc:
@@ -197,9 +201,25 @@ def client_ssl_context(cert: str | Path, key: str | Path, ca: str | Path) -> ssl
     try:
         ctx.load_cert_chain(str(cert), str(key), password=b"")
     except (OSError, ValueError) as exc:
-        raise InvalidParameter(f"cannot load the SAE certificate {cert} with key {key}: "
+        raise InvalidParameter(f"cannot load the {holder} certificate {cert} with key {key}: "
                                f"{exc}") from None
     return ctx
+
+
+class KMEClientBase:
+    """What both clients take and check alike: the KME's base URL, the time-out, how many
+    connections may be open at once, and the SAE's side of mutual TLS."""
+
+    def __init__(self, base_url: str, cert: str | Path, key: str | Path, ca: str | Path, *,
+                 timeout: float = 10.0, connections: int = DEFAULT_CONNECTIONS) -> None:
+        self._endpoint = Endpoint.parse(base_url)
+        self.base_url = self._endpoint.base_url
+        self.timeout = check_timeout(timeout)
+        self.connections = check_connections(connections)
+        self._ssl = client_ssl_context(cert, key, ca)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.base_url!r})"
 
 
 class PeerSAEs:

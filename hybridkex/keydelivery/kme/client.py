@@ -55,17 +55,14 @@ from hybridkex.keydelivery.kme.calls import (
     DEFAULT_CONNECTIONS,
     MAX_RESPONSE_BYTES,
     Call,
-    Endpoint,
     KMEAuthenticationError,
+    KMEClientBase,
     KMEKeySizeMismatch,
     KMEOutcomeUnknown,
     KMERequestError,
     KMEStatus,
     PeerSAEs,
     answer,
-    check_connections,
-    check_timeout,
-    client_ssl_context,
     dec_keys_call,
     enc_keys_call,
     status_call,
@@ -142,7 +139,7 @@ def _closed_by_peer(conn: _Connection) -> bool:
         return True
 
 
-class KMEClient:
+class KMEClient(KMEClientBase):
     """An SAE's connection to its KME: ``KMEClient(base_url, cert, key, ca)``.
 
     ``timeout`` (seconds) bounds connecting, each wait for the KME's answer, and the
@@ -153,18 +150,11 @@ class KMEClient:
 
     def __init__(self, base_url: str, cert: str | Path, key: str | Path, ca: str | Path, *,
                  timeout: float = 10.0, connections: int = DEFAULT_CONNECTIONS) -> None:
-        self._endpoint = Endpoint.parse(base_url)
-        self.base_url = self._endpoint.base_url
-        self.timeout = check_timeout(timeout)
-        self.connections = check_connections(connections)
-        self._ssl = client_ssl_context(cert, key, ca)
+        super().__init__(base_url, cert, key, ca, timeout=timeout, connections=connections)
         self._slots = threading.BoundedSemaphore(self.connections)
         self._lock = threading.Lock()
         self._idle: list[_Connection] = []
         self._closes = 0  # how often close() ran: a connection opened before goes too
-
-    def __repr__(self) -> str:
-        return f"KMEClient({self.base_url!r})"
 
     # -- the three methods of clause 5
 

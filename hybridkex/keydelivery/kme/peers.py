@@ -19,10 +19,11 @@ import aiohttp
 
 from hybridkex.errors import InvalidParameter
 from hybridkex.keydelivery.binding import Reservation
+from hybridkex.keydelivery.kme.calls import client_ssl_context
 from hybridkex.keydelivery.kme.formats import ServerError
 from hybridkex.keydelivery.kme.sync import RESERVATIONS_PATH, encode_reservations
 
-__all__ = ["PeerKMEs", "PeerTLS", "check_peer_url", "peer_tls"]
+__all__ = ["PeerKMEs", "PeerTLS", "check_peer_url", "common_name", "peer_tls"]
 
 MAX_ANSWER_BYTES = 64 * 1024
 
@@ -49,16 +50,7 @@ def peer_tls(cert: str | Path, key: str | Path, ca: str | Path) -> PeerTLS:
     site ID (checked in the handshake, so no request reaches another KME).  Files
     are read now, so a bad one is reported at start-up."""
     def make(site: str) -> ssl.SSLContext:
-        try:
-            ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca))
-        except (OSError, ValueError) as exc:
-            raise InvalidParameter(f"cannot load the CA certificate {ca}: {exc}") from None
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        try:
-            ctx.load_cert_chain(str(cert), str(key), password=b"")
-        except (OSError, ValueError) as exc:
-            raise InvalidParameter(f"cannot load the KME certificate {cert} with key {key}: "
-                                   f"{exc}") from None
+        ctx = client_ssl_context(cert, key, ca, holder="KME")
         ctx.sslobject_class = _expecting(site)
         return ctx
 
@@ -70,14 +62,17 @@ def _expecting(site: str) -> type[ssl.SSLObject]:
     class PeerObject(ssl.SSLObject):
         def do_handshake(self) -> None:
             super().do_handshake()
-            if _common_name(self.getpeercert()) != site:
+            if common_name(self.getpeercert()) != site:
                 raise ssl.SSLCertVerificationError(
                     f"the peer KME's certificate is not issued to KME ID {site!r}")
 
     return PeerObject
 
 
-def _common_name(peercert: object) -> str | None:
+def common_name(peercert: object) -> str | None:
+    """The subject's single common name in a verified certificate as :mod:`ssl` reports
+    it (``getpeercert()``): a peer KME's site ID, an SAE's ID; None if it has not
+    exactly one."""
     if not isinstance(peercert, dict):
         return None
     names = [value for rdn in peercert.get("subject", ()) for key, value in rdn

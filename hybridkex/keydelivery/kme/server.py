@@ -76,7 +76,13 @@ from hybridkex.keydelivery.kme.formats import (
     parse_key_request_query,
     status_body,
 )
-from hybridkex.keydelivery.kme.peers import PeerKMEs, PeerTLS, check_peer_url, peer_tls
+from hybridkex.keydelivery.kme.peers import (
+    PeerKMEs,
+    PeerTLS,
+    check_peer_url,
+    common_name,
+    peer_tls,
+)
 from hybridkex.keydelivery.kme.skip import (
     capabilities_body,
     entropy_bits,
@@ -210,14 +216,9 @@ def server_ssl_context(cert: str | Path, key: str | Path, ca: str | Path) -> ssl
 
 
 def sae_id_of(peercert: Any) -> str | None:
-    """The SAE ID in a verified client certificate: its subject's single common name."""
-    if not isinstance(peercert, dict):
-        return None
-    names = [value for rdn in peercert.get("subject", ()) for key, value in rdn
-             if key == "commonName"]
-    if len(names) != 1 or not isinstance(names[0], str) or not names[0]:
-        return None
-    return names[0]
+    """The SAE ID in a verified client certificate: its subject's single common name,
+    which must not be empty."""
+    return common_name(peercert) or None
 
 
 def openapi_document(limits: KMELimits) -> str:
