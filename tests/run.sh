@@ -10,6 +10,12 @@ python3 -m venv .venv
 # A throw-away PostgreSQL server for the key store tests (apt-get installs it if absent):
 # exports HYBRIDKEX_TEST_POSTGRES, and stops the server when this script exits.
 source tests/postgres.sh
+# iproute2's `ip` for the two-host tests (tests/netns.py: network namespaces over a veth
+# pair, as root).  If it cannot be installed, tests/test_hosts.py fails and says why.
+if ! command -v ip >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    { apt-get update -qq && apt-get install -y -qq --no-install-recommends iproute2; } >&2 \
+        || echo "iproute2 could not be installed: the two-host tests will fail" >&2
+fi
 # The npm interop peers for interop/tests (Node.js 26 = OpenSSL 3.5, liboqs-js): `npm ci`
 # into interop/node_modules, nothing when they are already there.  If it fails, the
 # rest of the suite still runs and the interop tests fail, saying what is missing.
