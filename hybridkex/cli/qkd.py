@@ -14,6 +14,7 @@ from dataclasses import asdict, replace
 from functools import partial
 from typing import Any
 
+from hybridkex.cli import qkd_link
 from hybridkex.cli.args import positive_count
 from hybridkex.errors import InvalidParameter
 from hybridkex.keydelivery.store import open_store
@@ -49,18 +50,22 @@ def register(qkd: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_simulate)
 
-    k = qsub.add_parser("link", help="run the simulated link, filling both sites' key stores")
-    k.add_argument("--site-a", required=True)
-    k.add_argument("--store-a", required=True, help="memory:, sqlite:///path or postgresql://...")
-    k.add_argument("--site-b", required=True)
-    k.add_argument("--store-b", required=True)
-    k.add_argument("--distance-km", type=float, default=25.0)
+    k = qsub.add_parser("link", help="run the simulated link: one end of it on this host "
+                        "(--site with --listen or --connect), or both ends in this process "
+                        "(--site-a ... --store-b), filling the sites' key stores")
+    k.add_argument("--site-a")
+    k.add_argument("--store-a", help="memory:, sqlite:///path or postgresql://...")
+    k.add_argument("--site-b")
+    k.add_argument("--store-b")
+    k.add_argument("--distance-km", type=float, help="fibre length (default 25)")
     k.add_argument("--target-keys", type=positive_count,
                    help="stop once this many 256-bit keys were deposited (default: run until "
                    "interrupted)")
     k.add_argument("--pulses-per-round", type=positive_count, default=500_000_000)
     k.add_argument("--json", action="store_true", help="one JSON object per round on stdout")
-    k.set_defaults(func=cmd_link)
+    qkd_link.add_link_options(k)
+    k.set_defaults(func=qkd_link.dispatch(cmd_link))
+    qkd_link.register_fiber(qsub)
 
     s = qsub.add_parser("sweep", help="key rate against distance: analytic, and simulated")
     s.add_argument("--from-km", type=float, required=True)
