@@ -38,6 +38,10 @@ def _params(eve: Eavesdropper | None) -> LinkParameters:
     return finite_key_parameters(distance_km=5.0, eve=eve)
 
 
+def _rate(hits: np.ndarray, among: np.ndarray) -> float:
+    return int(np.count_nonzero(hits)) / max(1, int(np.count_nonzero(among)))
+
+
 def _observables(rec: Records, params: LinkParameters) -> dict[str, float]:
     """Detections, QBER per basis and the vacuum+weak bounds, from both ends' records."""
     intensity, a_basis, a_bit, b_basis, b_bit, sent, _ = rec
@@ -50,9 +54,8 @@ def _observables(rec: Records, params: LinkParameters) -> dict[str, float]:
     est = decoy.asymptotic_from_counts(xdet, errs, [s * (1 - params.p_z) ** 2 for s in sent],
                                        (params.mu, params.nu, params.vacuum))
     return {"detections": float(len(intensity)),
-            "qber_z": float(np.count_nonzero(err & match & (a_basis == 0))
-                            / max(1, np.count_nonzero(match & (a_basis == 0)))),
-            "qber_x": float(np.count_nonzero(err & x) / max(1, np.count_nonzero(x))),
+            "qber_z": _rate(err & match & (a_basis == 0), match & (a_basis == 0)),
+            "qber_x": _rate(err & x, x),
             "y1_lower": est.y1_l, "e1_upper": est.e1_u, "signal_share": det[0] / sum(det)}
 
 
@@ -68,9 +71,10 @@ def _simulated(params: LinkParameters, seed: int) -> Records:
     parts: dict[str, list[np.ndarray]] = {k: [] for k in "iabcde"}
     sent = np.zeros(3)
     for block in simulate(params, PULSES, seed):
-        for key, arr in zip("iabcde", (block.alice.intensity, block.alice.basis,
-                                       block.alice.bit, block.bob.basis, block.bob.bit,
-                                       block.bob.index), strict=True):
+        arrays: list[np.ndarray] = [block.alice.intensity, block.alice.basis,
+                                    block.alice.bit, block.bob.basis, block.bob.bit,
+                                    block.bob.index]
+        for key, arr in zip("iabcde", arrays, strict=True):
             parts[key].append(arr)
         sent += block.alice.sent.sum(axis=1)
     cat = [np.concatenate(parts[k]) for k in "iabcde"]
