@@ -131,6 +131,7 @@ class RoundReport(LinkReport):
     train: str = ""
     round_trips: int = 0
     deposit: str = "none"
+    abort_error: str | None = None  # the LinkAborted subclass that ended the round
     pool_available_to_take: int | None = None
     pool_available_to_fetch: int | None = None
     simulated: bool = True
@@ -210,6 +211,8 @@ class _End:
                 started: float) -> None:
         report.auth_bits_consumed = auth.bits_consumed
         report.round_trips = chan.round_trips
+        if report.aborted and report.abort_error is None:
+            report.abort_error = chan.failure or "LinkAborted"
         report.net_secret_bits = (report.secret_bits if not report.aborted else 0) \
             - report.auth_bits_consumed
         with contextlib.suppress(HybridKexError):
@@ -443,6 +446,7 @@ class BobEnd(_End):
         except QuantumChannelError as exc:
             chan.abort(exc.reason)
             report.aborted, report.abort_reason = True, exc.reason
+            report.abort_error = type(exc).__name__
             self._finish(report, chan, auth, started)
             return False
 
