@@ -110,8 +110,10 @@ class Run:
 @contextlib.contextmanager
 def link(a_dir: Path, b_dir: Path, rounds: int, *, classical: Tamper | None = None,
          classical_upstream: bool = True, quantum: Tamper | None = None,
-         pulses: int = PULSES) -> Iterator[Run]:
-    """Run Alice for ``rounds`` rounds against Bob; yields when Alice is done."""
+         pulses: int = PULSES, lanes: int = 1) -> Iterator[Run]:
+    """Run Alice for ``rounds`` rounds against Bob, in ``lanes`` lanes (one by default,
+    so that frames come in protocol order); yields when Alice is done (the reports of
+    each end sorted by round)."""
     run = Run()
     params = finite_key_parameters(distance_km=DISTANCE_KM)
     with Site.load(a_dir) as site_a, Site.load(b_dir) as site_b:
@@ -138,9 +140,14 @@ def link(a_dir: Path, b_dir: Path, rounds: int, *, classical: Tamper | None = No
         bob_thread.start()
         alice = AliceEnd(ends["site-a"][0],
                          c_proxy.address if c_proxy else server.getsockname()[:2], source,
-                         pulses, stop_a, run.alice.append, run.log.append, rounds=rounds)
+                         pulses, stop_a, run.alice.append, run.log.append, rounds=rounds,
+                         lanes=lanes)
         try:
             alice.run()
+            stop_b.requested.set()
+            bob_thread.join(10)
+            run.alice.sort(key=lambda r: r.round)
+            run.bob.sort(key=lambda r: r.round)
             yield run
         finally:
             stop_a.requested.set()

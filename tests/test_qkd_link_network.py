@@ -43,6 +43,23 @@ def test_rounds_deposit_the_same_keys_at_both_ends(tmp_path: Path) -> None:
     assert drain_and_compare(a_dir, b_dir) == total
 
 
+def test_lanes_run_rounds_side_by_side(tmp_path: Path) -> None:
+    """Three lanes: the first round of each is signed, later ones use Wegman-Carter keys
+    from that lane's own previous round; every round deposits the same keys at both ends."""
+    a_dir, b_dir = make_sites(tmp_path)
+    with link(a_dir, b_dir, rounds=7, lanes=3) as run:
+        pass
+    assert [r.round for r in run.alice] == list(range(1, 8)) == [r.round for r in run.bob]
+    assert not any(r.aborted for r in run.alice + run.bob)
+    modes = [r.auth_mode for r in run.alice]
+    assert sum(m.startswith("signature") for m in modes) == 3
+    assert modes.count("wegman-carter-poly1305") == 4
+    assert len({r.train for r in run.alice}) == 7
+    total = sum(r.keys_deposited for r in run.alice)
+    assert total == sum(r.keys_deposited for r in run.bob)
+    assert drain_and_compare(a_dir, b_dir) == total
+
+
 def _flip(number: int) -> Tamper:
     def tamper(n: int, frame: bytes) -> bytes | None:
         if n != number:
@@ -105,30 +122,46 @@ def _corrupt_last(number: int) -> Tamper:
     return tamper
 
 
-# A train of 1e7 pulses is three blocks and its end: frames 1-4, 5-8, ...  Tampering
-# with the end of the first train leaves Alice's source unaware (it sent everything),
-# so the round that uses the train must abort at Bob.
-QUANTUM = [("altered", _corrupt_last(4)), ("truncated", _cut(4)),
-           ("replayed", _replay(6))]
+# A train of 1e7 pulses is three blocks and its end: frames 1-4, 5-8, ...
+QUANTUM = [("altered", _corrupt_last(4), "the train end does not match"),
+           ("truncated", _cut(2), None),
+           ("replayed", _replay(6), "pulse blocks out of order")]
 
 
 @pytest.mark.parametrize("case", QUANTUM, ids=[c[0] for c in QUANTUM])
-def test_a_tampered_pulse_train_deposits_nothing(tmp_path: Path,
-                                                 case: tuple[str, Tamper]) -> None:
+def test_a_tampered_pulse_train_is_never_distilled(tmp_path: Path,
+                                                   case: tuple[str, Tamper, str | None]) -> None:
+    """Bob's detector refuses the train (QuantumChannelError) and never acknowledges it,
+    so no round starts on it; the quantum connection is made again and later trains
+    are distilled as usual."""
+    _, tamper, refusal = case
     a_dir, b_dir = make_sites(tmp_path)
-    with link(a_dir, b_dir, rounds=3, quantum=case[1]) as run:
+    with link(a_dir, b_dir, rounds=3, quantum=tamper) as run:
         pass
-    aborted = [r for r in run.alice + run.bob if r.aborted]
-    for r in aborted:
-        assert r.keys_deposited == 0
-    assert {r.abort_error for r in run.bob if r.aborted} <= {"QuantumChannelError"}
-    if case[0] != "replayed":
-        first = run.bob[0]
-        assert first.aborted and first.abort_error == "QuantumChannelError", first
-        assert run.alice[0].aborted and run.alice[0].keys_deposited == 0
-    else:
-        # the detector refuses the repeated block (out of order in its train)
-        assert any("pulse blocks out of order" in line or "pulse train repeated" in line
-                   for line in run.log), run.log
-    deposited = sum(r.keys_deposited for r in run.alice if r.deposit == "done")
-    assert drain_and_compare(a_dir, b_dir) == deposited
+    if refusal is not None:
+        assert any(line.startswith("quantum channel: malformed quantum frame")
+                   and refusal in line for line in run.log), run.log
+    assert not any(r.aborted for r in run.alice + run.bob), run.alice + run.bob
+    assert [r.train for r in run.alice] == [r.train for r in run.bob]
+    deposited = sum(r.keys_deposited for r in run.alice)
+    assert drain_and_compare(a_dir, b_dir) == deposited > 0
+
+
+def test_a_round_on_a_train_bob_never_registered_aborts_typed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """If the train a round names is not at Bob's detector (lost on the fibre after all,
+    or named wrongly), the round aborts at both ends with a QuantumChannelError."""
+    from hybridkex.qkd.optics.devices import DetectorDevice
+
+    original = DetectorDevice.train
+
+    def lose(self: DetectorDevice, train: bytes, slots: int, timeout_s: float) -> object:
+        return original(self, bytes(16), slots, 0.1)  # a train never sent
+
+    a_dir, b_dir = make_sites(tmp_path)
+    monkeypatch.setattr(DetectorDevice, "train", lose)
+    with link(a_dir, b_dir, rounds=1) as run:
+        pass
+    assert run.bob[0].aborted and run.bob[0].abort_error == "QuantumChannelError"
+    assert run.alice[0].aborted and "never arrived" in run.alice[0].abort_reason
+    assert drain_and_compare(a_dir, b_dir) == 0

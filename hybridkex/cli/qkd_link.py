@@ -62,6 +62,9 @@ def add_link_options(k: argparse.ArgumentParser) -> None:
     k.add_argument("--store", metavar="URL",
                    help="deposit into this key store instead of the site's keys.db (e.g. "
                    "the store a KME serves: sqlite:///path or postgresql://...)")
+    k.add_argument("--lanes", type=positive_count,
+                   help="rounds in flight at once over the classical connection, to hide its "
+                   "round-trip time (connecting end; default 4)")
     k.add_argument("--asymptotic", action="store_true",
                    help="asymptotic decoy bounds instead of finite-size (both ends alike)")
 
@@ -71,7 +74,7 @@ def dispatch(one_process: Command) -> Command:
 
     def run(args: argparse.Namespace) -> int:
         two_host = ("site", "peer", "listen", "connect", "quantum_listen", "quantum_connect",
-                    "clock_hz", "rounds", "store", "asymptotic")
+                    "clock_hz", "rounds", "store", "asymptotic", "lanes")
         one = ("site_a", "store_a", "site_b", "store_b")
         if args.site is None:
             if any(getattr(args, name) not in (None, False) for name in two_host):
@@ -104,8 +107,17 @@ def _two_host(args: argparse.Namespace) -> int:
     from hybridkex.qkd.distillation import DistillationConfig
     from hybridkex.qkd.labels import SIMULATION_LABEL
     from hybridkex.qkd.network.deposit import DepositEnd
-    from hybridkex.qkd.network.endpoint import AliceEnd, BobEnd, EndSettings, RoundReport, Stop
+    from hybridkex.qkd.network.endpoint import (
+        DEFAULT_LANES,
+        AliceEnd,
+        BobEnd,
+        Discarded,
+        EndSettings,
+        RoundReport,
+        Stop,
+    )
     from hybridkex.qkd.network.journal import DepositJournal
+    from hybridkex.qkd.network.lanes import MAX_LANES
     from hybridkex.qkd.optics.devices import DetectorDevice, SourceDevice, listen
     from hybridkex.qkd.parameters import finite_key_parameters
     from hybridkex.site import Site
@@ -116,11 +128,14 @@ def _two_host(args: argparse.Namespace) -> int:
     alice = args.connect is not None
     if not alice and any(v is not None for v in (args.quantum_connect, args.distance_km,
                                                  args.clock_hz, args.rounds,
-                                                 args.target_keys)):
+                                                 args.target_keys, args.lanes)):
         return _usage("qkd link --listen: --quantum-connect, --distance-km, --clock-hz, "
-                      "--rounds and --target-keys belong to the connecting end (Alice)")
+                      "--rounds, --target-keys and --lanes belong to the connecting end "
+                      "(Alice)")
     if alice and args.quantum_listen is not None:
         return _usage("qkd link --connect: --quantum-listen belongs to the listening end")
+    if args.lanes is not None and args.lanes > MAX_LANES:
+        raise InvalidParameter(f"--lanes must be 1 to {MAX_LANES}")
     if args.rounds is not None and args.target_keys is not None:
         return _usage("qkd link: --rounds and --target-keys exclude each other")
     if args.clock_hz is not None and not args.clock_hz > 0:
@@ -152,10 +167,13 @@ def _two_host(args: argparse.Namespace) -> int:
     def log(text: str) -> None:
         print(f"hybridkex qkd link ({site.name}, {role}): {text}", file=sys.stderr, flush=True)
 
+    output = threading.Lock()
+
     def on_report(report: RoundReport) -> None:
-        if args.json:
-            print(json.dumps(report.to_json()), flush=True)
-        print(_describe(report), file=sys.stderr, flush=True)
+        with output:
+            if args.json:
+                print(json.dumps(report.to_json()), flush=True)
+            print(_describe(report), file=sys.stderr, flush=True)
         if report.deposit == "done":
             deposited["keys"] += report.keys_deposited
             deposited["distance"] = report.distance_km
@@ -173,7 +191,8 @@ def _two_host(args: argparse.Namespace) -> int:
                 f"{format_address(quantum)}, {args.pulses_per_round:.3g} pulses per round")
             try:
                 AliceEnd(settings, address, source, args.pulses_per_round, stop, on_report, log,
-                         rounds=args.rounds, target_keys=args.target_keys).run()
+                         rounds=args.rounds, target_keys=args.target_keys,
+                         lanes=args.lanes or DEFAULT_LANES).run()
             finally:
                 source.close()
         else:
@@ -186,6 +205,10 @@ def _two_host(args: argparse.Namespace) -> int:
             finally:
                 detector.close()
                 server.close()
+    except Discarded:
+        log("the round under way was discarded; the journals settle any deposit on the "
+            "next connection")
+        return 130
     finally:
         journal.close()
         if store is not site.store:

@@ -10,17 +10,20 @@ A connection, from the first message to the last:
    :class:`~.control.LinkHello`, Bob's :class:`~.control.LinkState` (his unfinished
    deposits), then Alice settles every unfinished round of both journals
    (:meth:`~.deposit.DepositEnd.lead` with ``complete=True``).
-2. **Rounds**, until Alice stops: :class:`~.control.RoundStart` names the pulse train,
-   the distillation runs (:func:`~hybridkex.qkd.distillation.run_alice` /
+2. **Rounds**, in lanes (:mod:`.lanes`): several rounds in flight at once, so the
+   round-trip time of the classical channel is hidden.  Each lane is a sequence of
+   rounds: :class:`~.control.RoundStart` names the pulse train, the distillation runs
+   (:func:`~hybridkex.qkd.distillation.run_alice` /
    :func:`~hybridkex.qkd.distillation.run_bob`), then the two-phase deposit
-   (:mod:`.deposit`).  The first round of a connection is authenticated by signatures;
-   every later one by Wegman-Carter MACs keyed from the previous round's reserve and
-   what was left of its pool.  The MAC keys live only in memory: after any disconnect or
-   crash a connection starts with signatures again, so no one-time key is ever used
-   twice.
-3. **End**: Alice's :class:`~.control.Bye`, or a dropped connection.  An aborted round
-   also ends the connection (frames of the dead round may still be on the way); Alice
-   reconnects with back-off and Bob accepts the next connection.
+   (:mod:`.deposit`).  A lane's first round is authenticated by signatures; every
+   later one by Wegman-Carter MACs keyed from that lane's previous round (its reserve
+   and what was left of its pool).  The MAC keys live only in memory: after any
+   disconnect or crash a connection starts with signatures again, so no one-time key
+   is ever used twice.
+3. **End**: Alice's :class:`~.control.Bye` in every lane, or a dropped connection.  An
+   aborted round retires its lane (frames of the dead round may still be on the way);
+   when Alice has no lane left, or a deposit was interrupted, she reconnects with
+   back-off, and Bob accepts the next connection.
 
 Stopping (:class:`Stop`): a first request finishes the current round, deposit included,
 then ends cleanly; a second discards the round at once (the peer sees the connection
@@ -32,7 +35,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import select
 import socket
 import threading
 import time
@@ -57,7 +59,6 @@ from hybridkex.qkd.distillation.authentication import (
 )
 from hybridkex.qkd.distillation.messages import NONCE_SIZE, Hello, Message, Sift
 from hybridkex.qkd.distillation.session import session_id
-from hybridkex.qkd.distillation.transport import SocketChannel
 from hybridkex.qkd.ends import Role
 from hybridkex.qkd.errors import LinkAborted, QuantumChannelError
 from hybridkex.qkd.link import LinkReport, stored_keys
@@ -71,14 +72,17 @@ from hybridkex.qkd.network.control import (
     RoundStart,
 )
 from hybridkex.qkd.network.deposit import DepositEnd, DepositMismatch
+from hybridkex.qkd.network.lanes import MAX_LANES, LaneChannel, Lanes
 from hybridkex.qkd.optics.devices import DetectorDevice, SourceDevice, connect_with_backoff
 from hybridkex.qkd.optics.source import AliceTrain
 
-__all__ = ["AliceEnd", "BobEnd", "EndSettings", "RoundReport", "Stop"]
+__all__ = ["DEFAULT_LANES", "AliceEnd", "BobEnd", "Discarded", "EndSettings", "RoundReport", "Stop"]
 
 ROUND_TIMEOUT_S = 120.0
 OPEN_TIMEOUT_S = 30.0
-TRAIN_WAIT_S = 20.0
+TRAIN_WAIT_S = 5.0  # acknowledged trains are there already; this covers slow hosts
+DEFAULT_LANES = 4
+DONE, RETIRE, RECONNECT = "done", "retire", "reconnect"  # what a round leaves its lane
 
 
 class Discarded(BaseException):
@@ -171,16 +175,8 @@ def _first_nonce(train: bytes) -> Callable[[int], bytes]:
     return random_bytes
 
 
-def _close(sock: socket.socket | None) -> None:
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
-        with contextlib.suppress(OSError):
-            sock.close()
-
-
 class _End:
-    """What both ends share: authentication state, reports, the pool level."""
+    """What both ends share: authentication state per lane, reports, the pool level."""
 
     role: Role
 
@@ -191,13 +187,16 @@ class _End:
         self.stop = stop
         self.on_report = on_report
         self.log = log
-        self.pool: bytes | None = None
+        self.pools: dict[int, bytes] = {}  # lane -> Wegman-Carter key for its next round
         self.connections = 0
         self.keys_deposited = 0
+        self._lock = threading.Lock()
+        self._fault: BaseException | None = None
 
-    def _authenticator(self) -> tuple[MessageAuthenticator, str]:
-        if self.pool:
-            return WegmanCarterAuthenticator(AuthKeyPool(self.pool), self.role), \
+    def _authenticator(self, lane: int) -> tuple[MessageAuthenticator, str]:
+        pool = self.pools.pop(lane, b"")  # spent from here on, whatever happens
+        if pool:
+            return WegmanCarterAuthenticator(AuthKeyPool(pool), self.role), \
                 WegmanCarterAuthenticator.kind
         return self.s.signatures(), self.s.auth_label()
 
@@ -215,31 +214,71 @@ class _End:
             report.abort_error = chan.failure or "LinkAborted"
         report.net_secret_bits = (report.secret_bits if not report.aborted else 0) \
             - report.auth_bits_consumed
-        with contextlib.suppress(HybridKexError):
-            status = self.s.store.status(self.s.peer)
-            report.pool_available_to_take = status.available_to_take
-            report.pool_available_to_fetch = status.available_to_fetch
-        report.elapsed_s = time.perf_counter() - started
-        self.on_report(report)
+        with self._lock:
+            self.keys_deposited += report.keys_deposited if report.deposit != "none" else 0
+            with contextlib.suppress(HybridKexError):
+                status = self.s.store.status(self.s.peer)
+                report.pool_available_to_take = status.available_to_take
+                report.pool_available_to_fetch = status.available_to_fetch
+            report.elapsed_s = time.perf_counter() - started
+            self.on_report(report)
 
-    def _carry(self, auth: MessageAuthenticator, result: DistillationResult) -> None:
+    def _carry(self, lane: int, auth: MessageAuthenticator, result: DistillationResult) -> None:
         leftover = auth.leftover() if isinstance(auth, WegmanCarterAuthenticator) else b""
-        self.pool = leftover + result.auth_reserve
+        self.pools[lane] = leftover + result.auth_reserve
+
+    def _lanes(self, lanes: Lanes, numbers: range,
+               body: Callable[[Lanes, int], None]) -> None:
+        """Run ``body(lanes, n)`` for every lane in a thread of its own; wait for all.  An
+        unexpected error in one closes the connection and is raised here."""
+
+        def run(n: int) -> None:
+            try:
+                body(lanes, n)
+            except LinkAborted:
+                lanes.close()
+            except BaseException as exc:  # a fault of this end: end the connection
+                with self._lock:
+                    self._fault = self._fault or exc
+                lanes.close()
+
+        threads = [threading.Thread(target=run, args=(n,), name=f"qkd-lane-{n}", daemon=True)
+                   for n in numbers]
+        for t in threads:
+            t.start()
+        try:
+            for t in threads:
+                while t.is_alive():
+                    t.join(0.2)
+        finally:
+            lanes.close()
+            for t in threads:
+                t.join(5)
+        fault, self._fault = self._fault, None
+        if fault is not None:
+            raise fault
 
 
 class AliceEnd(_End):
-    """The connecting end: it sends the pulses and leads every round and deposit."""
+    """The connecting end: it sends the pulses and leads every round and deposit.
+
+    ``lanes`` rounds run side by side (:mod:`.lanes`), so the classical round-trip time
+    is hidden behind the other lanes' work.
+    """
 
     role = Role.ALICE
 
     def __init__(self, settings: EndSettings, address: tuple[str, int], source: SourceDevice,
                  pulses: int, stop: Stop, on_report: Callable[[RoundReport], None],
                  log: Callable[[str], None], rounds: int | None = None,
-                 target_keys: int | None = None) -> None:
+                 target_keys: int | None = None, lanes: int = DEFAULT_LANES) -> None:
         super().__init__(settings, stop, on_report, log)
+        if not 1 <= lanes <= MAX_LANES:
+            raise HybridKexError(f"the link runs 1 to {MAX_LANES} lanes")
         self.address, self.source, self.pulses = address, source, pulses
-        self.rounds_limit, self.target_keys = rounds, target_keys
-        self.rounds = 0
+        self.rounds_limit, self.target_keys, self.lane_count = rounds, target_keys, lanes
+        self.rounds = 0     # rounds started
+        self.reserved = 0   # rounds started or about to be
 
     def done(self) -> bool:
         if self.rounds_limit is not None and self.rounds >= self.rounds_limit:
@@ -254,14 +293,15 @@ class AliceEnd(_End):
             if sock is None:
                 return
             self.connections += 1
-            self.pool = None
+            self.pools = {}
+            lanes = Lanes(sock)
             try:
-                self._connection(sock)
+                self._connection(lanes)
             except LinkAborted as exc:
                 if not self.stop():
                     self.log(f"connection {self.connections} ended: {exc.reason}")
             finally:
-                _close(sock)
+                lanes.close()
             if self.source.error is not None:
                 raise self.source.error
             if not self.done() and not self.stop():
@@ -272,10 +312,10 @@ class AliceEnd(_End):
             self.log(f"cannot reach Bob at {self.address[0]}:{self.address[1]} "
                      f"({exc.strerror or exc}); retrying in {delay:.1f} s")
 
-    def _connection(self, sock: socket.socket) -> None:
-        sock.settimeout(OPEN_TIMEOUT_S)
-        transport = SocketChannel(sock)
-        chan = LinkChannel(transport, self.s.signatures(), Role.ALICE)
+    def _connection(self, lanes: Lanes) -> None:
+        opening = lanes.lane(0)
+        opening.timeout_s = OPEN_TIMEOUT_S
+        chan = LinkChannel(opening, self.s.signatures(), Role.ALICE)
         nonce = os.urandom(NONCE_SIZE)
         chan.session_id = nonce
         chan.send(LinkHello(nonce, self.s.site, self.s.peer))
@@ -285,20 +325,9 @@ class AliceEnd(_End):
         open_rounds = self.s.deposit.alice_open()
         added = self.s.deposit.lead(chan, open_rounds, complete=True)
         if open_rounds or state.entries:
-            self.log(f"settled {len(open_rounds) + len(state.entries)} unfinished deposit(s) "
-                     f"from the journals: {added} keys added here")
-        sock.settimeout(ROUND_TIMEOUT_S)
-        while True:
-            if self.stop() or self.done():
-                self._bye(transport, "Alice stops" if self.stop() else "Alice is done")
-                return
-            ready = self.source.next_train(0.5)
-            if ready is None:
-                if self.source.error is not None:
-                    raise LinkAborted(self.source.error.reason)
-                continue
-            if not self._round(transport, ready.record, ready.distance_km, ready.emitted_s):
-                return  # an aborted round ends the connection
+            self.log(f"settled {len(set(open_rounds) | {e.round_id for e in state.entries})} "
+                     f"unfinished deposit(s) from the journals: {added} keys added here")
+        self._lanes(lanes, range(1, self.lane_count + 1), self._lane)
 
     def _check_journals(self, bob: tuple[JournalEntry, ...]) -> None:
         for entry in bob:
@@ -306,20 +335,47 @@ class AliceEnd(_End):
             if mine is not None and mine != entry.digest:
                 raise DepositMismatch("the two journals disagree about a round's keys")
 
-    def _bye(self, transport: SocketChannel, reason: str) -> None:
-        auth, _ = self._authenticator()
+    def _reserve(self) -> bool:
+        with self._lock:
+            if self.stop() or self.done() or (self.rounds_limit is not None
+                                              and self.reserved >= self.rounds_limit):
+                return False
+            self.reserved += 1
+            return True
+
+    def _lane(self, lanes: Lanes, number: int) -> None:
+        transport = lanes.lane(number)
+        transport.timeout_s = ROUND_TIMEOUT_S
+        while not lanes.closed.is_set():
+            if not self._reserve():
+                self._bye(transport, number, "Alice stops" if self.stop() else "Alice is done")
+                return
+            ready = None
+            while ready is None and not lanes.closed.is_set() and not self.stop():
+                ready = self.source.next_train(0.5)
+                if ready is None and self.source.error is not None:
+                    raise LinkAborted(self.source.error.reason)
+            if ready is None:
+                with self._lock:
+                    self.reserved -= 1
+                continue
+            outcome = self._round(transport, number, ready.record, ready.distance_km,
+                                  ready.emitted_s)
+            if outcome == RECONNECT:
+                lanes.close()
+            if outcome != DONE:
+                return
+
+    def _bye(self, transport: LaneChannel, lane: int, reason: str) -> None:
+        auth, _ = self._authenticator(lane)
         chan = LinkChannel(transport, auth, Role.ALICE, session_id=os.urandom(NONCE_SIZE))
         with contextlib.suppress(LinkAborted):
             chan.send(Bye(reason))
 
-    def _round(self, transport: SocketChannel, train: AliceTrain, distance_km: float,
-               emitted_s: float) -> bool:
+    def _round(self, transport: LaneChannel, lane: int, train: AliceTrain, distance_km: float,
+               emitted_s: float) -> str:
         started = time.perf_counter()
-        self.rounds += 1
-        report = self._report(self.rounds, train.train, train.slots, distance_km)
-        report.simulation_s = emitted_s
-        auth, report.auth_mode = self._authenticator()
-        self.pool = None  # spent from here on, whatever happens
+        auth, mode = self._authenticator(lane)
         chan = LinkChannel(transport, auth, Role.ALICE, session_id=train.train)
         data = train.alice_data()
 
@@ -329,44 +385,53 @@ class AliceEnd(_End):
                 data.index = message.index
 
         chan.on_receive = fill
+        with self._lock:
+            self.rounds += 1
+            number = self.rounds
+        report = self._report(number, train.train, train.slots, distance_km)
+        report.simulation_s, report.auth_mode = emitted_s, mode
         try:
-            chan.send(RoundStart(train.train, train.slots, distance_km, self.rounds))
-        except LinkAborted as exc:
-            self.rounds -= 1  # the round never started
-            raise LinkAborted(exc.reason) from None
+            chan.send(RoundStart(train.train, train.slots, distance_km, number))
+        except LinkAborted:
+            with self._lock:
+                self.rounds -= 1  # the round never started
+                self.reserved -= 1
+            raise
         result = run_alice(chan, data, self.s.config, _first_nonce(train.train))
         _fill(report, result)
         if result.aborted:
             report.aborted, report.abort_reason = True, result.abort_reason
             self._finish(report, chan, auth, started)
-            return False
+            return RETIRE
         keys = stored_keys(result.key_material, result.key_ids, self.s.site, self.s.peer)
         round_id = chan.session_id or b""
         try:
             self.s.deposit.decide(chan, round_id, keys)
         except LinkAborted as exc:
+            chan.abort(f"deposit: {exc.reason}")
             report.aborted, report.abort_reason = True, f"deposit: {exc.reason}"
             self._finish(report, chan, auth, started)
-            return False
+            return RECONNECT
         report.deposit = "pending"
         report.keys_deposited = len(keys)
         report.key_ids = list(result.key_ids)
-        self.keys_deposited += len(keys)
         try:
             self.s.deposit.lead(chan, (round_id,), complete=False)
         except LinkAborted as exc:
+            chan.abort(f"deposit: {exc.reason}")
             report.abort_reason = f"deposit completes on the next connection ({exc.reason})"
             self._finish(report, chan, auth, started)
-            return False
+            return RECONNECT
         report.deposit = "done"
         report.auth_reserve_bits = 8 * len(result.auth_reserve)
-        self._carry(auth, result)
+        self._carry(lane, auth, result)
         self._finish(report, chan, auth, started)
-        return True
+        return DONE
 
 
 class BobEnd(_End):
-    """The listening end: it detects the pulses and follows Alice's lead."""
+    """The listening end: it detects the pulses and follows Alice's lead, in every lane
+    she opens."""
 
     role = Role.BOB
 
@@ -384,23 +449,25 @@ class BobEnd(_End):
                 sock, peer = self.server.accept()
             except TimeoutError:
                 continue
+            sock.settimeout(None)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
             self.connections += 1
-            self.pool = None
+            self.pools = {}
+            lanes = Lanes(sock)
             try:
-                self._connection(sock)
+                self._connection(lanes)
             except LinkAborted as exc:
                 if not self.stop():
                     self.log(f"connection {self.connections} from {peer[0]} ended: "
                              f"{exc.reason}")
             finally:
-                _close(sock)
+                lanes.close()
 
-    def _connection(self, sock: socket.socket) -> None:
-        sock.settimeout(OPEN_TIMEOUT_S)
-        transport = SocketChannel(sock)
-        chan = LinkChannel(transport, self.s.signatures(), Role.BOB)
+    def _connection(self, lanes: Lanes) -> None:
+        opening = lanes.lane(0)
+        opening.timeout_s = OPEN_TIMEOUT_S
+        chan = LinkChannel(opening, self.s.signatures(), Role.BOB)
         hello = chan.recv(LinkHello)
         if (hello.alice_site, hello.bob_site) != (self.s.peer, self.s.site):
             raise LinkAborted(f"a link from {hello.alice_site} to {hello.bob_site}, but this "
@@ -414,30 +481,26 @@ class BobEnd(_End):
         if entries:
             self.log(f"settled {len(entries)} unfinished deposit(s) from the journals: "
                      f"{added} keys added here")
-        sock.settimeout(ROUND_TIMEOUT_S)
-        while True:
-            if not self._wait_readable(sock):
-                return  # stopped between rounds: close
-            auth, mode = self._authenticator()
-            self.pool = None
+        self._lanes(lanes, range(1, MAX_LANES + 1), self._lane)
+
+    def _lane(self, lanes: Lanes, number: int) -> None:
+        transport = lanes.lane(number)
+        transport.timeout_s = ROUND_TIMEOUT_S
+        while transport.wait(self.stop):
+            auth, mode = self._authenticator(number)
             chan = LinkChannel(transport, auth, Role.BOB)
             started = time.perf_counter()
-            first = chan.recv_any({RoundStart: False, Bye: False})
+            try:
+                first = chan.recv_any({RoundStart: False, Bye: False})
+            except LinkAborted:
+                return  # nothing sensible in this lane any more: retire it
             if isinstance(first, Bye):
-                self.log(f"Alice ended the connection ({first.reason})")
                 return
             assert isinstance(first, RoundStart)
-            if not self._round(chan, auth, mode, first, started):
-                return
+            if not self._round(chan, number, auth, mode, first, started):
+                return  # an aborted round retires its lane
 
-    def _wait_readable(self, sock: socket.socket) -> bool:
-        while not self.stop():
-            ready, _, _ = select.select([sock], [], [], 0.2)
-            if ready:
-                return True
-        return False
-
-    def _round(self, chan: LinkChannel, auth: MessageAuthenticator, mode: str,
+    def _round(self, chan: LinkChannel, lane: int, auth: MessageAuthenticator, mode: str,
                start: RoundStart, started: float) -> bool:
         report = self._report(start.number, start.train, start.pulses, start.distance_km)
         report.auth_mode = mode
@@ -465,6 +528,7 @@ class BobEnd(_End):
             return False
         keys = stored_keys(result.key_material, result.key_ids, self.s.peer, self.s.site)
         round_id = chan.session_id or b""
+        report.keys_deposited = len(keys)
         try:
             self.s.deposit.prepare(chan, round_id, keys)
             report.deposit = "pending"
@@ -474,10 +538,8 @@ class BobEnd(_End):
             self._finish(report, chan, auth, started)
             return False
         report.deposit = "done"
-        report.keys_deposited = len(keys)
         report.key_ids = list(result.key_ids)
         report.auth_reserve_bits = 8 * len(result.auth_reserve)
-        self.keys_deposited += len(keys)
-        self._carry(auth, result)
+        self._carry(lane, auth, result)
         self._finish(report, chan, auth, started)
         return True

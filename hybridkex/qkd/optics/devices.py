@@ -9,9 +9,9 @@ Each runs in a thread of its process and talks TCP (frames of
   (:meth:`DetectorDevice.train`).
 - :class:`SourceDevice` connects (Alice's host), straight to the detector or to a
   :class:`FibreDevice`, reconnecting with back-off.  It emits trains back to back, paced
-  by its clock, and keeps the next ``ahead`` complete ones for Alice's distillation end
-  (:meth:`SourceDevice.next_train`): the quantum phase of the next round runs while the
-  current one is distilled, as a real source runs continuously.
+  by its clock, and offers each one the detector acknowledged whole to Alice's
+  distillation end (:meth:`SourceDevice.next_train`): the quantum phase of the next
+  rounds runs while the current ones are distilled, as a real source runs continuously.
 - :class:`FibreDevice` (``hybridkex qkd fiber``) listens for the source and connects to
   the detector; Eve, if any, acts here.
 
@@ -45,6 +45,7 @@ from hybridkex.qkd.optics.wire import (
     DeviceHello,
     PulseBlock,
     TrainEnd,
+    TrainReceived,
     decode,
 )
 from hybridkex.qkd.parameters import Eavesdropper, LinkParameters
@@ -60,7 +61,7 @@ __all__ = [
 ]
 
 BLOCK_SLOTS = 1 << 22
-KEPT_TRAINS = 8
+KEPT_TRAINS = 20  # more than the lanes a link runs, so no train waiting for one goes
 Address = tuple[str, int]
 
 
@@ -75,7 +76,7 @@ def listen(address: Address) -> socket.socket:
 
 
 def connect_with_backoff(address: Address, stop: threading.Event,
-                         first_delay_s: float = 0.05, max_delay_s: float = 2.0,
+                         first_delay_s: float = 0.05, max_delay_s: float = 1.0,
                          on_retry: Callable[[OSError, float], None] | None = None,
                          ) -> socket.socket | None:
     """Connect, retrying with exponential back-off until ``stop`` is set (then None)."""
@@ -173,6 +174,7 @@ class DetectorDevice:
                         raise QuantumChannelError(
                             "malformed quantum frame: the train end does not match its train")
                     self._finish(current.train, current)
+                    channel.send(TrainReceived(current.train).encode())
                     current = None
                 else:
                     raise QuantumChannelError("malformed quantum frame: a device hello "
@@ -283,8 +285,16 @@ class SourceDevice:
                 channel = SocketChannel(sock)
                 hello = _read_hello(channel)
                 source, distance = self._configure(hello)
+                pending: dict[bytes, ReadyTrain] = {}
+                room = threading.Semaphore(2)  # trains sent and not yet acknowledged
+                acks = threading.Thread(target=self._acks, args=(channel, pending, room),
+                                        name="qkd-source-acks", daemon=True)
+                acks.start()
                 while not self._stop.is_set():
-                    self._emit(channel, source, distance)
+                    while not room.acquire(timeout=0.2):
+                        if self._stop.is_set() or not acks.is_alive():
+                            raise ChannelClosed("the detector stopped acknowledging")
+                    self._emit(channel, source, distance, pending)
             except Misconfigured as exc:
                 self.error = exc
                 self._stop.set()
@@ -309,7 +319,33 @@ class SourceDevice:
         tau = transmittance(distance, p.alpha_db_per_km) * hello.transmittance
         return PulseSource(p, max(tau, 1e-300), self._rng), distance
 
-    def _emit(self, channel: SocketChannel, source: PulseSource, distance: float) -> None:
+    def _acks(self, channel: SocketChannel, pending: dict[bytes, ReadyTrain],
+              room: threading.Semaphore) -> None:
+        """Offer each train once the detector acknowledges it whole (oldest first)."""
+        try:
+            while not self._stop.is_set():
+                message = decode(channel.recv())
+                if not isinstance(message, TrainReceived):
+                    raise QuantumChannelError("malformed quantum frame: expected a train "
+                                              "acknowledgement")
+                ready = pending.pop(message.train, None)
+                if ready is None:
+                    raise QuantumChannelError("malformed quantum frame: an acknowledgement "
+                                              "of a train never sent")
+                room.release()
+                while not self._stop.is_set():
+                    try:
+                        self._ready.put(ready, timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+        except (QuantumChannelError, ChannelClosed) as exc:
+            if isinstance(exc, QuantumChannelError):
+                self._log(f"quantum channel: {exc.reason}")
+            _close(self._sock)
+
+    def _emit(self, channel: SocketChannel, source: PulseSource, distance: float,
+              pending: dict[bytes, ReadyTrain]) -> None:
         train = source.new_train()
         started = time.monotonic()
         while train.slots < self.pulses:
@@ -325,14 +361,8 @@ class SourceDevice:
                 lag = started + train.slots / self.clock_hz - time.monotonic()
                 if lag > 0:
                     self._stop.wait(lag)
+        pending[train.train] = ReadyTrain(train, distance, time.monotonic() - started)
         channel.send(TrainEnd(train.train, train.slots, len(train.blocks)).encode())
-        ready = ReadyTrain(train, distance, time.monotonic() - started)
-        while not self._stop.is_set():
-            try:
-                self._ready.put(ready, timeout=0.2)
-                return
-            except queue.Full:
-                continue
 
     def close(self) -> None:
         self._stop.set()
@@ -406,7 +436,22 @@ class FibreDevice:
             return sock
         return None
 
+    def _acks(self, downstream: SocketChannel, upstream: SocketChannel) -> None:
+        """Carry the detector's acknowledgements back to the source."""
+        try:
+            while not self._stop.is_set():
+                raw = downstream.recv()
+                if not isinstance(decode(raw), TrainReceived):
+                    raise QuantumChannelError("malformed quantum frame: expected a train "
+                                              "acknowledgement")
+                upstream.send(raw)
+        except (QuantumChannelError, ChannelClosed):
+            for s in list(self._socks):
+                _close(s)
+
     def _carry(self, upstream: SocketChannel, downstream: SocketChannel, fibre: Fibre) -> None:
+        threading.Thread(target=self._acks, args=(downstream, upstream), name="qkd-fibre-acks",
+                         daemon=True).start()
         while not self._stop.is_set():
             raw = upstream.recv()
             message = decode(raw)

@@ -14,6 +14,10 @@ big-endian:
   polarisation all its photons share (u8: basis << 1 | bit, basis 0 Z, 1 X).  A slot
   not listed holds no photon.  Nothing says which intensity a pulse was sent with.
 - :class:`TrainEnd`: the train is complete, with its number of slots and blocks.
+- :class:`TrainReceived` (downstream to upstream): Bob's detector registered the train
+  whole.  Alice's source offers a train to her distillation end only then, as the
+  synchronisation line of a real system would tell it, so no round is started on a
+  train the fibre lost.
 
 A train is named by 16 random bytes, which Alice's distillation end then uses as the
 nonce of the round's hello, so the two ends find the same train.  ``decode`` checks
@@ -41,6 +45,7 @@ __all__ = [
     "DeviceHello",
     "PulseBlock",
     "TrainEnd",
+    "TrainReceived",
     "decode",
 ]
 
@@ -166,12 +171,32 @@ class TrainEnd:
         return cls(train, slots, blocks)
 
 
-_KINDS: dict[int, type[DeviceHello] | type[PulseBlock] | type[TrainEnd]] = {
+@dataclass(frozen=True)
+class TrainReceived:
+    """Downstream to upstream: the detector registered ``train`` whole."""
+
+    train: bytes
+
+    type_byte: ClassVar[int] = 4
+
+    def encode(self) -> bytes:
+        return MAGIC + bytes([self.type_byte]) + self.train
+
+    @classmethod
+    def decode_body(cls, body: bytes) -> TrainReceived:
+        if len(body) != TRAIN_ID_SIZE:
+            raise _fail("train acknowledgement of the wrong length")
+        return cls(body)
+
+
+Message = DeviceHello | PulseBlock | TrainEnd | TrainReceived
+
+_KINDS: dict[int, type[DeviceHello] | type[PulseBlock] | type[TrainEnd] | type[TrainReceived]] = {
     DeviceHello.type_byte: DeviceHello, PulseBlock.type_byte: PulseBlock,
-    TrainEnd.type_byte: TrainEnd}
+    TrainEnd.type_byte: TrainEnd, TrainReceived.type_byte: TrainReceived}
 
 
-def decode(frame: bytes) -> DeviceHello | PulseBlock | TrainEnd:
+def decode(frame: bytes) -> Message:
     """One quantum frame, strictly decoded."""
     if len(frame) < len(MAGIC) + 1 or frame[:len(MAGIC)] != MAGIC:
         raise _fail("bad magic")
