@@ -206,6 +206,36 @@ def test_eve_on_the_fibre_aborts_every_round_and_deposits_nothing(tmp_path: Path
             assert (status.available_to_take, status.available_to_fetch) == (0, 0)
 
 
+def test_sigterm_finishes_the_rounds_under_way_and_a_second_discards_them(
+        tmp_path: Path) -> None:
+    a_dir, b_dir = make_sites(tmp_path)
+    port = free_port()
+    with two_hosts("s") as (a, b), processes() as running:
+        bob_end = bob(b, b_dir, port, tmp_path / "bob.log")
+        running.append(bob_end)
+        first = alice(a, a_dir, b, port, tmp_path / "alice.log", "--distance-km", "5")
+        running.append(first)
+        first.wait_lines(2, 120)
+        assert first.stop() == 0  # finishes the rounds under way, then says goodbye
+        assert first.lines and all(not r["aborted"] and r["deposit"] == "done"
+                                   for r in first.lines), first.lines
+        assert "stopping after this round" in (tmp_path / "alice.log").read_text()
+        second = alice(a, a_dir, b, port, tmp_path / "alice2.log", "--distance-km", "5")
+        running.append(second)
+        second.wait_lines(1, 120)
+        second.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.05)
+        second.proc.send_signal(signal.SIGTERM)
+        assert second.proc.wait(60) == 130
+        assert "discarded" in (tmp_path / "alice2.log").read_text()
+        third = alice(a, a_dir, b, port, tmp_path / "alice3.log", "--distance-km", "5",
+                      "--rounds", "1")
+        running.append(third)
+        assert third.proc.wait(120) == 0  # its opening settles whatever was under way
+        assert bob_end.stop() == 0
+    drain_and_compare(a_dir, b_dir)
+
+
 RELAY = """
 import sys
 from tests.relay import Relay
