@@ -110,7 +110,8 @@ class Run:
 @contextlib.contextmanager
 def link(a_dir: Path, b_dir: Path, rounds: int, *, classical: Tamper | None = None,
          classical_upstream: bool = True, quantum: Tamper | None = None,
-         pulses: int = PULSES, lanes: int = 1) -> Iterator[Run]:
+         pulses: int = PULSES, lanes: int = 1,
+         clock_hz: float | None = None) -> Iterator[Run]:
     """Run Alice for ``rounds`` rounds against Bob, in ``lanes`` lanes (one by default,
     so that frames come in protocol order); yields when Alice is done (the reports of
     each end sorted by round)."""
@@ -129,7 +130,7 @@ def link(a_dir: Path, b_dir: Path, rounds: int, *, classical: Tamper | None = No
         q_target = detector.address
         q_proxy = Proxy(q_target, quantum) if quantum is not None else None
         source = SourceDevice(q_proxy.address if q_proxy else q_target, params, pulses,
-                              DISTANCE_KM)
+                              DISTANCE_KM, clock_hz)
         server = listen(("127.0.0.1", 0))
         c_proxy = (Proxy(server.getsockname()[:2], classical, classical_upstream)
                    if classical is not None else None)

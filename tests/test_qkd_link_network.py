@@ -37,6 +37,8 @@ def test_rounds_deposit_the_same_keys_at_both_ends(tmp_path: Path) -> None:
         assert mine.deposit == theirs.deposit == "done"
         assert mine.qber == theirs.qber and 0 < mine.qber < 0.06
     assert _open_rounds(a_dir, "site-b") == _open_rounds(b_dir, "site-a") == 0
+    for journal in (a_dir / "qkd-link-site-b.db", b_dir / "qkd-link-site-a.db"):
+        assert journal.stat().st_mode & 0o777 == 0o600  # it holds key material
     total = sum(r.keys_deposited for r in run.alice)
     last = run.alice[-1]
     assert (last.pool_available_to_take or 0) + (last.pool_available_to_fetch or 0) == total
@@ -58,6 +60,14 @@ def test_lanes_run_rounds_side_by_side(tmp_path: Path) -> None:
     total = sum(r.keys_deposited for r in run.alice)
     assert total == sum(r.keys_deposited for r in run.bob)
     assert drain_and_compare(a_dir, b_dir) == total
+
+
+def test_the_clock_paces_the_source(tmp_path: Path) -> None:
+    a_dir, b_dir = make_sites(tmp_path)
+    with link(a_dir, b_dir, rounds=1, pulses=4_000_000, clock_hz=1e7) as run:
+        pass
+    assert run.alice[0].simulation_s >= 0.4  # 4e6 pulses at 1e7 per second
+    assert not run.alice[0].aborted
 
 
 def _flip(number: int) -> Tamper:

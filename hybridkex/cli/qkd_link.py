@@ -196,8 +196,9 @@ def _two_host(args: argparse.Namespace) -> int:
             finally:
                 source.close()
         else:
-            server = listen(address)
-            detector = DetectorDevice(quantum, params, log=log)
+            server = _bound(listen, address, "--listen")
+            detector = _bound(lambda where: DetectorDevice(where, params, log=log), quantum,
+                              "--quantum-listen")
             log(f"Bob (receiver) for {peer}: listening on {format_address(server.getsockname())}"
                 f", detector on {format_address(detector.address)}")
             try:
@@ -216,6 +217,16 @@ def _two_host(args: argparse.Namespace) -> int:
         site.close()
     log(f"stopped: {deposited['keys']} keys deposited")
     return 0
+
+
+def _bound(make: Callable[[tuple[str, int]], Any], address: tuple[str, int],
+           option: str) -> Any:
+    """A listening socket or device on ``address``, or one line saying why not."""
+    try:
+        return make(address)
+    except OSError as exc:
+        raise InvalidParameter(f"cannot listen on {format_address(address)} ({option}): "
+                               f"{exc.strerror or exc}") from None
 
 
 def _record(site: Any, peer: str, role: str, address: tuple[str, int],
@@ -316,9 +327,10 @@ def cmd_fiber(args: argparse.Namespace) -> int:
     def log(text: str) -> None:
         print(f"hybridkex qkd fiber: {text}", file=sys.stderr, flush=True)
 
-    fibre = FibreDevice(parse_address(args.listen, "--listen"),
-                        parse_address(args.connect, "--connect"), args.distance_km,
-                        LinkParameters.alpha_db_per_km, eve, on_train=on_train, log=log)
+    fibre = _bound(lambda where: FibreDevice(
+        where, parse_address(args.connect, "--connect"), args.distance_km,
+        LinkParameters.alpha_db_per_km, eve, on_train=on_train, log=log),
+        parse_address(args.listen, "--listen"), "--listen")
     stop = threading.Event()
 
     def handler(signum: int, frame: FrameType | None) -> None:
