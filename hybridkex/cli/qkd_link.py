@@ -64,7 +64,7 @@ def add_link_options(k: argparse.ArgumentParser) -> None:
                    "the store a KME serves: sqlite:///path or postgresql://...)")
     k.add_argument("--lanes", type=positive_count,
                    help="rounds in flight at once over the classical connection, to hide its "
-                   "round-trip time (connecting end; default 4)")
+                   "round-trip time (connecting end; default 6)")
     k.add_argument("--asymptotic", action="store_true",
                    help="asymptotic decoy bounds instead of finite-size (both ends alike)")
 

@@ -81,7 +81,7 @@ __all__ = ["DEFAULT_LANES", "AliceEnd", "BobEnd", "Discarded", "EndSettings", "R
 ROUND_TIMEOUT_S = 120.0
 OPEN_TIMEOUT_S = 30.0
 TRAIN_WAIT_S = 5.0  # acknowledged trains are there already; this covers slow hosts
-DEFAULT_LANES = 4
+DEFAULT_LANES = 6
 DONE, RETIRE, RECONNECT = "done", "retire", "reconnect"  # what a round leaves its lane
 
 
