@@ -173,9 +173,9 @@ class DetectorDevice:
                             message.slots, message.blocks) != (current.slots, current.blocks):
                         raise QuantumChannelError(
                             "malformed quantum frame: the train end does not match its train")
-                    self._finish(current.train, current)
-                    channel.send(TrainReceived(current.train).encode())
-                    current = None
+                    whole, current = current, None
+                    self._finish(whole.train, whole)
+                    channel.send(TrainReceived(whole.train).encode())
                 else:
                     raise QuantumChannelError("malformed quantum frame: a device hello "
                                               "from upstream")
