@@ -142,10 +142,33 @@ def psk_sessions(a: Host, a_dir: Path, b: Host, b_dir: Path, tries: int,
         assert server.stop() == 0
 
 
+def _site_init_and_trust(a: Host, b: Host, root: Path) -> tuple[Path, Path]:
+    """docs/deployment.md steps 1 to 3 with the command line: each host makes its site,
+    the identity files cross, each site trusts the other (fingerprints as printed)."""
+    a_dir, b_dir = root / "host-a" / "site-a", root / "host-b" / "site-b"
+    printed = {}
+    for host, site, name in ((a, a_dir, "site-a"), (b, b_dir, "site-b")):
+        site.parent.mkdir(parents=True)
+        out = host.run(hkx("site", "init", str(site), "--name", name), capture_output=True,
+                       timeout=60, cwd=ROOT)
+        assert out.returncode == 0, out.stderr
+        printed[name] = out.stdout.decode() + out.stderr.decode()
+    for host, site, other, name in ((a, a_dir, b_dir, "site-b"), (b, b_dir, a_dir, "site-a")):
+        copy = site.parent / f"{name}.identity.crt"
+        copy.write_bytes((other / "identity.crt").read_bytes())  # "scp" between the hosts
+        out = host.run(hkx("site", "trust", str(site), str(copy)), capture_output=True,
+                       timeout=60, cwd=ROOT)
+        assert out.returncode == 0, out.stderr
+        with Site.load(other) as peer:
+            assert peer.fingerprint in out.stdout.decode()  # what the operators compare
+            assert peer.fingerprint in printed[name]
+    return a_dir, b_dir
+
+
 def test_two_hosts_fill_both_sites_then_psk_sessions_succeed(tmp_path: Path) -> None:
-    a_dir, b_dir = make_sites(tmp_path)
     port = free_port()
     with two_hosts("l") as (a, b), processes() as running:
+        a_dir, b_dir = _site_init_and_trust(a, b, tmp_path)
         bob_end = bob(b, b_dir, port, tmp_path / "bob.log")
         running.append(bob_end)
         alice_end = alice(a, a_dir, b, port, tmp_path / "alice.log", "--distance-km", "5",
