@@ -78,7 +78,7 @@ class AliceTrain:
     probabilities: tuple[float, float, float]
     blocks: list[_Block] = field(default_factory=list)
     rng: np.random.Generator = field(default_factory=np.random.default_rng)
-    resolved: bool = False
+    asked_up_to: int = -1
 
     @property
     def lit(self) -> int:
@@ -89,13 +89,16 @@ class AliceTrain:
         """Alice's class, basis and bit at the (strictly increasing) slots ``index``.
 
         Dark slots get their settings drawn here, without replacement from the block's
-        counts (once per train: a second call is refused, so no slot is drawn twice).
+        counts.  Calls may come in chunks, each beyond the last (as sifting reads Bob's
+        announcement in pulse order); a slot at or before one already asked about is
+        refused, so no slot is ever drawn twice.
         """
-        if self.resolved:
-            raise LinkAborted("a pulse train's settings were already disclosed")
-        self.resolved = True
+        if len(index) and int(index[0]) <= self.asked_up_to:
+            raise LinkAborted("sifting names a pulse at or before one already disclosed")
         if len(index) and (int(index[0]) < 0 or int(index[-1]) >= self.slots):
             raise LinkAborted("sifting message announces invalid pulse indices")
+        if len(index):
+            self.asked_up_to = int(index[-1])
         n = len(index)
         intensity = np.zeros(n, np.uint8)
         basis = np.zeros(n, np.uint8)
