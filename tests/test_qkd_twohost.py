@@ -305,6 +305,7 @@ def test_relay_delays_and_cuts_the_classical_connection(tmp_path: Path) -> None:
     drain_and_compare(a_dir, b_dir)
 
 
+@pytest.mark.time_limit(480)  # 60 restarts of Python processes: minutes on a busy machine
 def test_sigkill_alice_bob_or_the_fibre_at_random_points(tmp_path: Path) -> None:
     """20 kills of each process at random moments; after restarts the two stores hold
     identical available keys and a session succeeds with every one of them."""
