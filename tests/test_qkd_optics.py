@@ -229,3 +229,18 @@ def test_device_hello_refuses_out_of_range_values() -> None:
                 wire.DeviceHello(wire.FIBRE, 0.5, -1.0)):
         with pytest.raises(QuantumChannelError):
             wire.decode(bad.encode())
+
+
+def test_alices_bits_come_from_the_os_not_the_generator_behind_the_bases() -> None:
+    """Two sources on the same seed emit the same slots, classes and bases (all disclosed
+    in sifting), and still different bits: the key is not a function of that seed."""
+    params = _params(None)
+    blocks = []
+    for _ in range(2):
+        source = PulseSource(params, 0.5, np.random.default_rng(7))
+        blocks.append(source.block(source.new_train(), 20_000))
+    one, two = blocks
+    assert np.array_equal(one.offset, two.offset) and len(one.offset) > 1000
+    assert np.array_equal(one.basis, two.basis)
+    assert not np.array_equal(one.bit, two.bit)
+    assert 0.45 < float(one.bit.mean()) < 0.55

@@ -18,6 +18,10 @@ influenced nothing downstream (no photon left the source there), so they are dra
 only when Bob names such a slot (one of his dark counts): without replacement from that
 block's multinomial counts, which gives them exactly the law they would have had if
 drawn at emission (:meth:`AliceTrain.settings_at`).  Bob's detector never sees them.
+
+Alice's bits, which become the key, come from the operating system
+(:func:`~hybridkex.qkd.simulator.os_random_bits`), not from the generator whose other
+draws (slots, classes, bases) sifting discloses.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from hybridkex.qkd.distillation.data import AliceData, alice_values
 from hybridkex.qkd.errors import LinkAborted
 from hybridkex.qkd.optics.wire import MAX_BLOCK_SLOTS, MAX_PHOTONS, TRAIN_ID_SIZE, PulseBlock
 from hybridkex.qkd.parameters import LinkParameters
+from hybridkex.qkd.simulator import os_random_bits
 
 __all__ = ["AliceTrain", "PulseSource"]
 
@@ -127,7 +132,7 @@ class AliceTrain:
             cells = self.rng.permutation(np.repeat(np.arange(6, dtype=np.uint8), counts))
             intensity[dark_at] = cells >> np.uint8(1)
             basis[dark_at] = cells & np.uint8(1)
-            bit[dark_at] = self.rng.integers(0, 2, size=len(dark_at), dtype=np.uint8)
+            bit[dark_at] = os_random_bits(len(dark_at))
         return intensity, basis, bit
 
     def lookup(self, index: I64) -> U8:
@@ -184,7 +189,7 @@ class PulseSource:
         klass = np.searchsorted(self._light_class, rng.random(n), side="right").astype(np.uint8)
         np.minimum(klass, 2, out=klass)
         basis = (rng.random(n) >= self.params.p_z).astype(np.uint8)
-        bit = rng.integers(0, 2, size=n, dtype=np.uint8)
+        bit = os_random_bits(n)  # key bits: never from the generator behind the bases
         photons = np.zeros(n, np.uint8)
         u = rng.random(n)
         for k in range(3):
