@@ -32,7 +32,7 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
       "127.0.0.1:2"], 2, "belongs to the listening end"),
     (["qkd", "link", "--site", "S", "--connect", "127.0.0.1:1", "--rounds", "2",
       "--target-keys", "5"], 2, "exclude each other"),
-    (["qkd", "link", "--site", "S", "--connect", "nowhere"], 1, "HOST:PORT"),
+    (["qkd", "link", "--site", "S", "--connect", "nowhere"], 2, "HOST:PORT"),
     (["qkd", "link", "--site", "S", "--connect", "127.0.0.1:1", "--clock-hz", "0"], 2,
      "argument --clock-hz: '0' is out of range"),
     (["qkd", "link", "--site", "S", "--connect", "127.0.0.1:1", "--clock-hz", "nan"], 2,

@@ -118,7 +118,8 @@ def register(qkd: argparse.ArgumentParser) -> None:
     k.add_argument("--json", action="store_true", help="one JSON object per round on stdout")
     add_budget_options(k)
     qkd_link.add_link_options(k)
-    k.set_defaults(func=qkd_link.dispatch(cmd_link), parser=k)
+    # looked up when called, so a test that replaces cmd_link replaces what runs
+    k.set_defaults(func=qkd_link.dispatch(lambda args: cmd_link(args)), parser=k)
     qkd_link.register_fiber(qsub)
 
     s = qsub.add_parser("sweep", help="key rate against distance: analytic, and simulated")

@@ -30,9 +30,10 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-from hybridkex.cli.args import number, parse_address, positive_count
-from hybridkex.cli.qkd_options import DISTANCE, FRACTION, measured, within_budget
+from hybridkex.cli.args import address, count, number, parse_address, positive_count
+from hybridkex.cli.qkd_options import DISTANCE, FRACTION, NAME, measured, within_budget
 from hybridkex.errors import InvalidParameter
+from hybridkex.qkd.network.lanes import MAX_LANES
 from hybridkex.transport.forward import format_address
 
 __all__ = ["add_link_options", "dispatch", "register_fiber"]
@@ -44,30 +45,32 @@ Command = Callable[[argparse.Namespace], int]
 
 def add_link_options(k: argparse.ArgumentParser) -> None:
     """The two-host form's options, beside the one-process form's."""
-    k.add_argument("--site", metavar="DIR", help="this end's site directory (two-host form)")
-    k.add_argument("--peer", metavar="NAME", help="the other site (default: the only peer "
-                   "in trust/)")
+    k.add_argument("--site", type=NAME, metavar="DIR",
+                   help="this end's site directory (a path; the two-host form)")
+    k.add_argument("--peer", type=NAME, metavar="NAME", help="the other site (default: the "
+                   "only peer in trust/)")
     where = k.add_mutually_exclusive_group()
-    where.add_argument("--listen", metavar="HOST:PORT",
-                       help="be Bob (the receiver): wait for Alice's classical connection")
-    where.add_argument("--connect", metavar="HOST:PORT",
-                       help="be Alice (the sender): connect to Bob")
-    k.add_argument("--quantum-listen", metavar="HOST:QPORT",
+    where.add_argument("--listen", type=address, metavar="HOST:PORT",
+                       help="be Bob (the receiver): wait for Alice's classical connection here "
+                       "(HOST:PORT)")
+    where.add_argument("--connect", type=address, metavar="HOST:PORT",
+                       help="be Alice (the sender): connect to Bob there (HOST:PORT)")
+    k.add_argument("--quantum-listen", type=address, metavar="HOST:QPORT",
                    help="Bob's detector listens here for the pulses (default HOST:PORT+1)")
-    k.add_argument("--quantum-connect", metavar="HOST:QPORT",
+    k.add_argument("--quantum-connect", type=address, metavar="HOST:QPORT",
                    help="Alice's source sends the pulses here: Bob's detector or a "
                    "`qkd fiber` (default HOST:PORT+1)")
     k.add_argument("--clock-hz", type=CLOCK_HZ, metavar="R",
                    help="pace the emulated source at this many pulses per second "
                    "(> 0; default: as fast as it goes)")
-    k.add_argument("--rounds", type=positive_count,
-                   help="stop after this many rounds, aborted ones included")
-    k.add_argument("--store", metavar="URL",
+    k.add_argument("--rounds", type=positive_count, metavar="N",
+                   help="stop after this many rounds, aborted ones included (1..1e18)")
+    k.add_argument("--store", type=NAME, metavar="URL",
                    help="deposit into this key store instead of the site's keys.db (e.g. "
                    "the store a KME serves: sqlite:///path or postgresql://...)")
-    k.add_argument("--lanes", type=positive_count,
+    k.add_argument("--lanes", type=count(1, MAX_LANES), metavar="N",
                    help="rounds in flight at once over the classical connection, to hide its "
-                   "round-trip time (connecting end; default 6)")
+                   f"round-trip time (connecting end; 1..{MAX_LANES}, default 6)")
     k.add_argument("--asymptotic", action="store_true",
                    help="asymptotic decoy bounds instead of finite-size (both ends alike)")
 
@@ -120,10 +123,10 @@ def _two_host(args: argparse.Namespace) -> int:
         Stop,
     )
     from hybridkex.qkd.network.journal import DepositJournal
-    from hybridkex.qkd.network.lanes import MAX_LANES
     from hybridkex.qkd.optics.devices import DetectorDevice, SourceDevice, listen
     from hybridkex.qkd.parameters import finite_key_parameters
     from hybridkex.site import Site
+    from hybridkex.site.keysource import KME
 
     if args.listen is None and args.connect is None:
         return _usage("qkd link --site: give --listen HOST:PORT (Bob) or --connect "
@@ -141,8 +144,6 @@ def _two_host(args: argparse.Namespace) -> int:
                       args.pulses_per_round, pulses_option="--pulses-per-round")
     if alice and args.quantum_listen is not None:
         return _usage("qkd link --connect: --quantum-listen belongs to the listening end")
-    if args.lanes is not None and args.lanes > MAX_LANES:
-        raise InvalidParameter(f"--lanes must be 1 to {MAX_LANES}")
     if args.rounds is not None and args.target_keys is not None:
         return _usage("qkd link: --rounds and --target-keys exclude each other")
     address = parse_address(args.connect or args.listen, "--connect" if alice else "--listen")
@@ -153,7 +154,14 @@ def _two_host(args: argparse.Namespace) -> int:
     if quantum[1] > 65535:
         raise InvalidParameter("the quantum port PORT+1 is out of range; give it explicitly")
 
-    site = Site.load(args.site)
+    # The link writes into a store; a site's KME client is not a store, so it is not opened.
+    site = Site.load(args.site, open_kme=False)
+    if site.settings.key_source.kind == KME and args.store is None:
+        site.close()
+        raise InvalidParameter(
+            f"site {site.name} draws its keys from its KME ([key_source] kind = \"kme\"), so "
+            "the link must deposit into the store that KME serves: give --store with the URL "
+            "`kme serve --store` was given")
     peer = args.peer or site.default_peer()
     peer_scheme, peer_public = site.peer_key(peer)
     store = site.store if args.store is None else open_store(args.store, site.name)
@@ -289,10 +297,10 @@ def _describe(r: Any) -> str:
 def register_fiber(qsub: Any) -> None:
     f = qsub.add_parser("fiber", help="the emulated fibre between two link ends, optionally "
                         "with an eavesdropper (simulation)")
-    f.add_argument("--listen", required=True, metavar="HOST:P",
-                   help="where Alice's source connects")
-    f.add_argument("--connect", required=True, metavar="HOST:QPORT",
-                   help="Bob's detector (his --quantum-listen)")
+    f.add_argument("--listen", type=address, required=True, metavar="HOST:P",
+                   help="where Alice's source connects (HOST:PORT)")
+    f.add_argument("--connect", type=address, required=True, metavar="HOST:QPORT",
+                   help="Bob's detector, his --quantum-listen (HOST:PORT)")
     f.add_argument("--distance-km", type=DISTANCE, default=25.0, metavar="KM",
                    help="fibre length (km, 0..1000; default %(default)g)")
     f.add_argument("--eve", choices=["intercept-resend", "pns"],
@@ -300,7 +308,7 @@ def register_fiber(qsub: Any) -> None:
     f.add_argument("--eve-fraction", type=FRACTION, default=1.0, metavar="F",
                    help="fraction of the pulses Eve attacks (0..1; default %(default)g)")
     f.add_argument("--json", action="store_true", help="one JSON object per pulse train")
-    f.set_defaults(func=cmd_fiber)
+    f.set_defaults(func=lambda args: cmd_fiber(args))  # looked up when called
 
 
 def cmd_fiber(args: argparse.Namespace) -> int:
