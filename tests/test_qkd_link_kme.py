@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import re
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -25,7 +23,7 @@ from hybridkex.keydelivery.sqlite import SQLiteKeyStore
 from hybridkex.site import Site
 from tests.netns import Host
 from tests.qkd_ends import make_sites
-from tests.support import KMEFiles
+from tests.support import KMEFiles, stop_processes
 from tests.test_cli_channel import Process, port_in
 from tests.test_kme import _serve, _stderr_lines, _wait_for, free_ports
 from tests.test_qkd_twohost import SMALL, Proc, hkx, processes
@@ -113,14 +111,7 @@ def test_the_link_fills_the_kmes_stores_and_sessions_run_through_the_kmes(
             assert server.stop() == 0, server.lines
         assert level() == before - 4  # 3 psk authentication units and 1 QKD key, from KME A
     finally:
-        for p in kmes:
-            p.send_signal(signal.SIGTERM)
-        for p in kmes:
-            try:
-                p.wait(20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        stop_processes(kmes)
     for directory, peer in ((a_dir, "site-b"), (b_dir, "site-a")):
         with Site.load(directory) as s:  # the sites' own keys.db was never filled nor touched
             status = s.pool_status(peer)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -40,10 +41,12 @@ from hybridkex.qkd.optics.wire import MAX_BLOCK_SLOTS, MAX_PHOTONS, TRAIN_ID_SIZ
 from hybridkex.qkd.parameters import LinkParameters
 from hybridkex.qkd.simulator import os_random_bits
 
-__all__ = ["AliceTrain", "PulseSource"]
+__all__ = ["AliceTrain", "BitSource", "PulseSource"]
 
 I64 = npt.NDArray[np.int64]
 U8 = npt.NDArray[np.uint8]
+#: Where Alice's bits come from: ``count`` -> that many uniform bits, one per byte.
+BitSource = Callable[[int], U8]
 
 
 def _truncated_poisson_cdf(mean: float) -> npt.NDArray[np.float64]:
@@ -83,6 +86,7 @@ class AliceTrain:
     probabilities: tuple[float, float, float]
     blocks: list[_Block] = field(default_factory=list)
     rng: np.random.Generator = field(default_factory=np.random.default_rng)
+    bits: BitSource = os_random_bits
     asked_up_to: int = -1
 
     @property
@@ -132,7 +136,7 @@ class AliceTrain:
             cells = self.rng.permutation(np.repeat(np.arange(6, dtype=np.uint8), counts))
             intensity[dark_at] = cells >> np.uint8(1)
             basis[dark_at] = cells & np.uint8(1)
-            bit[dark_at] = os_random_bits(len(dark_at))
+            bit[dark_at] = self.bits(len(dark_at))
         return intensity, basis, bit
 
     def lookup(self, index: I64) -> U8:
@@ -150,14 +154,20 @@ class AliceTrain:
 
 
 class PulseSource:
-    """Alice's transmitter for a given downstream transmittance ``tau`` (see module doc)."""
+    """Alice's transmitter for a given downstream transmittance ``tau`` (see module doc).
+
+    ``bits``: where her bits come from.  The default, the operating system, is the one
+    for keys anyone uses; a test passes bits from a seeded generator to be reproducible.
+    """
 
     def __init__(self, params: LinkParameters, tau: float,
-                 rng: np.random.Generator | None = None) -> None:
+                 rng: np.random.Generator | None = None, *,
+                 bits: BitSource = os_random_bits) -> None:
         if not 0.0 < tau <= 1.0:
             raise InvalidParameter("the source's transmittance must be in (0, 1]")
         self.params = params
         self.tau = tau
+        self.bits = bits
         self.rng = rng if rng is not None else np.random.default_rng(
             int.from_bytes(os.urandom(16), "big"))
         mus = (params.mu, params.nu, params.vacuum)
@@ -177,7 +187,8 @@ class PulseSource:
     def new_train(self) -> AliceTrain:
         return AliceTrain(os.urandom(TRAIN_ID_SIZE), 0, np.zeros(3, np.int64),
                           self.intensities, self.probabilities,
-                          rng=np.random.default_rng(self.rng.integers(0, 2**63)))
+                          rng=np.random.default_rng(self.rng.integers(0, 2**63)),
+                          bits=self.bits)
 
     def block(self, train: AliceTrain, slots: int) -> PulseBlock:
         """The next ``slots`` slots of ``train``: recorded in it, and the light emitted."""
@@ -189,7 +200,7 @@ class PulseSource:
         klass = np.searchsorted(self._light_class, rng.random(n), side="right").astype(np.uint8)
         np.minimum(klass, 2, out=klass)
         basis = (rng.random(n) >= self.params.p_z).astype(np.uint8)
-        bit = os_random_bits(n)  # key bits: never from the generator behind the bases
+        bit = self.bits(n)  # key bits: never from the generator behind the bases
         photons = np.zeros(n, np.uint8)
         u = rng.random(n)
         for k in range(3):
