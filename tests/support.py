@@ -43,7 +43,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -413,6 +413,20 @@ def hang_guard(seconds: float) -> Iterator[None]:
 
 
 # -- processes ------------------------------------------------------------------------------
+
+
+def stop_processes(processes: Iterable[subprocess.Popen[Any]], timeout: float = 20.0) -> None:
+    """SIGTERM to each, then wait; one that does not stop within ``timeout`` is killed."""
+    running = list(processes)
+    for p in running:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in running:
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
 
 
 class Process:

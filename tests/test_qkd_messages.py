@@ -192,7 +192,10 @@ def _corrupt(data: st.DataObject, encoded: bytes) -> bytes:
 
 
 def test_every_message_type_has_one_class() -> None:
-    assert sorted(kind.msg_type for kind in MESSAGES) == sorted(MessageType)
+    from tests.test_qkd_link_messages import LINK_MESSAGES  # the networked link's own
+
+    kinds = [kind.msg_type for kind in MESSAGES] + [type(m).msg_type for m in LINK_MESSAGES]
+    assert sorted(kinds) == sorted(MessageType)
 
 
 @pytest.mark.parametrize("kind", list(MESSAGES), ids=lambda k: k.__name__)

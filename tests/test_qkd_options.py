@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from hybridkex.cli import main, qkd_eve
+from hybridkex.cli import main, qkd_eve, qkd_link
 from hybridkex.cli import qkd as qkd_commands
 
 VALID = {
@@ -21,7 +21,9 @@ VALID = {
     "link": ["--site-a", "A", "--store-a", "memory:", "--site-b", "B", "--store-b", "memory:"],
     "sweep": ["--from-km", "0", "--to-km", "10", "--step-km", "10"],
     "eve-sweep": ["--eve", "intercept-resend", "--from", "0", "--to", "1", "--step", "0.5"],
+    "fiber": ["--listen", "127.0.0.1:7100", "--connect", "127.0.0.1:7001"],
 }
+ADDRESSES = ["", "host", "host:", ":7000", "host:65536", "host:-1", "host:7e3", "host:port"]
 NOT_NUMBERS = ["nan", "NaN", "inf", "-inf", "1,000", "", "abc", "1e400"]
 NAMES = ["", "   ", "a\x01b"]
 BAD: dict[str, list[str]] = {
@@ -48,6 +50,12 @@ BAD: dict[str, list[str]] = {
     "--from": [*NOT_NUMBERS, "-0.1", "1.5"],
     "--to": [*NOT_NUMBERS, "-0.1", "1.5"],
     "--step": [*NOT_NUMBERS, "0", "-0.1", "1.5"],
+    "--site": NAMES, "--peer": NAMES, "--store": NAMES,
+    "--listen": ADDRESSES, "--connect": ADDRESSES, "--quantum-listen": ADDRESSES,
+    "--quantum-connect": ADDRESSES,
+    "--clock-hz": [*NOT_NUMBERS, "0", "-1", "1e16"],
+    "--rounds": [*NOT_NUMBERS, "0", "-3", "2.5"],
+    "--lanes": [*NOT_NUMBERS, "0", "-1", "17", "2.5"],
 }
 FLAGS = {"--json", "--asymptotic", "--help"}
 
@@ -88,7 +96,8 @@ def nothing_runs(monkeypatch: pytest.MonkeyPatch) -> None:
     """The commands themselves do nothing: a bad value must be refused while parsing, and
     one that got through would make the command return 0 rather than run a link."""
     for module, name in ((qkd_commands, "cmd_simulate"), (qkd_commands, "cmd_link"),
-                         (qkd_commands, "cmd_sweep"), (qkd_eve, "cmd_eve_sweep")):
+                         (qkd_commands, "cmd_sweep"), (qkd_eve, "cmd_eve_sweep"),
+                         (qkd_link, "cmd_fiber"), (qkd_link, "_two_host")):
         monkeypatch.setattr(module, name, lambda args: 0)
 
 

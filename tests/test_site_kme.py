@@ -18,7 +18,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -37,7 +36,7 @@ from hybridkex.keydelivery.pools import linked_pools
 from hybridkex.keydelivery.request import KeyRequest
 from hybridkex.keydelivery.sqlite import SQLiteKeyStore
 from hybridkex.site import Site, SiteError
-from tests.support import KMEFiles, alternating_units
+from tests.support import KMEFiles, alternating_units, stop_processes
 from tests.test_cli_channel import Process, port_in
 from tests.test_kme import _serve, _stderr_lines, _wait_for, free_ports
 from tests.test_site_cli import hybridkex
@@ -115,14 +114,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
             toml.write(CONTRACT_TABLE.format(port=port_b))
         yield Deployment(pki, urls[0], urls[1], site_a, site_b)
     finally:
-        for p in kmes:
-            p.send_signal(signal.SIGTERM)
-        for p in kmes:
-            try:
-                p.wait(20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        stop_processes(kmes)
 
 
 def connect(site: Path, port: int, *args: str, data: bytes = b"hello through two KMEs\n"

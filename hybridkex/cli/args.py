@@ -14,9 +14,9 @@ from typing import NoReturn
 
 from hybridkex.errors import InvalidParameter
 
-__all__ = ["OneLineParser", "connection_count", "count", "fraction", "grace_seconds",
-           "kilometres", "number", "parse_address", "positive_count", "positive_number",
-           "seconds", "seed"]
+__all__ = ["OneLineParser", "address", "connection_count", "count", "fraction",
+           "grace_seconds", "kilometres", "number", "parse_address", "positive_count",
+           "positive_number", "seconds", "seed"]
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -135,3 +135,13 @@ def parse_address(text: str, what: str) -> tuple[str, int]:
         raise InvalidParameter(f"{what} must be HOST:PORT with a port from 0 to 65535, "
                                f"got {text!r}")
     return host, int(port_text)
+
+
+def address(text: str) -> str:
+    """An argument type: ``HOST:PORT`` as :func:`parse_address` takes it, checked while
+    parsing (the command parses it again where it needs the parts)."""
+    try:
+        parse_address(text, "the address")
+    except InvalidParameter as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text

@@ -15,7 +15,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from hybridkex.cli import qkd_eve
+from hybridkex.cli import qkd_eve, qkd_link
 from hybridkex.cli.args import OneLineParser, positive_count, seed
 from hybridkex.cli.progress import ItemProgress, RoundProgress
 from hybridkex.cli.qkd_options import (
@@ -25,10 +25,12 @@ from hybridkex.cli.qkd_options import (
     FRACTION,
     INTENSITY,
     NAME,
+    NOT_MEASURED,
     OPEN_PROBABILITY,
     OUTPUT_FILE,
     STEP_KM,
     add_budget_options,
+    measured,
     simulate_parameters,
     usage_error,
     within_budget,
@@ -95,17 +97,19 @@ def register(qkd: argparse.ArgumentParser) -> None:
     add_budget_options(p)
     p.set_defaults(func=cmd_simulate, parser=p)
 
-    k = qsub.add_parser("link", help="run the simulated link, filling both sites' key stores")
-    k.add_argument("--site-a", type=NAME, required=True,
+    k = qsub.add_parser("link", help="run the simulated link: one end of it on this host "
+                        "(--site with --listen or --connect), or both ends in this process "
+                        "(--site-a ... --store-b), filling the sites' key stores")
+    k.add_argument("--site-a", type=NAME,
                    help="name of site A, Alice's end (text, non-empty)")
-    k.add_argument("--store-a", type=NAME, required=True,
+    k.add_argument("--store-a", type=NAME,
                    help="site A's key store (URL: memory:, sqlite:///PATH or postgresql://...)")
-    k.add_argument("--site-b", type=NAME, required=True,
+    k.add_argument("--site-b", type=NAME,
                    help="name of site B, Bob's end (text, non-empty, not --site-a)")
-    k.add_argument("--store-b", type=NAME, required=True,
+    k.add_argument("--store-b", type=NAME,
                    help="site B's key store (URL, as --store-a)")
-    k.add_argument("--distance-km", type=DISTANCE, default=25.0, metavar="KM",
-                   help="fibre length (km, 0..1000; default %(default)g)")
+    k.add_argument("--distance-km", type=DISTANCE, metavar="KM",
+                   help="fibre length (km, 0..1000; default 25)")
     k.add_argument("--target-keys", type=positive_count, metavar="N",
                    help="stop once this many 256-bit keys were deposited (keys, 1..1e18; "
                    "default: run until interrupted)")
@@ -113,7 +117,10 @@ def register(qkd: argparse.ArgumentParser) -> None:
                    help="pulses per round (1..1e18; default %(default).0e)")
     k.add_argument("--json", action="store_true", help="one JSON object per round on stdout")
     add_budget_options(k)
-    k.set_defaults(func=cmd_link, parser=k)
+    qkd_link.add_link_options(k)
+    # looked up when called, so a test that replaces cmd_link replaces what runs
+    k.set_defaults(func=qkd_link.dispatch(lambda args: cmd_link(args)), parser=k)
+    qkd_link.register_fiber(qsub)
 
     s = qsub.add_parser("sweep", help="key rate against distance: analytic, and simulated")
     s.add_argument("--from-km", type=DISTANCE, required=True, metavar="KM",
@@ -253,27 +260,20 @@ def cmd_link(args: argparse.Namespace) -> int:
     return 0
 
 
-NOT_MEASURED = "not measured"
 _QBER_BASIS = {"Z-key": "Z key block, errors corrected", "Z-sample": "Z sample"}
-
-
-def _value(value: float | None, spec: str) -> str:
-    """A figure as text, or "not measured" (the round ended before the step that measures
-    it): never a zero that was not measured."""
-    return NOT_MEASURED if value is None else format(value, spec)
 
 
 def _print_report(r: dict[str, Any]) -> None:
     print(f"*** {SIMULATION_LABEL} ***")
     seed = "seed not shown" if r["seed"] is None else f"seed {r['seed']}"
     print(f"link: {r['distance_km']:g} km, {r['pulses']:.3g} pulses ({seed})")
-    print(f"  detections            {_value(r['detections'], 'd')}")
-    print(f"  sifted bits           {_value(r['sifted_bits'], 'd')}")
+    print(f"  detections            {measured(r['detections'], 'd')}")
+    print(f"  sifted bits           {measured(r['sifted_bits'], 'd')}")
     basis = _QBER_BASIS.get(r["qber_basis"] or "", "")
-    print(f"  QBER                  {_value(r['qber'], '.4f')}"
+    print(f"  QBER                  {measured(r['qber'], '.4f')}"
           + (f" ({basis})" if basis else "") + f", abort above {r['qber_threshold']:g}")
-    print(f"                        X basis {_value(r['qber_x'], '.4f')}, "
-          f"Z sample {_value(r['qber_z_sample'], '.4f')}")
+    print(f"                        X basis {measured(r['qber_x'], '.4f')}, "
+          f"Z sample {measured(r['qber_z_sample'], '.4f')}")
     terms = r["pa_terms"]
     if r["finite_key"]:
         bound, error = f"finite-size, eps_sec {r['eps_sec']:.0e}", "phi_Z^U"
@@ -288,7 +288,7 @@ def _print_report(r: dict[str, Any]) -> None:
         print(f"  error correction      {NOT_MEASURED}")
     else:
         print(f"  error correction      {r['ec_leaked_bits']} bits disclosed, "
-              f"f = {_value(r['ec_efficiency'], '.3f')}, {r['ec_round_trips']} round trips")
+              f"f = {measured(r['ec_efficiency'], '.3f')}, {r['ec_round_trips']} round trips")
     if terms is None:
         print(f"  secret length         {NOT_MEASURED}")
     else:

@@ -34,12 +34,14 @@ __all__ = [
     "FRACTION",
     "INTENSITY",
     "NAME",
+    "NOT_MEASURED",
     "OPEN_PROBABILITY",
     "OUTPUT_FILE",
     "STEP",
     "STEP_KM",
     "add_budget_options",
     "eavesdropper",
+    "measured",
     "simulate_parameters",
     "usage_error",
     "within_budget",
@@ -140,3 +142,12 @@ def simulate_parameters(args: argparse.Namespace) -> LinkParameters:
                         f"(got {chosen.get('mu', 'the preset')} and "
                         f"{chosen.get('nu', 'the preset')})")
         usage_error(args, str(exc))
+
+
+NOT_MEASURED = "not measured"
+
+
+def measured(value: float | None, spec: str) -> str:
+    """A figure as text, or "not measured" (the round ended before the step that measures
+    it): never a zero that was not measured."""
+    return NOT_MEASURED if value is None else format(value, spec)

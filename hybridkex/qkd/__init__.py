@@ -5,7 +5,10 @@
 - :mod:`.distillation`: the two-party protocol that turns both ends' records into
   identical keys over an authenticated classical channel;
 - the link itself: :mod:`.link` (one simulated link, round by round, and which site
-  may take which distilled unit), :mod:`.ends` (Alice and Bob), :mod:`.errors`.
+  may take which distilled unit), :mod:`.ends` (Alice and Bob), :mod:`.errors`;
+- the link between two hosts: :mod:`.optics` (the emulated source, fibre and detector,
+  over TCP) and :mod:`.network` (the two ends: connections, lanes, the two-phase
+  deposit and its journal).
 
 The simulator is a simulation: it models the physics of a real link (see
 docs/qkd.md) so that the key pool a session draws on is produced the way a real

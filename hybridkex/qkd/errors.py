@@ -19,6 +19,7 @@ __all__ = [
     "ChannelClosed",
     "LinkAborted",
     "MalformedMessage",
+    "QuantumChannelError",
 ]
 
 
@@ -46,3 +47,9 @@ class AuthKeysExhausted(LinkAborted):
 
 class CascadeError(LinkAborted):
     """A Cascade message is malformed, out of order, out of range or inconsistent."""
+
+
+class QuantumChannelError(LinkAborted):
+    """The emulated quantum channel failed or carried something no light carries: a
+    malformed, truncated or repeated pulse frame, a pulse train that never arrived
+    whole, or a train whose length disagrees with what Alice announces."""

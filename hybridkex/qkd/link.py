@@ -59,7 +59,7 @@ from hybridkex.qkd.ends import Role
 from hybridkex.qkd.labels import SIMULATION_LABEL
 from hybridkex.qkd.parameters import LinkParameters
 from hybridkex.qkd.progress import SIMULATION, StageProgress
-from hybridkex.qkd.simulator import AliceRecord, BobRecord, UInt8Array, simulate
+from hybridkex.qkd.simulator import AliceRecord, BobRecord, UInt8Array, os_random_bits, simulate
 
 __all__ = ["LinkReport", "QKDLink", "SiteIdentity", "stored_keys",
            "unit_initiator"]
@@ -105,8 +105,7 @@ def _pad_bits(alice: AliceRecord, bob: BobRecord) -> tuple[UInt8Array, UInt8Arra
     """
     if not np.array_equal(alice.index, bob.index):
         raise AssertionError("the simulator's records of Alice and Bob cover other pulses")
-    count = len(alice.bit)
-    pad = np.unpackbits(np.frombuffer(os.urandom((count + 7) // 8), dtype=np.uint8))[:count]
+    pad = os_random_bits(len(alice.bit))
     return alice.bit ^ pad, bob.bit ^ pad
 
 

@@ -124,6 +124,7 @@ from __future__ import annotations
 
 import math
 import operator
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 
@@ -147,6 +148,7 @@ __all__ = [
     "SimulatedBlock",
     "SimulationStats",
     "expected_rates",
+    "os_random_bits",
     "pns_matching_fraction",
     "simulate",
 ]
@@ -699,3 +701,14 @@ class SimulationStats:
         classes = range(3) if intensity is None else (intensity,)
         bases = (Z_BASIS, X_BASIS) if basis is None else (basis,)
         return sum(int(counts[k, b, b]) for k in classes for b in bases)
+
+
+def os_random_bits(count: int) -> NDArray[np.uint8]:
+    """``count`` uniform bits from the operating system's generator, one per byte.
+
+    Key bits of a round whose keys are deposited come from here, never from the
+    simulator's PCG64: that generator's other outputs (detections, bases, intensity
+    classes) are disclosed in sifting, and PCG64 is not built to keep its state secret
+    from someone who sees its outputs.
+    """
+    return np.unpackbits(np.frombuffer(os.urandom((count + 7) // 8), dtype=np.uint8))[:count]

@@ -558,6 +558,18 @@ class Site:
                 other.path.unlink(missing_ok=True)
         return _read_trusted(target)[0]
 
+    def peer_key(self, peer: str) -> tuple[str, bytes]:
+        """The signature scheme and public key this site trusts for ``peer`` (from its
+        pin or its certificate): what a QKD link's first round verifies the peer with."""
+        for entry in self.trusted():
+            if entry.name != peer or not entry.is_peer or entry.scheme is None:
+                continue
+            if entry.kind == "pin":
+                return entry.scheme, load_pin(entry.path)[2]
+            cert = x509.load_pem_x509_certificates(entry.path.read_bytes())[0]
+            return entry.scheme, public_key_bytes(cert, entry.scheme)
+        raise SiteError(f"site {self.name} does not trust {peer}")
+
     def pool_status(self, peer: str) -> StoreStatus:
         """keys.db's pool with ``peer`` (whatever the key source: see :meth:`pool_level`)."""
         return self.store.status(peer)

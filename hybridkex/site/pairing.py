@@ -15,11 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from cryptography import x509
-
 from hybridkex.errors import HybridKexError
-from hybridkex.protocol.identity import public_key_bytes
-from hybridkex.site.credentials import load_pin
 from hybridkex.site.directory import Site
 from hybridkex.site.errors import SiteError
 
@@ -161,12 +157,4 @@ def pair(site_a: Site, site_b: Site, distance_km: float = 25.0, keys: int = 500,
 
 def _trusted_key(site: Site, peer: str) -> bytes:
     """The public key ``site`` trusts for ``peer`` (from its pin or certificate)."""
-    for entry in site.trusted():
-        if entry.name != peer or not entry.is_peer:
-            continue
-        if entry.kind == "pin":
-            return load_pin(entry.path)[2]
-        cert = x509.load_pem_x509_certificates(entry.path.read_bytes())[0]
-        assert entry.scheme is not None
-        return public_key_bytes(cert, entry.scheme)
-    raise SiteError(f"site {site.name} does not trust {peer}")
+    return site.peer_key(peer)[1]

@@ -13,7 +13,7 @@ A figure the round did not measure (it ended before the step that measures it) i
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -25,6 +25,7 @@ from hybridkex.qkd.ends import Role
 
 __all__ = [
     "AliceData",
+    "AliceRecord",
     "BobData",
     "DistillationConfig",
     "DistillationResult",
@@ -56,6 +57,21 @@ class DistillationConfig:
     auth_reserve_bits: int = 4096     # final-key bits kept to authenticate the next round
 
 
+class AliceRecord(Protocol):
+    """Where Alice looks up her choices at the pulses Bob announces.
+
+    A :class:`DetectionLog` in the one-process link; the emulated source's record of a
+    pulse train between two hosts (:class:`hybridkex.qkd.optics.source.AliceTrain`),
+    which draws its settings at a dark slot only when Bob names it.  Either way sifting
+    asks in pulse order, each chunk beyond the last.
+    """
+
+    def lookup(self, index: npt.NDArray[np.int64]) -> Bits | None:
+        """Alice's packed values (:func:`alice_values`) at ``index``, or None if a pulse
+        there has no record."""
+        ...
+
+
 @dataclass(repr=False)
 class AliceData:
     """What Alice recorded: her choices at each pulse that Bob may announce, and her totals.
@@ -67,7 +83,7 @@ class AliceData:
     sifting drains it.
     """
 
-    detections: DetectionLog
+    detections: AliceRecord
     pulses_sent: int
     sent: tuple[float, float, float]   # pulses sent per intensity class
     intensities: tuple[float, float, float]

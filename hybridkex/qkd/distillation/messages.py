@@ -91,6 +91,16 @@ class MessageType(enum.IntEnum):
     AMPLIFY = 10
     CONFIRM = 11
     CASCADE_DONE = 12
+    # the networked link's own messages (hybridkex.qkd.network.control)
+    LINK_HELLO = 32
+    LINK_STATE = 33
+    ROUND_START = 34
+    BYE = 35
+    PREPARED = 36
+    COMMIT = 37
+    READY = 38
+    RELEASE = 39
+    DONE = 40
     ABORT = 255
 
 
