@@ -408,3 +408,29 @@ def test_open_store_postgresql_without_psycopg_says_what_to_install(
     monkeypatch.delitem(sys.modules, "hybridkex.keydelivery.postgres", raising=False)
     with pytest.raises(BackendUnavailable, match=r"pip install 'hybridkex\[postgres\]'"):
         open_store("postgresql://nobody@127.0.0.1:1/none", "A")
+
+
+def test_a_batch_id_makes_a_repeated_deposit_add_nothing_even_after_the_purge(
+        make_store: Factory) -> None:
+    """KeyStore.add(batch_id=...): the depositor's crash-safe step.  Repeating a recorded
+    batch adds nothing, even once its keys were used and their rows purged (a key ID alone
+    no longer tells then); another batch ID with the same keys is refused while they are
+    there; forget_batch drops only the record; a failed add records nothing."""
+    store = make_store("A")
+    units = alternating_units("A", "B", 2)
+    assert store.add("B", units, batch_id="round-1/step") == 4
+    assert store.add("B", units, batch_id="round-1/step") == 0
+    with pytest.raises(InvalidParameter, match="already"):
+        store.add("B", units, batch_id="round-1/other")
+    taken = store.take("B", 2)
+    assert len(taken) == 2
+    store.purge_delivered(0)
+    assert store.add("B", units, batch_id="round-1/step") == 0
+    assert store.status("B").available_to_take == 0  # nothing came back
+    store.forget_batch("round-1/step")
+    assert store.add("B", alternating_units("A", "B", 1), batch_id="round-1/step") == 2
+    with pytest.raises(InvalidParameter):
+        store.add("B", units, batch_id="round-2/step")  # refused: the keys are there
+    assert store.add("B", alternating_units("A", "B", 1), batch_id="round-2/step") == 2
+    with pytest.raises(InvalidParameter):
+        store.add("B", [], batch_id="")

@@ -65,6 +65,17 @@ def test_a_site_that_is_not_there_or_a_port_in_use_is_one_line(tmp_path: Path) -
     assert "Traceback" not in out.stderr
 
 
+def test_a_damaged_deposit_journal_is_one_line(tmp_path: Path) -> None:
+    _, b_dir = make_sites(tmp_path)
+    (b_dir / "qkd-link-site-a.db").write_bytes(b"this is not a database" * 200)
+    out = run("qkd", "link", "--site", str(b_dir), "--peer", "site-a", "--listen",
+              "127.0.0.1:0")
+    assert out.returncode == 1, out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("hybridkex: deposit journal ") and "qkd-link-site-a.db" in last
+    assert "Traceback" not in out.stderr
+
+
 def test_the_one_process_form_still_fills_both_stores(tmp_path: Path) -> None:
     out = run("qkd", "link", "--site-a", "A", "--store-a", f"sqlite:///{tmp_path}/a.db",
               "--site-b", "B", "--store-b", f"sqlite:///{tmp_path}/b.db", "--target-keys", "1",

@@ -235,6 +235,12 @@ def test_device_hello_refuses_out_of_range_values() -> None:
             wire.decode(bad.encode())
 
 
+def test_a_pulse_blocks_repr_shows_no_polarisation() -> None:
+    source = PulseSource(_params(None), 0.5, np.random.default_rng(5))
+    block = source.block(source.new_train(), 1000)
+    assert len(block.state) > 0 and "state" not in repr(block) and "array" not in repr(block)
+
+
 def test_alices_bits_come_from_the_os_not_the_generator_behind_the_bases() -> None:
     """Two sources on the same seed emit the same slots, classes and bases (all disclosed
     in sifting), and still different bits: the key is not a function of that seed."""

@@ -736,10 +736,11 @@ class _DistilledUnits(MemoryKeyStore):
         super().__init__(site_id)
         self.units: list[StoredKey] = []
 
-    def add(self, peer: str, keys: Iterable[StoredKey]) -> int:
+    def add(self, peer: str, keys: Iterable[StoredKey], *, batch_id: str | None = None) -> int:
         batch = list(keys)
-        added = super().add(peer, batch)
-        self.units += batch
+        added = super().add(peer, batch, batch_id=batch_id)
+        if added:
+            self.units += batch
         return added
 
 

@@ -115,6 +115,7 @@ KEYS_TABLE = "hybridkex_qkd_keys"
 META_TABLE = "hybridkex_qkd_meta"
 COUNTS_TABLE = "hybridkex_qkd_counts"
 BOUND_TABLE = "hybridkex_qkd_bound"
+BATCHES_TABLE = "hybridkex_qkd_batches"
 SCHEMA_VERSION = "2"
 """1: the units alone; 2: adds the counters and the keys bound to SAEs (a version 1
 schema is upgraded in place, once, when a store opens it)."""
@@ -168,6 +169,14 @@ CREATE TABLE IF NOT EXISTS {bound} (
     created_at   TIMESTAMPTZ NOT NULL DEFAULT now(),
     done_at      TIMESTAMPTZ,
     PRIMARY KEY (site_id, key_id)
+);
+-- batch IDs of deposits (KeyStore.add's batch_id): a depositor repeating a step after a
+-- crash adds nothing, even once the keys' rows are purged
+CREATE TABLE IF NOT EXISTS {batches} (
+    site_id   TEXT NOT NULL,
+    batch_id  TEXT NOT NULL,
+    added_at  TIMESTAMPTZ NOT NULL DEFAULT now(),
+    PRIMARY KEY (site_id, batch_id)
 );
 CREATE INDEX IF NOT EXISTS {ready_index}
     ON {bound} (site_id, peer_site, binding, size_bits, seq) WHERE state = 1 AND master_side;
@@ -302,6 +311,7 @@ class PostgresKeyStore(KeyStore):
         self._bound_table = table(BOUND_TABLE)
         names = {"keys": self._keys_table, "meta": table(META_TABLE),
                  "counts": self._counts_table, "bound": self._bound_table,
+                 "batches": table(BATCHES_TABLE),
                  "index": sql.Identifier(f"{KEYS_TABLE}_available"),
                  "delivered_index": sql.Identifier(f"{KEYS_TABLE}_delivered"),
                  "ready_index": sql.Identifier(f"{BOUND_TABLE}_ready"),
@@ -416,13 +426,17 @@ class PostgresKeyStore(KeyStore):
 
     # -- the backend operations ------------------------------------------------------------
 
-    def _add(self, peer: str, keys: list[StoredKey]) -> None:
-        if not keys:
-            return
+    def _add(self, peer: str, keys: list[StoredKey], batch_id: str | None) -> bool:
+        if not keys and batch_id is None:
+            return True
         columns = sql.SQL(
             "COPY {} (site_id, key_id, peer_site, initiator, material) FROM STDIN").format(
                 self._keys_table)
         with self._transaction() as conn:
+            if batch_id is not None and conn.execute(self._q(
+                    "INSERT INTO {batches} (site_id, batch_id) VALUES (%s, %s) "
+                    "ON CONFLICT DO NOTHING"), (self.site_id, batch_id)).rowcount == 0:
+                return False
             try:
                 with conn.cursor() as cur, cur.copy(columns) as copy:
                     copy.set_types(["text", "uuid", "text", "bool", "bytea"])
@@ -437,6 +451,12 @@ class PostgresKeyStore(KeyStore):
                     conn.execute(self._sql_add_counts, {"site": self.site_id, "peer": peer,
                                                         "initiator": initiator, "n": added})
         self._refresh_statistics(len(keys))
+        return True
+
+    def _forget_batch(self, batch_id: str) -> None:
+        with self._transaction() as conn:
+            conn.execute(self._q("DELETE FROM {batches} WHERE site_id = %s AND batch_id = %s"),
+                         (self.site_id, batch_id))
 
     def _refresh_statistics(self, added: int) -> None:
         """ANALYZE the key table when a deposit at least doubles it since its last

@@ -66,6 +66,12 @@ CREATE TABLE IF NOT EXISTS pool_counts (
     delivered  INTEGER NOT NULL,
     PRIMARY KEY (peer_site, initiator)
 );
+-- batch IDs of deposits (KeyStore.add's batch_id): a depositor repeating a step after
+-- a crash adds nothing, even once the keys' rows are purged
+CREATE TABLE IF NOT EXISTS deposit_batches (
+    batch_id  TEXT PRIMARY KEY,
+    added_at  REAL NOT NULL
+);
 -- keys bound to SAEs (hybridkex.keydelivery.binding); a unit moves here from qkd_keys
 CREATE TABLE IF NOT EXISTS bound_keys (
     seq          INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -188,9 +194,15 @@ class SQLiteKeyStore(KeyStore):
             "delivered = delivered + excluded.delivered",
             (peer, initiator, available, delivered))
 
-    def _add(self, peer: str, keys: list[StoredKey]) -> None:
+    def _add(self, peer: str, keys: list[StoredKey], batch_id: str | None) -> bool:
         try:
             with self._transaction() as db:
+                if batch_id is not None:
+                    if db.execute("SELECT 1 FROM deposit_batches WHERE batch_id = ?",
+                                  (batch_id,)).fetchone():
+                        return False
+                    db.execute("INSERT INTO deposit_batches VALUES (?, ?)",
+                               (batch_id, time.time()))
                 rows = [(str(uuid.UUID(k.key_id)), peer, int(k.initiator == self.site_id), k.key)
                         for k in keys]
                 db.executemany(
@@ -202,6 +214,11 @@ class SQLiteKeyStore(KeyStore):
                         self._count(db, peer, initiator, added, 0)
         except sqlite3.IntegrityError:
             raise InvalidParameter("a key ID is already in the store") from None
+        return True
+
+    def _forget_batch(self, batch_id: str) -> None:
+        with self._transaction() as db:
+            db.execute("DELETE FROM deposit_batches WHERE batch_id = ?", (batch_id,))
 
     def _erase(self, db: sqlite3.Connection, peer: str, initiator: int,
                key_ids: list[str]) -> None:

@@ -137,10 +137,17 @@ class KeyStore(abc.ABC):
 
     # -- the interface ------------------------------------------------------------------
 
-    def add(self, peer: str, keys: Iterable[StoredKey]) -> int:
+    def add(self, peer: str, keys: Iterable[StoredKey], *, batch_id: str | None = None) -> int:
         """Deposit distilled keys for the link to ``peer``; returns how many were added.
 
         The whole batch is added or none of it (a duplicate ID refuses the batch).
+
+        ``batch_id`` makes the deposit idempotent for a depositor that repeats a step
+        after a crash: the store records it in the transaction that adds the keys, and a
+        batch ID it has recorded adds nothing and returns 0, whatever has become of
+        those keys since (taken, delivered, purged by :meth:`purge_delivered`).  A key
+        ID alone cannot say that once its row is purged.  The record stays until
+        :meth:`forget_batch`.
         """
         batch = list(keys)
         for k in batch:
@@ -151,8 +158,14 @@ class KeyStore(abc.ABC):
                 raise InvalidParameter("a key's initiator must be one of the link's two sites")
         if len({k.key_id for k in batch}) != len(batch):
             raise InvalidParameter("a key ID appears twice in the batch")
-        self._add(peer, batch)
-        return len(batch)
+        if batch_id is not None and not (isinstance(batch_id, str) and 0 < len(batch_id) <= 200):
+            raise InvalidParameter("a batch ID is a string of 1 to 200 characters")
+        return len(batch) if self._add(peer, batch, batch_id) else 0
+
+    def forget_batch(self, batch_id: str) -> None:
+        """Drop the record of ``batch_id`` (see :meth:`add`): its depositor will never
+        repeat that step again."""
+        self._forget_batch(batch_id)
 
     def take(self, peer: str, count: int = 1, size_bits: int = UNIT_BITS) -> list[DeliveredKey]:
         """As initiator: the next ``count`` keys of ``size_bits`` for ``peer``, with their IDs."""
@@ -189,7 +202,12 @@ class KeyStore(abc.ABC):
     # -- what a backend implements --------------------------------------------------------
 
     @abc.abstractmethod
-    def _add(self, peer: str, keys: list[StoredKey]) -> None: ...
+    def _add(self, peer: str, keys: list[StoredKey], batch_id: str | None) -> bool:
+        """Add ``keys`` and record ``batch_id`` in one transaction; False (nothing added)
+        if ``batch_id`` was recorded before."""
+
+    @abc.abstractmethod
+    def _forget_batch(self, batch_id: str) -> None: ...
 
     @abc.abstractmethod
     def _take(self, peer: str, units: int) -> list[tuple[str, bytes]]:
@@ -377,12 +395,17 @@ class MemoryKeyStore(KeyStore):
         self._bound: dict[str, _Bound] = {}
         # (peer, tag, size) -> ready master-side keys, oldest first
         self._ready: dict[tuple[str, str, int], collections.deque[str]] = {}
+        self._batches: set[str] = set()  # batch IDs recorded by add (see KeyStore.add)
 
-    def _add(self, peer: str, keys: list[StoredKey]) -> None:
+    def _add(self, peer: str, keys: list[StoredKey], batch_id: str | None) -> bool:
         with self._lock:
+            if batch_id is not None and batch_id in self._batches:
+                return False
             pool = self._pools.setdefault(peer, {})
             if any(k.key_id in pool for k in keys):
                 raise InvalidParameter("a key ID is already in the store")
+            if batch_id is not None:
+                self._batches.add(batch_id)
             takeable = self._takeable.setdefault(peer, collections.deque())
             counts = self._counts.setdefault(peer, [0, 0, 0])
             for k in keys:
@@ -392,6 +415,11 @@ class MemoryKeyStore(KeyStore):
                 if mine:
                     takeable.append(key_id)
                 counts[0 if mine else 1] += 1
+        return True
+
+    def _forget_batch(self, batch_id: str) -> None:
+        with self._lock:
+            self._batches.discard(batch_id)
 
     def _take_locked(self, peer: str, units: int) -> list[tuple[str, bytes]]:
         pool = self._pools.get(peer, {})

@@ -17,6 +17,7 @@ __all__ = [
     "AuthKeysExhausted",
     "CascadeError",
     "ChannelClosed",
+    "JournalError",
     "LinkAborted",
     "MalformedMessage",
     "QuantumChannelError",
@@ -53,3 +54,9 @@ class QuantumChannelError(LinkAborted):
     """The emulated quantum channel failed or carried something no light carries: a
     malformed, truncated or repeated pulse frame, a pulse train that never arrived
     whole, or a train whose length disagrees with what Alice announces."""
+
+
+class JournalError(HybridKexError):
+    """The link's deposit journal cannot be read or written (a damaged file, a full disk).
+    Not a round's abort: without its journal an end cannot promise that a key is
+    deposited at both ends or at neither, so the link stops."""

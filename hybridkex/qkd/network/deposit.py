@@ -22,9 +22,15 @@ A unit is takeable at its initiator only after the other end holds it (3 before 
 4 before 5), so a session never names a key its peer lacks.  After any crash or
 disconnect the next connection settles the journals (:func:`settle` with
 ``complete=True``): Alice commits every round she decided, Bob discards every pending
-round Alice never decided.  Adding to a store is idempotent: a batch is added whole or
-not at all, so a batch the store refuses as already present was added before
-(the key IDs are fresh UUIDs of this round).
+round Alice never decided.
+
+Adding to a store is idempotent by batch, not by key: each step's units go to the store
+under a batch ID (round, site, step) recorded in the same transaction
+(:meth:`~hybridkex.keydelivery.store.KeyStore.add`), so a step repeated after a crash
+adds nothing.  Key IDs alone could not say so: between a crash and the next connection
+the keys may have been used at both ends and their rows purged, and adding them again
+would make them takeable a second time at one end.  The batch records go once the
+journal has the round DONE.
 """
 
 from __future__ import annotations
@@ -33,7 +39,6 @@ import hmac
 from collections.abc import Sequence
 
 from hybridkex import primitives
-from hybridkex.errors import InvalidParameter
 from hybridkex.keydelivery.keys import StoredKey
 from hybridkex.keydelivery.store import KeyStore
 from hybridkex.qkd.distillation.channel import AuthenticatedChannel
@@ -71,15 +76,19 @@ class DepositEnd:
     def __init__(self, journal: DepositJournal, store: KeyStore, site: str, peer: str) -> None:
         self.journal, self.store, self.site, self.peer = journal, store, site, peer
 
-    def _add(self, keys: Sequence[StoredKey]) -> int:
-        if not keys:
-            return 0
-        try:
-            return self.store.add(self.peer, keys)
-        except InvalidParameter as exc:
-            if "already" in str(exc):
-                return 0  # added before a crash (the batch is all or nothing)
-            raise
+    def _batch(self, round_id: bytes, step: int) -> str:
+        """The store's batch ID for one step of one round at this end."""
+        return f"qkd-link/{self.site}/{self.peer}/{round_id.hex()}/{step}"
+
+    def _add(self, round_id: bytes, step: int, keys: Sequence[StoredKey]) -> int:
+        """Add one step's units; nothing if this step was done before a crash."""
+        return self.store.add(self.peer, keys, batch_id=self._batch(round_id, step))
+
+    def _done(self, round_id: bytes, steps: Sequence[int]) -> None:
+        """The round is DONE here: its units leave the journal, its batch records the store."""
+        self.journal.set_state(round_id, DONE)
+        for step in steps:
+            self.store.forget_batch(self._batch(round_id, step))
 
     def _mine(self, keys: Sequence[StoredKey], own: bool) -> list[StoredKey]:
         return [k for k in keys if (k.initiator == self.site) == own]
@@ -99,7 +108,8 @@ class DepositEnd:
         for round_id in commit.rounds:
             state = self.journal.state(round_id)
             if state == PENDING:
-                added += self._add(self._mine(self.journal.units(round_id), own=False))
+                added += self._add(round_id, HALF,
+                                   self._mine(self.journal.units(round_id), own=False))
                 self.journal.set_state(round_id, HALF)
             elif state not in (HALF, DONE):
                 raise DepositMismatch("Alice commits a round Bob's journal does not hold")
@@ -117,8 +127,9 @@ class DepositEnd:
             raise DepositMismatch("Alice releases other rounds than she committed")
         for round_id in commit.rounds:
             if self.journal.state(round_id) == HALF:
-                added += self._add(self._mine(self.journal.units(round_id), own=True))
-                self.journal.set_state(round_id, DONE)
+                added += self._add(round_id, DONE,
+                                   self._mine(self.journal.units(round_id), own=True))
+                self._done(round_id, (HALF, DONE))
         chan.send(Done(commit.rounds))
         return added
 
@@ -143,14 +154,14 @@ class DepositEnd:
         added = 0
         for round_id in rounds:
             if self.journal.state(round_id) == DECIDED:
-                added += self._add(self.journal.units(round_id))
+                added += self._add(round_id, ADDED, self.journal.units(round_id))
                 self.journal.set_state(round_id, ADDED)
         chan.send(Release(rounds))
         done = chan.recv(Done)
         if done.rounds != rounds:
             raise DepositMismatch("Bob confirms other rounds than Alice released")
         for round_id in rounds:
-            self.journal.set_state(round_id, DONE)
+            self._done(round_id, (ADDED,))
         return added
 
     def alice_open(self) -> tuple[bytes, ...]:

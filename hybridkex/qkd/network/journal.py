@@ -33,6 +33,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from hybridkex.keydelivery.keys import StoredKey
+from hybridkex.qkd.errors import JournalError
 
 __all__ = ["ABORTED", "ADDED", "DECIDED", "DONE", "HALF", "OPEN_STATES", "PENDING",
            "DepositJournal"]
@@ -65,25 +66,46 @@ class DepositJournal:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        if not self.path.exists():
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            os.close(fd)
-        os.chmod(self.path, 0o600)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(self.path), isolation_level=None,
-                                   check_same_thread=False, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA secure_delete=ON")
-        self._db.executescript(_SCHEMA)
-        for suffix in ("-wal", "-shm"):
-            side = self.path.with_name(self.path.name + suffix)
-            if side.exists():
-                os.chmod(side, 0o600)
+        with self._errors():
+            if not self.path.exists():
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                os.close(fd)
+            os.chmod(self.path, 0o600)
+            self._db = sqlite3.connect(str(self.path), isolation_level=None,
+                                       check_same_thread=False, timeout=30)
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=FULL")
+                self._db.execute("PRAGMA secure_delete=ON")
+                self._db.executescript(_SCHEMA)
+                # a kill after a round's erasure and before its checkpoint leaves the
+                # material in the log: clear it now
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except BaseException:
+                self._db.close()
+                raise
+            for suffix in ("-wal", "-shm"):
+                side = self.path.with_name(self.path.name + suffix)
+                if side.exists():
+                    os.chmod(side, 0o600)
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        """A database failure as one typed error that names the file."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise JournalError(f"deposit journal {self.path}: {exc}") from None
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        with self._lock, self._errors():
+            yield self._db
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
+        with self._lock, self._errors():
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
@@ -104,41 +126,46 @@ class DepositJournal:
                             for i, k in enumerate(keys)])
 
     def state(self, round_id: bytes) -> int | None:
-        with self._lock:
-            row = self._db.execute("SELECT state FROM rounds WHERE round_id = ?",
+        with self._read() as db:
+            row = db.execute("SELECT state FROM rounds WHERE round_id = ?",
                                    (round_id,)).fetchone()
         return None if row is None else int(row[0])
 
     def digest(self, round_id: bytes) -> bytes | None:
-        with self._lock:
-            row = self._db.execute("SELECT digest FROM rounds WHERE round_id = ?",
+        with self._read() as db:
+            row = db.execute("SELECT digest FROM rounds WHERE round_id = ?",
                                    (round_id,)).fetchone()
         return None if row is None else bytes(row[0])
 
     def set_state(self, round_id: bytes, state: int) -> None:
-        """Move a round on; DONE and ABORTED erase its material."""
+        """Move a round on; DONE and ABORTED erase its material, from the write-ahead log
+        too (``secure_delete`` zeroes the database's pages, but the log keeps the old
+        ones until a checkpoint)."""
         with self._transaction() as db:
             db.execute("UPDATE rounds SET state = ? WHERE round_id = ?", (state, round_id))
             if state in (DONE, ABORTED):
                 db.execute("DELETE FROM units WHERE round_id = ?", (round_id,))
                 db.execute("DELETE FROM rounds WHERE state IN (?, ?) AND seq <= "
                            "(SELECT MAX(seq) FROM rounds) - ?", (DONE, ABORTED, KEPT_TOMBSTONES))
+        if state in (DONE, ABORTED):
+            with self._read() as db:
+                db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def units(self, round_id: bytes) -> list[StoredKey]:
-        with self._lock:
-            rows = self._db.execute(
+        with self._read() as db:
+            rows = db.execute(
                 "SELECT key_id, material, initiator FROM units WHERE round_id = ? "
                 "ORDER BY position", (round_id,)).fetchall()
         return [StoredKey(r[0], bytes(r[1]), r[2]) for r in rows]
 
     def open_rounds(self) -> list[tuple[bytes, int, bytes]]:
         """(round ID, state, digest) of every unfinished round, oldest first."""
-        with self._lock:
-            rows = self._db.execute(
+        with self._read() as db:
+            rows = db.execute(
                 "SELECT round_id, state, digest FROM rounds WHERE state IN (?, ?, ?, ?) "
                 "ORDER BY seq", OPEN_STATES).fetchall()
         return [(bytes(r[0]), int(r[1]), bytes(r[2])) for r in rows]
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        with self._read() as db:
+            db.close()

@@ -96,7 +96,7 @@ class DeviceHello:
         return cls(kind, transmittance, distance)
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)  # its states are Alice's bases and bits
 class PulseBlock:
     """Upstream to downstream: the slots of one block that hold light."""
 
