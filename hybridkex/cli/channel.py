@@ -68,12 +68,15 @@ EXIT_CODES = (
                  "the key store"),
     (EXIT_USAGE, "command-line usage: an unknown option, a missing argument, a value "
                  "out of range (a negative or infinite time, a port above 65535)"),
-    (EXIT_NETWORK, "network: could not connect, or a socket error in the handshake"),
+    (EXIT_NETWORK, "network: could not connect, or a socket error in the handshake; "
+                   "for qkd simulate: the round aborted (no key)"),
     (EXIT_HANDSHAKE, "the handshake failed: authentication, policy, a QKD key refused, "
                      "replay, timeout, an alert"),
     (EXIT_SESSION, "the session failed after the handshake: a record that does not "
                    "authenticate, an alert, a connection cut without close_notify"),
-    (EXIT_INTERRUPTED, "interrupted (SIGINT) where no clean stop is defined"),
+    (EXIT_INTERRUPTED, "interrupted (SIGINT) where no clean stop is defined; for qkd "
+                       "link --site: a second SIGINT or SIGTERM discarded the rounds under "
+                       "way"),
 )
 _CHUNK = 1 << 16
 TLS_MODES = ("certificate", "qkd-psk")
