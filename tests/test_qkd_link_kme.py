@@ -104,6 +104,7 @@ def test_the_link_fills_the_kmes_stores_and_sessions_run_through_the_kmes(
             assert done.stdout == b"keys from the link, via two KMEs"
             err = done.stderr.decode()
             assert f"the KME at {urls[0]}" in err, err
+            assert "this site's link to site-b is a SIMULATED QKD link" in err, err
             key_id = re.search(r"QKD key IDs\s+([0-9a-f-]{36})", err)
             assert key_id, err
             assert "psk authentication" in server.wait_for(f"QKD key {key_id.group(1)}")

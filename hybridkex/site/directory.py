@@ -625,19 +625,26 @@ class Site:
         return dict(self.settings.links.get(peer, {}))
 
     def qkd_source_label(self, peer: str) -> str:
-        """Where this site's QKD keys for ``peer`` came from, as told to a user."""
-        if self.kme is not None:
-            ks = self.settings.key_source
-            their = ks.peers.get(peer, "not configured")
-            return (f"the KME at {ks.url} (ETSI GS QKD 014; this site's SAE {ks.sae_id}, "
-                    f"{peer}'s SAE {their})")
+        """Where this site's QKD keys for ``peer`` came from, as told to a user.
+
+        A KME does not say what filled its store; when this site's own link to ``peer``
+        is a simulation (site.toml's ``[links.<peer>]``, written by ``site pair`` and
+        ``qkd link --site``, also when it deposits into the KME's store), the label says
+        so for the KME too."""
         link = self.link_info(peer)
+        simulated = ""
         if link.get("simulated"):
             distance = link.get("distance_km")
             length = f"{distance:g} km " if isinstance(distance, int | float) else ""
-            return (f"keys.db, filled by a SIMULATED QKD link ({length}decoy-state BB84 "
-                    "Monte Carlo, not a physical QKD device)")
-        return "keys.db"
+            simulated = (f"a SIMULATED QKD link ({length}decoy-state BB84 Monte Carlo, not a "
+                         "physical QKD device)")
+        if self.kme is not None:
+            ks = self.settings.key_source
+            their = ks.peers.get(peer, "not configured")
+            label = (f"the KME at {ks.url} (ETSI GS QKD 014; this site's SAE {ks.sae_id}, "
+                     f"{peer}'s SAE {their})")
+            return f"{label}; this site's link to {peer} is {simulated}" if simulated else label
+        return f"keys.db, filled by {simulated}" if simulated else "keys.db"
 
     def record_link(self, peer: str, link: dict[str, Any]) -> None:
         self.settings.links[peer] = link
