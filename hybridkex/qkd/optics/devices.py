@@ -25,7 +25,8 @@ as broken, so the round that asks for it aborts with a
 What a sender can make the detector hold is bounded: a train of more than
 ``max_pulses`` slots is refused, and the clicks of the train arriving plus those of the
 trains kept for Bob's rounds (at most :data:`KEPT_TRAINS`) stay within ``memory_bytes``
-(plus one block); beyond that the train is refused, and kept trains go oldest first.
+(plus one block, at most :data:`~.wire.MAX_BLOCK_SLOTS` clicks): kept trains go oldest
+first to make room, and a train that alone would hold more is refused.
 
 The source refuses what it should not emit: a fibre of another length than it was
 given, or a transmittance downstream that would make a train's record too large for
@@ -79,6 +80,7 @@ BLOCK_SLOTS = 1 << 22
 KEPT_TRAINS = 20  # more than the lanes a link runs, so no train waiting for one goes
 #: the longest train the detector takes by default (20 rounds of the CLI's default size)
 MAX_TRAIN_PULSES = 10**10
+KEPT_BROKEN = 4096  # reasons of broken trains kept (a few bytes each)
 #: the clicks the detector holds by default, the train arriving and the trains kept
 DETECTOR_MEMORY_BYTES = 512 << 20
 FIRST_FRAME_S = 10.0  # a new quantum connection's first pulse block comes within this
@@ -158,7 +160,8 @@ class DetectorDevice:
         self.address: Address = self._server.getsockname()[:2]
         self._log = log or (lambda _: None)
         self._lock = threading.Condition()
-        self._trains: collections.OrderedDict[bytes, BobTrain | str] = collections.OrderedDict()
+        self._trains: collections.OrderedDict[bytes, BobTrain] = collections.OrderedDict()
+        self._broken: collections.OrderedDict[bytes, str] = collections.OrderedDict()
         self._seen: collections.OrderedDict[bytes, None] = collections.OrderedDict()
         self._kept_bytes = 0  # clicks of the trains in self._trains
         self._current: socket.socket | None = None  # the connection trains come from
@@ -263,12 +266,15 @@ class DetectorDevice:
             _close(sock)
 
     def _within_memory(self, train: BobTrain) -> None:
-        with self._lock:
-            held = train.detections.nbytes + self._kept_bytes
-        if held > self.memory_bytes:
+        """Make room for the clicks of the train arriving, dropping the oldest kept trains
+        first; refuse it once it alone would hold more than ``memory_bytes``."""
+        size = train.detections.nbytes
+        if size > self.memory_bytes:
             raise QuantumChannelError(
                 f"a pulse train with more clicks than the detector holds "
-                f"({self.memory_bytes >> 20} MiB with the trains kept for rounds)")
+                f"({self.memory_bytes >> 20} MiB)")
+        with self._lock:
+            self._evict(self.memory_bytes - size)
 
     def _begin(self, train: bytes) -> BobTrain:
         with self._lock:
@@ -279,15 +285,25 @@ class DetectorDevice:
                 self._seen.popitem(last=False)
         return BobTrain(train)
 
+    def _evict(self, room: int) -> None:
+        """Drop the oldest kept trains until at most :data:`KEPT_TRAINS` are kept, in at
+        most ``room`` bytes (the lock is held)."""
+        while self._trains and (len(self._trains) > KEPT_TRAINS or self._kept_bytes > room):
+            _, gone = self._trains.popitem(last=False)
+            self._kept_bytes -= gone.detections.nbytes
+
     def _finish(self, train: bytes, outcome: BobTrain | str) -> None:
-        """Keep ``outcome`` for the round that asks for it; the oldest kept go first when
-        more than :data:`KEPT_TRAINS`, or more than ``memory_bytes``, are held."""
+        """Keep ``outcome`` for the round that asks for it.  A broken train is kept apart
+        (its reason only), so broken ones never push out trains waiting for a round."""
         with self._lock:
-            self._trains[train] = outcome
-            self._kept_bytes += _size(outcome)
-            while len(self._trains) > KEPT_TRAINS or self._kept_bytes > self.memory_bytes:
-                _, gone = self._trains.popitem(last=False)
-                self._kept_bytes -= _size(gone)
+            if isinstance(outcome, str):
+                self._broken[train] = outcome
+                while len(self._broken) > KEPT_BROKEN:
+                    self._broken.popitem(last=False)
+            else:
+                self._trains[train] = outcome
+                self._kept_bytes += outcome.detections.nbytes
+                self._evict(self.memory_bytes)
             self._lock.notify_all()
 
     def train(self, train: bytes, slots: int, timeout_s: float) -> BobData:
@@ -295,14 +311,18 @@ class DetectorDevice:
         each train is handed out once."""
         deadline = time.monotonic() + timeout_s
         with self._lock:
-            while train not in self._trains:
+            while train not in self._trains and train not in self._broken:
                 left = deadline - time.monotonic()
                 if left <= 0 or self._stop.is_set():
                     raise QuantumChannelError("the pulse train of this round never arrived "
                                               "whole at Bob's detector")
                 self._lock.wait(min(left, 0.5))
-            outcome = self._trains.pop(train)
-            self._kept_bytes -= _size(outcome)
+            outcome: BobTrain | str
+            if train in self._broken:
+                outcome = self._broken.pop(train)
+            else:
+                outcome = self._trains.pop(train)
+                self._kept_bytes -= outcome.detections.nbytes
         if isinstance(outcome, str):
             raise QuantumChannelError(f"the pulse train of this round is unusable: {outcome}")
         if outcome.slots != slots:
@@ -316,10 +336,6 @@ class DetectorDevice:
         with self._lock:
             _close(self._current)
             self._lock.notify_all()
-
-
-def _size(outcome: BobTrain | str) -> int:
-    return 0 if isinstance(outcome, str) else outcome.detections.nbytes
 
 
 # -- Alice's source ------------------------------------------------------------------------
