@@ -25,6 +25,11 @@ A connection, from the first message to the last:
    when Alice has no lane left, or a deposit was interrupted, she reconnects with
    back-off, and Bob accepts the next connection.
 
+Bob's port is open to anyone who reaches it, so he opens every connection in a thread
+of its own with a short deadline for its hello (:meth:`BobEnd.run`): a connection that
+never says anything, or sends frames it should not (:mod:`.lanes`), ends without
+delaying the one being served or Alice's next one.
+
 Stopping (:class:`Stop`): a first request finishes the current round, deposit included,
 then ends cleanly; a second discards the round at once (the peer sees the connection
 close and keeps nothing; a deposit under way is settled by the journals on the next

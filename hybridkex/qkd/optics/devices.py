@@ -520,21 +520,25 @@ class FibreDevice:
         self._socks: list[socket.socket] = []
 
     def serve_forever(self) -> None:
-        """Until :meth:`close`: connect downstream, accept the source, carry the light."""
+        """Until :meth:`close`: accept the source, connect downstream, carry the light.
+
+        The source is accepted first: the detector gives a new connection only
+        :data:`FIRST_FRAME_S` to send its first block, so the fibre connects to it once
+        there is light to carry."""
         while not self._stop.is_set():
-            down = connect_with_backoff(self.target, self._stop)
-            if down is None:
+            up = self._accept()
+            if up is None:
                 return
-            self._socks = [down]
+            self._socks = [up]
             try:
+                down = connect_with_backoff(self.target, self._stop)
+                if down is None:
+                    return
+                self._socks.append(down)
                 downstream = SocketChannel(down)
                 hello = _read_hello(downstream)
                 fibre = Fibre(self.distance_km, self.alpha, hello.transmittance,
                               self.eve, self._rng)
-                up = self._accept()
-                if up is None:
-                    return
-                self._socks.append(up)
                 upstream = SocketChannel(up)
                 upstream.send(DeviceHello(FIBRE, fibre.upstream_transmittance,
                                           self.distance_km + hello.distance_km).encode())
