@@ -26,6 +26,9 @@ DISTANCE_KM = 5.0
 CONFIG = DistillationConfig(finite_key=False)
 
 Tamper = Callable[[int, bytes], bytes | None]  # (frame number, frame) -> frame or None (cut)
+Address = tuple[str, int]
+# (Bob's classical address, his detector's address, stop) -> None, run in a thread
+Attack = Callable[[Address, Address, threading.Event], None]
 
 
 def make_sites(root: Path) -> tuple[Path, Path]:
@@ -111,10 +114,12 @@ class Run:
 def link(a_dir: Path, b_dir: Path, rounds: int, *, classical: Tamper | None = None,
          classical_upstream: bool = True, quantum: Tamper | None = None,
          pulses: int = PULSES, lanes: int = 1,
-         clock_hz: float | None = None) -> Iterator[Run]:
+         clock_hz: float | None = None, attack: Attack | None = None,
+         give_up_s: float | None = None) -> Iterator[Run]:
     """Run Alice for ``rounds`` rounds against Bob, in ``lanes`` lanes (one by default,
     so that frames come in protocol order); yields when Alice is done (the reports of
-    each end sorted by round)."""
+    each end sorted by round), or after ``give_up_s`` if given.  ``attack`` runs in a
+    thread of its own from before Alice starts until the end."""
     run = Run()
     params = finite_key_parameters(distance_km=DISTANCE_KM)
     with Site.load(a_dir) as site_a, Site.load(b_dir) as site_b:
@@ -143,14 +148,33 @@ def link(a_dir: Path, b_dir: Path, rounds: int, *, classical: Tamper | None = No
                          c_proxy.address if c_proxy else server.getsockname()[:2], source,
                          pulses, stop_a, run.alice.append, run.log.append, rounds=rounds,
                          lanes=lanes)
+        attacking = threading.Event()
+        if attack is not None:
+            threading.Thread(target=attack, args=(server.getsockname()[:2], q_target,
+                                                  attacking), daemon=True).start()
         try:
-            alice.run()
+            failed: list[BaseException] = []
+
+            def run_alice() -> None:
+                try:
+                    alice.run()
+                except BaseException as exc:
+                    failed.append(exc)
+
+            alice_thread = threading.Thread(target=run_alice, daemon=True)
+            alice_thread.start()
+            alice_thread.join(give_up_s)
+            stop_a.requested.set()
+            alice_thread.join(30)
+            if failed:
+                raise failed[0]
             stop_b.requested.set()
             bob_thread.join(10)
             run.alice.sort(key=lambda r: r.round)
             run.bob.sort(key=lambda r: r.round)
             yield run
         finally:
+            attacking.set()
             stop_a.requested.set()
             stop_b.requested.set()
             bob_thread.join(10)

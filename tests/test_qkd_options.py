@@ -56,6 +56,7 @@ BAD: dict[str, list[str]] = {
     "--clock-hz": [*NOT_NUMBERS, "0", "-1", "1e16"],
     "--rounds": [*NOT_NUMBERS, "0", "-3", "2.5"],
     "--lanes": [*NOT_NUMBERS, "0", "-1", "17", "2.5"],
+    "--max-pulses-per-round": [*NOT_NUMBERS, "0", "-3", "2.5"],
 }
 FLAGS = {"--json", "--asymptotic", "--help"}
 

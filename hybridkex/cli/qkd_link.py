@@ -34,6 +34,7 @@ from hybridkex.cli.args import address, count, number, parse_address, positive_c
 from hybridkex.cli.qkd_options import DISTANCE, FRACTION, NAME, measured, within_budget
 from hybridkex.errors import InvalidParameter
 from hybridkex.qkd.network.lanes import MAX_LANES
+from hybridkex.qkd.optics.devices import MAX_TRAIN_PULSES
 from hybridkex.transport.forward import format_address
 
 __all__ = ["add_link_options", "dispatch", "register_fiber"]
@@ -73,6 +74,10 @@ def add_link_options(k: argparse.ArgumentParser) -> None:
                    f"round-trip time (connecting end; 1..{MAX_LANES}, default 6)")
     k.add_argument("--asymptotic", action="store_true",
                    help="asymptotic decoy bounds instead of finite-size (both ends alike)")
+    k.add_argument("--max-pulses-per-round", type=positive_count, metavar="N",
+                   help="the longest pulse train the detector takes (listening end; "
+                   f"1..1e18, default {MAX_TRAIN_PULSES:.0e}); it also holds at most "
+                   "--memory-limit-mb of clicks")
 
 
 def dispatch(one_process: Command) -> Command:
@@ -80,7 +85,8 @@ def dispatch(one_process: Command) -> Command:
 
     def run(args: argparse.Namespace) -> int:
         two_host = ("site", "peer", "listen", "connect", "quantum_listen", "quantum_connect",
-                    "clock_hz", "rounds", "store", "asymptotic", "lanes")
+                    "clock_hz", "rounds", "store", "asymptotic", "lanes",
+                    "max_pulses_per_round")
         one = ("site_a", "store_a", "site_b", "store_b")
         if args.site is None:
             if any(getattr(args, name) not in (None, False) for name in two_host):
@@ -144,6 +150,9 @@ def _two_host(args: argparse.Namespace) -> int:
                       args.pulses_per_round, pulses_option="--pulses-per-round")
     if alice and args.quantum_listen is not None:
         return _usage("qkd link --connect: --quantum-listen belongs to the listening end")
+    if alice and args.max_pulses_per_round is not None:
+        return _usage("qkd link --connect: --max-pulses-per-round belongs to the listening "
+                      "end (the connecting end sets --pulses-per-round)")
     if args.rounds is not None and args.target_keys is not None:
         return _usage("qkd link: --rounds and --target-keys exclude each other")
     address = parse_address(args.connect or args.listen, "--connect" if alice else "--listen")
@@ -197,7 +206,8 @@ def _two_host(args: argparse.Namespace) -> int:
     try:
         if alice:
             source = SourceDevice(quantum, params, args.pulses_per_round, args.distance_km,
-                                  args.clock_hz, log=log)
+                                  args.clock_hz, log=log,
+                                  check=_budget_check(args, params, settings.config))
             log(f"Alice (sender) to {peer} at {format_address(address)}, pulses to "
                 f"{format_address(quantum)}, {args.pulses_per_round:.3g} pulses per round")
             try:
@@ -208,8 +218,11 @@ def _two_host(args: argparse.Namespace) -> int:
                 source.close()
         else:
             server = _bound(listen, address, "--listen")
-            detector = _bound(lambda where: DetectorDevice(where, params, log=log), quantum,
-                              "--quantum-listen")
+            detector = _bound(lambda where: DetectorDevice(
+                where, params, log=log,
+                max_pulses=args.max_pulses_per_round or MAX_TRAIN_PULSES,
+                memory_bytes=int(args.memory_limit_mb * (1 << 20))), quantum,
+                "--quantum-listen")
             log(f"Bob (receiver) for {peer}: listening on {format_address(server.getsockname())}"
                 f", detector on {format_address(detector.address)}")
             try:
@@ -228,6 +241,24 @@ def _two_host(args: argparse.Namespace) -> int:
         site.close()
     log(f"stopped: {deposited['keys']} keys deposited")
     return 0
+
+
+def _budget_check(args: argparse.Namespace, params: Any,
+                  config: Any) -> Callable[[float], None]:
+    """What the source checks each connection against: a round of --pulses-per-round at
+    the transmittance the element downstream asks for (a fibre with Eve asks for 1, and
+    the hello is not authenticated) within --memory-limit-mb and --time-limit-s, as the
+    command checked it at the fibre length it was given before starting."""
+    from dataclasses import replace
+
+    from hybridkex.qkd.budget import check_budget
+
+    def check(tau: float) -> None:
+        at = replace(params, distance_km=0.0, eta_bob=min(1.0, max(tau, 0.0)))
+        check_budget(at, args.pulses_per_round, args.memory_limit_mb, args.time_limit_s,
+                     config=config, pulses_option="--pulses-per-round")
+
+    return check
 
 
 def _bound(make: Callable[[tuple[str, int]], Any], address: tuple[str, int],

@@ -17,6 +17,7 @@ __all__ = [
     "AuthKeysExhausted",
     "CascadeError",
     "ChannelClosed",
+    "FrameTooLarge",
     "JournalError",
     "LinkAborted",
     "MalformedMessage",
@@ -40,6 +41,11 @@ class MalformedMessage(LinkAborted):
 class ChannelClosed(LinkAborted):
     """The classical channel failed: the peer went away, a frame was too large, or no
     frame arrived in time."""
+
+
+class FrameTooLarge(ChannelClosed):
+    """The peer announced a frame larger than this end accepts from it (the channel's
+    maximum, or less from a peer not yet authenticated)."""
 
 
 class AuthKeysExhausted(LinkAborted):

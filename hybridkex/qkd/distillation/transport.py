@@ -12,7 +12,7 @@ import socket
 import struct
 from typing import Protocol
 
-from hybridkex.qkd.errors import ChannelClosed
+from hybridkex.qkd.errors import ChannelClosed, FrameTooLarge
 
 __all__ = ["MAX_FRAME", "ClassicalChannel", "QueueChannel", "SocketChannel", "queue_pair"]
 
@@ -62,10 +62,16 @@ def queue_pair(timeout_s: float = 300.0) -> tuple[QueueChannel, QueueChannel]:
 
 
 class SocketChannel:
-    """Frames over a connected stream socket: u32 length, then the frame."""
+    """Frames over a connected stream socket: u32 length, then the frame.
 
-    def __init__(self, sock: socket.socket) -> None:
+    ``max_frame`` is the largest frame :meth:`recv` accepts; a reader that knows its
+    peer sends only small frames (an opening not yet authenticated) lowers it, so a
+    stranger cannot make it hold :data:`MAX_FRAME` bytes.
+    """
+
+    def __init__(self, sock: socket.socket, max_frame: int = MAX_FRAME) -> None:
         self._sock = sock
+        self.max_frame = max_frame
 
     def send(self, frame: bytes) -> None:
         if len(frame) > MAX_FRAME:
@@ -89,8 +95,9 @@ class SocketChannel:
 
     def recv(self) -> bytes:
         (length,) = struct.unpack(">I", self._read_exactly(4))
-        if length > MAX_FRAME:
-            raise ChannelClosed("announced frame exceeds the channel's maximum size")
+        if length > self.max_frame:
+            raise FrameTooLarge(f"the peer announced a frame of {length} bytes, more than "
+                                f"the {self.max_frame} this end accepts")
         return self._read_exactly(length)
 
     def close(self) -> None:

@@ -25,6 +25,11 @@ A connection, from the first message to the last:
    when Alice has no lane left, or a deposit was interrupted, she reconnects with
    back-off, and Bob accepts the next connection.
 
+Bob's port is open to anyone who reaches it, so he opens every connection in a thread
+of its own with a short deadline for its hello (:meth:`BobEnd.run`): a connection that
+never says anything, or sends frames it should not (:mod:`.lanes`), ends without
+delaying the one being served or Alice's next one.
+
 Stopping (:class:`Stop`): a first request finishes the current round, deposit included,
 then ends cleanly; a second discards the round at once (the peer sees the connection
 close and keeps nothing; a deposit under way is settled by the journals on the next
@@ -33,6 +38,7 @@ connection).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import socket
@@ -80,6 +86,9 @@ __all__ = ["DEFAULT_LANES", "AliceEnd", "BobEnd", "Discarded", "EndSettings", "R
 
 ROUND_TIMEOUT_S = 120.0
 OPEN_TIMEOUT_S = 30.0
+HELLO_TIMEOUT_S = 10.0  # a new connection's hello, at Bob: Alice sends it at once
+MAX_OPENINGS = 16  # connections waiting for their hello at Bob; a newer drops the oldest
+SEEN_HELLOS = 65536  # hello nonces Bob remembers, to refuse a replayed hello
 TRAIN_WAIT_S = 5.0  # acknowledged trains are there already; this covers slow hosts
 DEFAULT_LANES = 6
 DONE, RETIRE, RECONNECT = "done", "retire", "reconnect"  # what a round leaves its lane
@@ -248,6 +257,8 @@ class _End:
         fault, self._fault = self._fault, None
         if fault is not None:
             raise fault
+        if lanes.fault is not None:  # the peer sent what this end must not hold
+            raise lanes.fault
 
 
 class AliceEnd(_End):
@@ -285,7 +296,7 @@ class AliceEnd(_End):
                 return
             self.connections += 1
             self.pools = {}
-            lanes = Lanes(sock)
+            lanes = Lanes(sock, read=self.lane_count)
             try:
                 self._connection(lanes)
             except LinkAborted as exc:
@@ -293,8 +304,6 @@ class AliceEnd(_End):
                     self.log(f"connection {self.connections} ended: {exc.reason}")
             finally:
                 lanes.close()
-            if self.source.error is not None:
-                raise self.source.error
             if not self.done() and not self.stop():
                 self.stop.requested.wait(0.2)
 
@@ -311,6 +320,7 @@ class AliceEnd(_End):
         chan.session_id = nonce
         chan.send(LinkHello(nonce, self.s.site, self.s.peer))
         state = chan.recv(LinkState)
+        lanes.opened()
         chan.session_id = session_id(nonce, state.nonce)
         self._check_journals(state.entries)
         open_rounds = self.s.deposit.alice_open()
@@ -344,8 +354,6 @@ class AliceEnd(_End):
             ready = None
             while ready is None and not lanes.closed.is_set() and not self.stop():
                 ready = self.source.next_train(0.5)
-                if ready is None and self.source.error is not None:
-                    raise LinkAborted(self.source.error.reason)
             if ready is None:
                 with self._lock:
                     self.reserved -= 1
@@ -424,38 +432,108 @@ class BobEnd(_End):
                  log: Callable[[str], None]) -> None:
         super().__init__(settings, stop, on_report, log)
         self.server, self.detector = server, detector
+        self._openings: collections.OrderedDict[Lanes, None] = collections.OrderedDict()
+        self._hellos: collections.OrderedDict[bytes, None] = collections.OrderedDict()
+        self._current: Lanes | None = None  # the connection verified last
+        self._serving = threading.Lock()  # held by the connection being served
+        self._crash: BaseException | None = None
 
     def run(self) -> None:
-        """Accept Alice's connections one after the other until stopped."""
-        self.server.settimeout(0.2)
-        while not self.stop():
-            try:
-                sock, peer = self.server.accept()
-            except TimeoutError:
-                continue
-            sock.settimeout(None)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-            self.connections += 1
-            self.pools = {}
-            lanes = Lanes(sock)
-            try:
-                self._connection(lanes)
-            except LinkAborted as exc:
-                if not self.stop():
-                    self.log(f"connection {self.connections} from {peer[0]} ended: "
-                             f"{exc.reason}")
-            finally:
-                lanes.close()
+        """Accept Alice's connections until stopped; when stopped, let the connection
+        being served finish its rounds (:class:`Stop`).
 
-    def _connection(self, lanes: Lanes) -> None:
+        Each new connection is opened in a thread of its own, with
+        :data:`HELLO_TIMEOUT_S` to send a valid hello, so a connection that says
+        nothing holds neither the port nor the connection being served.  At most
+        :data:`MAX_OPENINGS` wait at once (a newer one drops the oldest).  A connection
+        whose hello verifies (Alice's signature, a nonce not seen before) replaces the
+        one being served: Alice reconnects only when she has given that one up.
+        """
+        self.server.settimeout(0.2)
+        threads: list[threading.Thread] = []
+        try:
+            while not self.stop():
+                if self._crash is not None:
+                    raise self._crash
+                try:
+                    sock, peer = self.server.accept()
+                except TimeoutError:
+                    continue
+                sock.settimeout(None)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+                lanes = Lanes(sock)
+                with self._lock:
+                    self._openings[lanes] = None
+                    dropped = list(self._openings)[:-MAX_OPENINGS]
+                for old in dropped:
+                    old.close()
+                thread = threading.Thread(target=self._open, args=(lanes, str(peer[0])),
+                                          name="qkd-opening", daemon=True)
+                thread.start()
+                threads = [t for t in threads if t.is_alive()] + [thread]
+        finally:
+            with self._lock:
+                waiting = list(self._openings)
+            for lanes in waiting:
+                lanes.close()
+            for t in threads:
+                while t.is_alive():
+                    t.join(0.2)
+        if self._crash is not None:
+            raise self._crash
+
+    def _open(self, lanes: Lanes, host: str) -> None:
+        """One connection, from its hello to its end (in its own thread)."""
+        try:
+            self._opening(lanes, host)
+        except LinkAborted as exc:
+            if not self.stop():
+                self.log(f"connection from {host} ended: {exc.reason}")
+        except BaseException as exc:  # a fault of this end: run() raises it
+            with self._lock:
+                self._crash = self._crash or exc
+        finally:
+            with self._lock:
+                self._openings.pop(lanes, None)
+                if self._current is lanes:
+                    self._current = None
+            lanes.close()
+
+    def _opening(self, lanes: Lanes, host: str) -> None:
         opening = lanes.lane(0)
-        opening.timeout_s = OPEN_TIMEOUT_S
+        opening.timeout_s = HELLO_TIMEOUT_S
         chan = LinkChannel(opening, self.s.signatures(), Role.BOB)
         hello = chan.recv(LinkHello)
         if (hello.alice_site, hello.bob_site) != (self.s.peer, self.s.site):
             raise LinkAborted(f"a link from {hello.alice_site} to {hello.bob_site}, but this "
                               f"end is {self.s.site} waiting for {self.s.peer}")
+        with self._lock:
+            if hello.nonce in self._hellos:
+                raise LinkAborted("a link hello this end has seen before (replayed)")
+            self._hellos[hello.nonce] = None
+            while len(self._hellos) > SEEN_HELLOS:
+                self._hellos.popitem(last=False)
+            self._openings.pop(lanes, None)  # verified: no newcomer drops it any more
+            replaced, self._current = self._current, lanes
+        lanes.opened()
+        if replaced is not None:
+            self.log("a new connection from the peer replaces the one being served")
+            replaced.close()
+        with self._serving:  # the replaced connection has ended once this is held
+            if lanes.closed.is_set() or self.stop():
+                return  # replaced in turn while it waited, or stopping
+            self.connections += 1
+            self.pools = {}
+            try:
+                self._connection(lanes, chan, hello)
+            except LinkAborted as exc:
+                if not self.stop():
+                    self.log(f"connection {self.connections} from {host} ended: "
+                             f"{exc.reason}")
+
+    def _connection(self, lanes: Lanes, chan: LinkChannel, hello: LinkHello) -> None:
+        lanes.lane(0).timeout_s = OPEN_TIMEOUT_S
         nonce = os.urandom(NONCE_SIZE)
         entries = tuple(JournalEntry(r, state, digest)
                         for r, state, digest in self.s.deposit.journal.open_rounds())

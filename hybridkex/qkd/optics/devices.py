@@ -3,10 +3,13 @@
 Each runs in a thread of its process and talks TCP (frames of
 :class:`~hybridkex.qkd.distillation.transport.SocketChannel`, messages of :mod:`.wire`):
 
-- :class:`DetectorDevice` listens (Bob's host).  A new connection replaces the one
-  before; on each it first sends its :class:`~.wire.DeviceHello`, then registers every
-  train it receives.  Bob's distillation end asks for a train by its ID
-  (:meth:`DetectorDevice.train`).
+- :class:`DetectorDevice` listens (Bob's host).  On each connection it first sends its
+  :class:`~.wire.DeviceHello`, then registers every train it receives.  Bob's
+  distillation end asks for a train by its ID (:meth:`DetectorDevice.train`).  A new
+  connection replaces the one before only once it has sent the first block of a train
+  (within :data:`FIRST_FRAME_S`), and never while a train is arriving on the one
+  before (a block came in the last :data:`STALLED_S`): whoever can reach the port
+  cannot cut the source's trains by connecting.
 - :class:`SourceDevice` connects (Alice's host), straight to the detector or to a
   :class:`FibreDevice`, reconnecting with back-off.  It emits trains back to back, paced
   by its clock, and offers each one the detector acknowledged whole to Alice's
@@ -18,6 +21,18 @@ Each runs in a thread of its process and talks TCP (frames of
 Anything malformed ends that connection; the detector marks the train it was receiving
 as broken, so the round that asks for it aborts with a
 :class:`~hybridkex.qkd.errors.QuantumChannelError`.
+
+What a sender can make the detector hold is bounded: a train of more than
+``max_pulses`` slots is refused, and the clicks of the train arriving plus those of the
+trains kept for Bob's rounds (at most :data:`KEPT_TRAINS`) stay within ``memory_bytes``
+(plus one block, at most :data:`~.wire.MAX_BLOCK_SLOTS` clicks): kept trains go oldest
+first to make room, and a train that alone would hold more is refused.
+
+The source refuses what it should not emit: a fibre of another length than it was
+given, or a transmittance downstream that would make a train's record too large for
+the memory budget (``check``).  Either is a :class:`Misconfigured` error, logged, and the
+source tries again with back-off, as after a dropped connection: the hellos are not
+authenticated, so a forged one must not end Alice's process.
 """
 
 from __future__ import annotations
@@ -33,6 +48,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from hybridkex.errors import InvalidParameter
 from hybridkex.qkd.distillation.data import BobData
 from hybridkex.qkd.distillation.transport import SocketChannel
 from hybridkex.qkd.errors import ChannelClosed, QuantumChannelError
@@ -62,6 +78,15 @@ __all__ = [
 
 BLOCK_SLOTS = 1 << 22
 KEPT_TRAINS = 20  # more than the lanes a link runs, so no train waiting for one goes
+#: the longest train the detector takes by default (20 rounds of the CLI's default size)
+MAX_TRAIN_PULSES = 10**10
+KEPT_BROKEN = 4096  # reasons of broken trains kept (a few bytes each)
+#: the clicks the detector holds by default, the train arriving and the trains kept
+DETECTOR_MEMORY_BYTES = 512 << 20
+FIRST_FRAME_S = 10.0  # a new quantum connection's first pulse block comes within this
+STALLED_S = 10.0  # a train from which no block came for this long is not arriving
+MAX_WAITING = 16  # quantum connections waiting for their first block; newer drops oldest
+RETRY_MAX_S = 5.0  # the source's longest back-off after a misconfigured connection
 Address = tuple[str, int]
 
 
@@ -96,8 +121,9 @@ def connect_with_backoff(address: Address, stop: threading.Event,
 
 
 class Misconfigured(QuantumChannelError):
-    """The optical devices do not fit together (a fibre of another length than the link
-    was told): the source stops instead of retrying."""
+    """The optical devices do not fit together: a fibre of another length than the link
+    was told, or a transmittance that would not fit the memory budget.  The source logs
+    it and tries again with back-off (the device hello is not authenticated)."""
 
 
 def _close(sock: socket.socket | None) -> None:
@@ -123,15 +149,25 @@ class DetectorDevice:
 
     def __init__(self, address: Address, params: LinkParameters,
                  rng: np.random.Generator | None = None,
-                 log: Callable[[str], None] | None = None) -> None:
+                 log: Callable[[str], None] | None = None,
+                 max_pulses: int = MAX_TRAIN_PULSES,
+                 memory_bytes: int = DETECTOR_MEMORY_BYTES) -> None:
+        if max_pulses < 1 or memory_bytes < 1:
+            raise InvalidParameter("the detector's limits must be positive")
         self.detector = Detector(params.eta_bob, params.y0, params.e_detector, params.p_z, rng)
+        self.max_pulses, self.memory_bytes = max_pulses, memory_bytes
         self._server = listen(address)
         self.address: Address = self._server.getsockname()[:2]
         self._log = log or (lambda _: None)
         self._lock = threading.Condition()
-        self._trains: collections.OrderedDict[bytes, BobTrain | str] = collections.OrderedDict()
+        self._trains: collections.OrderedDict[bytes, BobTrain] = collections.OrderedDict()
+        self._broken: collections.OrderedDict[bytes, str] = collections.OrderedDict()
         self._seen: collections.OrderedDict[bytes, None] = collections.OrderedDict()
-        self._current: socket.socket | None = None
+        self._kept_bytes = 0  # clicks of the trains in self._trains
+        self._current: socket.socket | None = None  # the connection trains come from
+        self._arriving = False  # a train is under way on it
+        self._last_block = 0.0  # when its last block came (time.monotonic())
+        self._waiting: collections.OrderedDict[socket.socket, None] = collections.OrderedDict()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._accept, name="qkd-detector", daemon=True)
         self._thread.start()
@@ -144,18 +180,48 @@ class DetectorDevice:
                 return
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with self._lock:
-                old, self._current = self._current, sock
-            _close(old)
+                self._waiting[sock] = None
+                dropped = list(self._waiting)[:-MAX_WAITING]
+            for old in dropped:
+                _close(old)
             threading.Thread(target=self._serve, args=(sock,), name="qkd-detector-in",
                              daemon=True).start()
+
+    def _take(self, sock: socket.socket) -> None:
+        """Make ``sock`` (which has sent a train's first block) the connection trains come
+        from, unless a train is arriving on the current one."""
+        with self._lock:
+            self._waiting.pop(sock, None)
+            now = time.monotonic()
+            if self._current is not None and self._arriving \
+                    and now - self._last_block < STALLED_S:
+                raise QuantumChannelError("a second quantum connection while a pulse train "
+                                          "is arriving on the first: refused")
+            old, self._current = self._current, sock
+            self._arriving, self._last_block = True, now
+        _close(old)
+
+    def _mark(self, sock: socket.socket, arriving: bool) -> None:
+        with self._lock:
+            if self._current is sock:
+                self._arriving, self._last_block = arriving, time.monotonic()
 
     def _serve(self, sock: socket.socket) -> None:
         channel = SocketChannel(sock)
         current: BobTrain | None = None
         try:
             channel.send(DeviceHello(DETECTOR, self.detector.eta_bob, 0.0).encode())
+            sock.settimeout(FIRST_FRAME_S)
+            first = decode(channel.recv())
+            sock.settimeout(None)
+            if not isinstance(first, PulseBlock) or first.number != 0 or first.start != 0:
+                raise QuantumChannelError("malformed quantum frame: a connection must start "
+                                          "with the first block of a train")
+            self._take(sock)
+            message: object = first
             while True:
-                message = decode(channel.recv())
+                if message is None:
+                    message = decode(channel.recv())
                 if isinstance(message, PulseBlock):
                     if current is None or message.train != current.train:
                         if current is not None:
@@ -167,25 +233,48 @@ class DetectorDevice:
                     if message.number != current.blocks or message.start != current.slots:
                         raise QuantumChannelError(
                             "malformed quantum frame: pulse blocks out of order")
+                    if message.start + message.slots > self.max_pulses:
+                        raise QuantumChannelError(
+                            f"a pulse train longer than {self.max_pulses} pulses, the most "
+                            "this detector takes")
                     self.detector.detect(message, current)
+                    self._within_memory(current)
+                    self._mark(sock, True)
                 elif isinstance(message, TrainEnd):
                     if current is None or message.train != current.train or (
                             message.slots, message.blocks) != (current.slots, current.blocks):
                         raise QuantumChannelError(
                             "malformed quantum frame: the train end does not match its train")
                     whole, current = current, None
+                    self._mark(sock, False)
                     self._finish(whole.train, whole)
                     channel.send(TrainReceived(whole.train).encode())
                 else:
                     raise QuantumChannelError("malformed quantum frame: a device hello "
                                               "from upstream")
+                message = None
         except (QuantumChannelError, ChannelClosed) as exc:
             if current is not None:
                 self._finish(current.train, exc.reason)
             if isinstance(exc, QuantumChannelError):
                 self._log(f"quantum channel: {exc.reason}")
         finally:
+            with self._lock:
+                self._waiting.pop(sock, None)
+                if self._current is sock:
+                    self._current, self._arriving = None, False
             _close(sock)
+
+    def _within_memory(self, train: BobTrain) -> None:
+        """Make room for the clicks of the train arriving, dropping the oldest kept trains
+        first; refuse it once it alone would hold more than ``memory_bytes``."""
+        size = train.detections.nbytes
+        if size > self.memory_bytes:
+            raise QuantumChannelError(
+                f"a pulse train with more clicks than the detector holds "
+                f"({self.memory_bytes >> 20} MiB)")
+        with self._lock:
+            self._evict(self.memory_bytes - size)
 
     def _begin(self, train: bytes) -> BobTrain:
         with self._lock:
@@ -196,11 +285,25 @@ class DetectorDevice:
                 self._seen.popitem(last=False)
         return BobTrain(train)
 
+    def _evict(self, room: int) -> None:
+        """Drop the oldest kept trains until at most :data:`KEPT_TRAINS` are kept, in at
+        most ``room`` bytes (the lock is held)."""
+        while self._trains and (len(self._trains) > KEPT_TRAINS or self._kept_bytes > room):
+            _, gone = self._trains.popitem(last=False)
+            self._kept_bytes -= gone.detections.nbytes
+
     def _finish(self, train: bytes, outcome: BobTrain | str) -> None:
+        """Keep ``outcome`` for the round that asks for it.  A broken train is kept apart
+        (its reason only), so broken ones never push out trains waiting for a round."""
         with self._lock:
-            self._trains[train] = outcome
-            while len(self._trains) > KEPT_TRAINS:
-                self._trains.popitem(last=False)
+            if isinstance(outcome, str):
+                self._broken[train] = outcome
+                while len(self._broken) > KEPT_BROKEN:
+                    self._broken.popitem(last=False)
+            else:
+                self._trains[train] = outcome
+                self._kept_bytes += outcome.detections.nbytes
+                self._evict(self.memory_bytes)
             self._lock.notify_all()
 
     def train(self, train: bytes, slots: int, timeout_s: float) -> BobData:
@@ -208,13 +311,18 @@ class DetectorDevice:
         each train is handed out once."""
         deadline = time.monotonic() + timeout_s
         with self._lock:
-            while train not in self._trains:
+            while train not in self._trains and train not in self._broken:
                 left = deadline - time.monotonic()
                 if left <= 0 or self._stop.is_set():
                     raise QuantumChannelError("the pulse train of this round never arrived "
                                               "whole at Bob's detector")
                 self._lock.wait(min(left, 0.5))
-            outcome = self._trains.pop(train)
+            outcome: BobTrain | str
+            if train in self._broken:
+                outcome = self._broken.pop(train)
+            else:
+                outcome = self._trains.pop(train)
+                self._kept_bytes -= outcome.detections.nbytes
         if isinstance(outcome, str):
             raise QuantumChannelError(f"the pulse train of this round is unusable: {outcome}")
         if outcome.slots != slots:
@@ -248,21 +356,27 @@ class SourceDevice:
     ``distance_km`` is the fibre this device emulates itself when it is connected straight
     to Bob's detector; behind a ``qkd fiber`` the fibre's own length applies and
     ``distance_km`` must be None or equal to it.  ``clock_hz`` paces the emission
-    (None: as fast as it goes).
+    (None: as fast as it goes).  ``check``, if given, is called with the transmittance
+    the element downstream asks the source to apply, before any pulse is emitted on
+    that connection, and raises :class:`~hybridkex.errors.InvalidParameter` to refuse
+    it (the memory budget: Alice's record of a train grows with the pulses that leave
+    with light).
     """
 
     def __init__(self, target: Address, params: LinkParameters, pulses: int,
                  distance_km: float | None = None, clock_hz: float | None = None,
                  ahead: int = 1, rng: np.random.Generator | None = None,
-                 log: Callable[[str], None] | None = None) -> None:
+                 log: Callable[[str], None] | None = None,
+                 check: Callable[[float], None] | None = None) -> None:
         self.target, self.params, self.pulses = target, params, pulses
         self.distance_km, self.clock_hz = distance_km, clock_hz
         self._rng = rng if rng is not None else np.random.default_rng()
         self._log = log or (lambda _: None)
+        self._check = check
         self._ready: queue.Queue[ReadyTrain] = queue.Queue(maxsize=max(1, ahead))
         self._stop = threading.Event()
         self._sock: socket.socket | None = None
-        self.error: Misconfigured | None = None
+        self.refusals = 0  # connections refused as Misconfigured
         self.emitted_pulses = 0
         self.busy_s = 0.0
         self._thread = threading.Thread(target=self._run, name="qkd-source", daemon=True)
@@ -276,6 +390,7 @@ class SourceDevice:
             return None
 
     def _run(self) -> None:
+        delay = 0.0  # the back-off after a misconfigured connection
         while not self._stop.is_set():
             sock = connect_with_backoff(self.target, self._stop)
             if sock is None:
@@ -285,6 +400,7 @@ class SourceDevice:
                 channel = SocketChannel(sock)
                 hello = _read_hello(channel)
                 source, distance = self._configure(hello)
+                delay = 0.0
                 pending: dict[bytes, ReadyTrain] = {}
                 room = threading.Semaphore(2)  # trains sent and not yet acknowledged
                 acks = threading.Thread(target=self._acks, args=(channel, pending, room),
@@ -296,8 +412,11 @@ class SourceDevice:
                             raise ChannelClosed("the detector stopped acknowledging")
                     self._emit(channel, source, distance, pending)
             except Misconfigured as exc:
-                self.error = exc
-                self._stop.set()
+                self.refusals += 1
+                delay = min(RETRY_MAX_S, 2 * delay or 0.1)
+                self._log(f"quantum channel: {exc.reason}; trying again in {delay:.1f} s")
+                _close(sock)
+                self._stop.wait(delay)
             except QuantumChannelError as exc:
                 self._log(f"quantum channel: {exc.reason}")
             except ChannelClosed:
@@ -314,10 +433,17 @@ class SourceDevice:
                 raise Misconfigured(
                     f"the fibre is {hello.distance_km:g} km long, but this link was given "
                     f"--distance-km {self.distance_km:g}")
-            return PulseSource(p, hello.transmittance, self._rng), hello.distance_km
-        distance = p.distance_km if self.distance_km is None else self.distance_km
-        tau = transmittance(distance, p.alpha_db_per_km) * hello.transmittance
-        return PulseSource(p, max(tau, 1e-300), self._rng), distance
+            tau, distance = hello.transmittance, hello.distance_km
+        else:
+            distance = p.distance_km if self.distance_km is None else self.distance_km
+            tau = max(transmittance(distance, p.alpha_db_per_km) * hello.transmittance, 1e-300)
+        if self._check is not None:
+            try:
+                self._check(tau)
+            except InvalidParameter as exc:
+                raise Misconfigured(f"the {'fibre' if hello.kind == FIBRE else 'detector'} "
+                                    f"asks for a transmittance of {tau:.3g}: {exc}") from None
+        return PulseSource(p, tau, self._rng), distance
 
     def _acks(self, channel: SocketChannel, pending: dict[bytes, ReadyTrain],
               room: threading.Semaphore) -> None:
@@ -394,21 +520,25 @@ class FibreDevice:
         self._socks: list[socket.socket] = []
 
     def serve_forever(self) -> None:
-        """Until :meth:`close`: connect downstream, accept the source, carry the light."""
+        """Until :meth:`close`: accept the source, connect downstream, carry the light.
+
+        The source is accepted first: the detector gives a new connection only
+        :data:`FIRST_FRAME_S` to send its first block, so the fibre connects to it once
+        there is light to carry."""
         while not self._stop.is_set():
-            down = connect_with_backoff(self.target, self._stop)
-            if down is None:
+            up = self._accept()
+            if up is None:
                 return
-            self._socks = [down]
+            self._socks = [up]
             try:
+                down = connect_with_backoff(self.target, self._stop)
+                if down is None:
+                    return
+                self._socks.append(down)
                 downstream = SocketChannel(down)
                 hello = _read_hello(downstream)
                 fibre = Fibre(self.distance_km, self.alpha, hello.transmittance,
                               self.eve, self._rng)
-                up = self._accept()
-                if up is None:
-                    return
-                self._socks.append(up)
                 upstream = SocketChannel(up)
                 upstream.send(DeviceHello(FIBRE, fibre.upstream_transmittance,
                                           self.distance_km + hello.distance_km).encode())
