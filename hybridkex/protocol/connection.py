@@ -62,6 +62,7 @@ from hybridkex.protocol.events import (
     KeyUpdated,
     NeedData,
     QKDKeysNeeded,
+    data_received,
 )
 from hybridkex.protocol.identity import PeerIdentity
 from hybridkex.protocol.record import (
@@ -307,18 +308,25 @@ class Connection:
 
     def next_event(self) -> Event | NeedData:
         """The next event, or NEED_DATA.  Raises a ProtocolError if the peer misbehaved."""
-        if self.state is _CONNECTED and not (self._events or self._handshake_buffer
-                                              or self._peer_closed or self._steps is not None):
-            # application data, the common case: opened where it lies, or None
-            try:
-                data = self._records.open_application_data(self._receive)  # type: ignore[arg-type]
-            except ProtocolError as exc:
-                self._fail(exc)
-                raise
-            if data is not None:
-                return DataReceived(data)
-            if not self._eof and not self._records.pending():
-                return NEED_DATA
+        if self.state is _CONNECTED:
+            events = self._events
+            if events:  # what an earlier call queued comes first, as in the loop below
+                return events.popleft()
+            if not (self._handshake_buffer or self._peer_closed or self._steps is not None):
+                # application data, the common case: every whole record that arrived is
+                # opened where it lies, the first returned and the rest queued
+                try:
+                    opened = self._records.open_application_records(
+                        self._receive)  # type: ignore[arg-type]
+                except ProtocolError as exc:
+                    self._fail(exc)
+                    raise
+                if opened:
+                    if len(opened) > 1:
+                        events.extend(map(data_received, opened[1:]))
+                    return data_received(opened[0])
+                if not self._eof and not self._records.pending():
+                    return NEED_DATA
         if self.state is State.ERROR:
             raise LocalProtocolError("the connection has failed; no further events")
         try:
@@ -462,14 +470,16 @@ class Connection:
         # Sealed straight from a read-only view of the caller's bytes: the AEAD reads
         # each slice in place, and the whole call runs before the caller regains control.
         with memoryview(data).cast("B") as view:
-            for start in range(0, len(view), MAX_PLAINTEXT):
+            start, total = 0, len(view)
+            while start < total:
                 sealer = self._send
                 assert sealer is not None
-                if sealer.seq + 1 < (interval or sealer.limit):
-                    self._outgoing += sealer.seal_split(_APPLICATION_DATA,
-                                                        view[start:start + MAX_PLAINTEXT])
+                due = (interval or sealer.limit) - 1 - sealer.seq  # records before a KeyUpdate
+                if due > 0:
+                    start = sealer.seal_run(_APPLICATION_DATA, view, start, due, self._outgoing)
                 else:  # a KeyUpdate first
                     self._seal(ContentType.APPLICATION_DATA, view[start:start + MAX_PLAINTEXT])
+                    start += MAX_PLAINTEXT
 
     def send_into(self, data: memoryview, out: memoryview) -> tuple[int, int]:
         """Seal application data straight into ``out``, a transport's buffer, instead

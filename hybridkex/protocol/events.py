@@ -45,7 +45,7 @@ class HandshakeComplete:
     session: SessionInfo
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DataReceived:
     """Application data, authenticated and in order."""
 
@@ -53,6 +53,20 @@ class DataReceived:
 
     def __repr__(self) -> str:
         return f"DataReceived(<{len(self.data)} bytes>)"
+
+
+_new_event = object.__new__
+_set_data = DataReceived.__dict__["data"].__set__  # the slot, under the frozen __setattr__
+
+
+def data_received(data: bytes) -> DataReceived:
+    """``DataReceived(data)`` at a third of the cost: the record layer makes one per
+    record, and a frozen dataclass's ``__init__`` (a Python frame and a guarded
+    ``object.__setattr__``) was a tenth of a 16 KiB record's time.  Equal to the
+    dataclass-built event in every respect (same class, same slot)."""
+    event = _new_event(DataReceived)
+    _set_data(event, data)
+    return event
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ __all__ = [
     "MAX_PAYLOAD",
     "MAX_PLAINTEXT",
     "MAX_RECORD",
+    "OPEN_BATCH",
     "Record",
     "RecordBuffer",
     "RecordProtection",
@@ -51,6 +52,9 @@ MAX_RECORD = HEADER_SIZE + MAX_PAYLOAD
 # sequence number far from wrapping.
 AEAD_RECORD_LIMITS = {"AES-256-GCM": 1 << 24, "ChaCha20-Poly1305": 1 << 48}
 _TAG_SIZE = 16  # both record AEADs
+#: Records opened in one run (a megabyte of plaintext at most): what one read holds
+#: comes out in one call, without holding an unbounded feed's plaintext at once.
+OPEN_BATCH = 64
 _APPLICATION_DATA = int(ContentType.APPLICATION_DATA)
 _CONTENT_TYPES = frozenset(int(t) for t in ContentType)
 _HEADER = struct.Struct(">BH")
@@ -189,26 +193,29 @@ class RecordBuffer:
     # incomplete record) is left where it is, for next_record to read and refuse with
     # the same error as ever.
 
-    def open_application_data(self, protection: RecordProtection) -> bytes | None:
-        """The plaintext of the next record if it is whole application data; else None."""
+    def open_application_records(self, protection: RecordProtection) -> list[bytes]:
+        """The plaintexts of the whole application-data records at the front of the
+        buffer, in order, each opened where it lies (at most :data:`OPEN_BATCH` of
+        them; the list is empty when the next record is not one).
+
+        As in :meth:`open_application_data_into`, a record that fails authentication
+        after others were opened stays unread and fails the next call, so the
+        plaintext that did authenticate is delivered first.
+        """
         data, pos = self._data, self._pos
         if self._end - pos < HEADER_SIZE or data[pos] != _APPLICATION_DATA:
-            return None
-        length = data[pos + 1] << 8 | data[pos + 2]
-        stop = pos + HEADER_SIZE + length
-        if stop > self._end or not _TAG_SIZE <= length <= MAX_PLAINTEXT + _TAG_SIZE:
-            return None
+            return []
         view = self._view
         if view is None:
             view = self._view = memoryview(data)
-        plaintext = protection.open_payload(_APPLICATION_DATA, view[pos + HEADER_SIZE:stop])
-        if stop < self._end:
-            self._pos = stop
-        else:  # all read, as in _consumed (inlined: this is once per record)
+        opened, pos = protection.open_run(data, view, pos, self._end)
+        if pos < self._end:
+            self._pos = pos
+        else:  # all read, as in _consumed (inlined: this runs once per read)
             self._data, self._pos, self._end, self._view = b"", 0, 0, None
             if not self._keep:
                 self._store = None
-        return plaintext
+        return opened
 
     def open_application_data_into(self, protection: RecordProtection,
                                    out: memoryview) -> int:
@@ -291,6 +298,33 @@ class RecordProtection:
         self.seq = seq + 1
         return header, sealed
 
+    def seal_run(self, content_type: int, data: memoryview, start: int, records: int,
+                 out: list[bytes]) -> int:
+        """Seal ``data[start:]`` as full-size records (the last may be shorter), at most
+        ``records`` of them, appending each one's header and ciphertext to ``out``;
+        returns where the unsealed rest of ``data`` starts.  :meth:`seal_split` in one
+        loop, for a sender that queues many records at once."""
+        encrypt, iv, tag, limit = self._encrypt, self._iv, self._tag_size, self.limit
+        seq, total = self.seq, len(data)
+        append = out.append
+        try:
+            while start < total and records > 0:
+                if seq >= limit:
+                    raise _limit_reached()
+                stop = start + MAX_PLAINTEXT
+                if stop > total:
+                    stop = total
+                header = _pack_header(content_type, stop - start + tag)
+                sealed = encrypt((iv ^ seq).to_bytes(IV_SIZE, "big"), data[start:stop], header)
+                append(header)
+                append(sealed)
+                seq += 1
+                records -= 1
+                start = stop
+        finally:
+            self.seq = seq  # every record queued was sealed under its own nonce
+        return start
+
     def seal_into(self, content_type: int, plaintext: bytes | memoryview,
                   out: memoryview) -> int:
         """Seal one record into the front of ``out``; returns its size on the wire."""
@@ -356,6 +390,47 @@ class RecordProtection:
             raise DecodeError("record plaintext exceeds 2^14 bytes",
                               AlertDescription.RECORD_OVERFLOW)
         return plaintext
+
+    def open_run(self, data: bytes | bytearray, view: memoryview, pos: int,
+                 end: int) -> tuple[list[bytes], int]:
+        """Open the whole application-data records of ``data[pos:end]`` in order (``view``
+        is a memoryview of ``data``), stopping at anything else, at an incomplete record
+        or after :data:`OPEN_BATCH` records; returns (their plaintexts, where the first
+        unread record starts).
+
+        :meth:`open_payload` in one loop for many records, with the same checks: the
+        length before the AEAD is called, the usage limit, the tag.  A failure after
+        some records opened ends the run before the failing record (the next call
+        meets it again and raises); a failure on the first raises.
+        """
+        decrypt, iv, limit = self._decrypt, self._iv, self.limit
+        seq = self.seq
+        opened: list[bytes] = []
+        last = seq + OPEN_BATCH  # the run ends before this sequence number
+        try:
+            while end - pos >= HEADER_SIZE and data[pos] == _APPLICATION_DATA and seq < last:
+                length = data[pos + 1] << 8 | data[pos + 2]
+                stop = pos + HEADER_SIZE + length
+                if stop > end or not _TAG_SIZE <= length <= MAX_PLAINTEXT + _TAG_SIZE:
+                    break  # left for next_record, which refuses it as ever
+                if seq >= limit:
+                    if opened:
+                        break
+                    raise _limit_reached()
+                try:
+                    plaintext = decrypt((iv ^ seq).to_bytes(IV_SIZE, "big"),
+                                        view[pos + HEADER_SIZE:stop],
+                                        _pack_header(_APPLICATION_DATA, length))
+                except TagMismatch:
+                    if opened:
+                        break
+                    raise _authentication_failed() from None
+                seq += 1
+                opened.append(plaintext)
+                pos = stop
+        finally:
+            self.seq = seq  # every record counted has opened under its own nonce
+        return opened, pos
 
     def open_payload_into(self, content_type: int, payload: memoryview,
                           out: memoryview) -> int:
