@@ -24,7 +24,6 @@ and the alert it queued for the peer is in ``data_to_send()``.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import enum
 import hmac
 from collections import deque
@@ -98,6 +97,7 @@ from hybridkex.protocol.wire import (
     QkdRekey,
     QkdRekeyAck,
     ServerHello,
+    binder_prefix,
     decode_handshake,
 )
 
@@ -274,7 +274,7 @@ class Connection:
                 if len(self._sniff) == 3:
                     self._other_protocol = _looks_like_tls(bytes(self._sniff))
                     self._sniff = None
-            self._records.feed(bytes(data))
+            self._records.feed(data if type(data) is bytes else bytes(data))
         else:
             self._eof = True
 
@@ -618,7 +618,10 @@ class Connection:
         self._outgoing.append(self._send.seal(content_type, plaintext))
 
     def _send_handshake_message(self, message: Message, transcript: bool = False) -> bytes:
-        raw = message.encode()
+        return self._send_handshake_raw(message.encode(), transcript)
+
+    def _send_handshake_raw(self, raw: bytes, transcript: bool = False) -> bytes:
+        """A framed handshake message, already encoded, into records (and the transcript)."""
         if transcript:
             self._transcript += raw
         for start in range(0, len(raw), MAX_PLAINTEXT):
@@ -1051,9 +1054,11 @@ class ClientConnection(Connection):
             auth_key_ids=tuple(key_id_bytes(k.key_id) for k in auth_units),
         )
         if mode is AuthMode.PSK:
-            binder = _POLY1305.compute(auth_units[_BINDER_UNIT].key, hello.binder_input())
-            hello = dataclasses.replace(hello, binder=binder)
-        self._send_handshake_message(hello, transcript=True)
+            binder_key = auth_units[_BINDER_UNIT].key
+            self._send_handshake_raw(hello.encode_bound(
+                lambda prefix: _POLY1305.compute(binder_key, prefix)), transcript=True)
+        else:
+            self._send_handshake_message(hello, transcript=True)
 
     def _on_hello(self, message: Message, raw: bytes) -> KeySteps[State]:
         return _ready(self._on_server_hello(message, raw))
@@ -1141,7 +1146,7 @@ class ServerConnection(Connection):
         self._transcript += raw
         self._auth_mode = message.auth_mode
         if message.auth_mode is AuthMode.PSK:
-            yield from self._check_binder(message)
+            yield from self._check_binder(message, raw)
         elif config.auth == "psk":
             raise PolicyViolation("this site accepts only psk authentication")
         elif config.identity is None:
@@ -1178,12 +1183,13 @@ class ServerConnection(Connection):
         self._peer_identity = PeerIdentity(message.client_site, None, "unauthenticated")
         return State.WAIT_FINISHED
 
-    def _check_binder(self, hello: ClientHello) -> KeySteps[None]:
+    def _check_binder(self, hello: ClientHello, raw: bytes) -> KeySteps[None]:
+        """The binder, checked over the hello's bytes as they arrived (``raw``, framed)."""
         if self.config.key_source is None or self.config.auth == "signature":
             raise PolicyViolation("this site does not accept psk authentication")
         units = yield from self._fetch(hello.auth_key_ids, "the psk authentication keys")
         self._auth_units = units
-        if not _POLY1305.verify(units[_BINDER_UNIT].key, hello.binder_input(), hello.binder):
+        if not _POLY1305.verify(units[_BINDER_UNIT].key, binder_prefix(raw), hello.binder):
             raise PeerAuthenticationFailed("the ClientHello binder does not verify")
 
     def _fetch_qkd(self, hello: ClientHello) -> KeySteps[bytes | None]:
