@@ -9,12 +9,14 @@ changed; the sequence number is implicit, so a record that is dropped, replayed 
 reordered fails authentication at the receiver.
 
 Two ways through: records one at a time (``next_record``, ``seal``, ``open``: bytes in,
-bytes out), and for bulk transfer in place, without copies: a transport reads into
-:meth:`RecordBuffer.receive_buffer`, application-data records are opened from where
-they arrived straight into the application's buffer
-(:meth:`RecordBuffer.open_application_data_into`), and sealed straight into the
-transport's (:meth:`RecordProtection.seal_into`).  Both ways make the same checks in
-the same order, and neither ever hands out a byte that did not authenticate.
+bytes out), and application data in runs, one loop over every whole record at hand:
+opened where they arrived, as ``bytes`` (:meth:`RecordBuffer.open_application_records`)
+or straight into the application's buffer
+(:meth:`RecordBuffer.open_application_data_into`), and sealed into a list of records
+(:meth:`RecordProtection.seal_run`) or straight into a transport's buffer
+(:meth:`RecordProtection.seal_many_into`).  A transport may also read into
+:meth:`RecordBuffer.receive_buffer`.  Both ways make the same checks in the same order,
+and neither ever hands out a byte that did not authenticate.
 """
 
 from __future__ import annotations
@@ -225,27 +227,13 @@ class RecordBuffer:
         A record that fails authentication after others were opened stays unread and
         fails the next call, so the plaintext that did authenticate is delivered first.
         """
-        data, pos, end = self._data, self._pos, self._end
-        room = len(out)
-        written = 0
+        data, pos = self._data, self._pos
+        if self._end - pos < HEADER_SIZE or data[pos] != _APPLICATION_DATA:
+            return 0
         view = self._view
-        while end - pos >= HEADER_SIZE and data[pos] == _APPLICATION_DATA:
-            length = data[pos + 1] << 8 | data[pos + 2]
-            size = length - _TAG_SIZE
-            stop = pos + HEADER_SIZE + length
-            if stop > end or not 0 <= size <= MAX_PLAINTEXT or size > room - written:
-                break
-            if view is None:
-                view = self._view = memoryview(data)
-            try:
-                protection.open_payload_into(_APPLICATION_DATA, view[pos + HEADER_SIZE:stop],
-                                             out[written:written + size])
-            except RecordAuthenticationFailed:
-                if not written:
-                    raise
-                break
-            written += size
-            pos = stop
+        if view is None:
+            view = self._view = memoryview(data)
+        written, pos = protection.open_run_into(data, view, pos, self._end, out)
         self._consumed(pos)
         return written
 
@@ -353,7 +341,9 @@ class RecordProtection:
         consumed = written = 0
         try:
             while consumed < total and records > 0:
-                size = min(MAX_PLAINTEXT, total - consumed)
+                size = total - consumed
+                if size > MAX_PLAINTEXT:
+                    size = MAX_PLAINTEXT
                 stop = written + HEADER_SIZE + size + tag
                 if stop > room:
                     break
@@ -432,22 +422,42 @@ class RecordProtection:
             self.seq = seq  # every record counted has opened under its own nonce
         return opened, pos
 
-    def open_payload_into(self, content_type: int, payload: memoryview,
-                          out: memoryview) -> int:
-        """:meth:`open_payload`, written into ``out`` (exactly the plaintext's size),
-        which is wiped if the record does not authenticate."""
-        seq = self.seq
-        if seq >= self.limit:
-            raise _limit_reached()
-        header = _pack_header(content_type, len(payload))
+    def open_run_into(self, data: bytes | bytearray, view: memoryview, pos: int, end: int,
+                      out: memoryview) -> tuple[int, int]:
+        """:meth:`open_run`, each plaintext written into ``out`` after the last, as many
+        records as fit; returns (plaintext bytes written, where the first unread record
+        starts).  A record that does not authenticate is wiped from ``out`` (the backend
+        writes before it checks the tag), and ends the run as in :meth:`open_run`."""
+        decrypt_into, iv, limit = self._decrypt_into, self._iv, self.limit
+        seq, room = self.seq, len(out)
+        written = 0
         try:
-            size = self._decrypt_into((self._iv ^ seq).to_bytes(IV_SIZE, "big"), payload,
-                                      header, out)
-        except TagMismatch:
-            out[:] = bytes(len(out))  # the backend wrote before it checked the tag
-            raise _authentication_failed() from None
-        self.seq = seq + 1
-        return size
+            while end - pos >= HEADER_SIZE and data[pos] == _APPLICATION_DATA:
+                length = data[pos + 1] << 8 | data[pos + 2]
+                size = length - _TAG_SIZE
+                stop = pos + HEADER_SIZE + length
+                if stop > end or not 0 <= size <= MAX_PLAINTEXT or size > room - written:
+                    break  # incomplete, refused by next_record as ever, or no room left
+                if seq >= limit:
+                    if written:
+                        break
+                    raise _limit_reached()
+                target = out[written:written + size]
+                try:
+                    decrypt_into((iv ^ seq).to_bytes(IV_SIZE, "big"),
+                                 view[pos + HEADER_SIZE:stop],
+                                 _pack_header(_APPLICATION_DATA, length), target)
+                except TagMismatch:
+                    target[:] = bytes(size)  # never leave unauthenticated plaintext
+                    if written:
+                        break
+                    raise _authentication_failed() from None
+                seq += 1
+                written += size
+                pos = stop
+        finally:
+            self.seq = seq  # every record counted has opened under its own nonce
+        return written, pos
 
 
 def _limit_reached() -> DecodeError:
