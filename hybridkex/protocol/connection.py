@@ -62,6 +62,7 @@ from hybridkex.protocol.events import (
     NeedData,
     QKDKeysNeeded,
     data_received,
+    data_received_events,
 )
 from hybridkex.protocol.identity import PeerIdentity
 from hybridkex.protocol.record import (
@@ -323,7 +324,7 @@ class Connection:
                     raise
                 if opened:
                     if len(opened) > 1:
-                        events.extend(map(data_received, opened[1:]))
+                        events.extend(data_received_events(opened[1:]))
                     return data_received(opened[0])
                 if not self._eof and not self._records.pending():
                     return NEED_DATA
