@@ -61,10 +61,10 @@ _set_data = DataReceived.__dict__["data"].__set__  # the slot, under the frozen 
 
 
 def data_received(data: bytes) -> DataReceived:
-    """``DataReceived(data)`` at a third of the cost: the record layer makes one per
-    record, and a frozen dataclass's ``__init__`` (a Python frame and a guarded
-    ``object.__setattr__``) was a tenth of a 16 KiB record's time.  Equal to the
-    dataclass-built event in every respect (same class, same slot)."""
+    """``DataReceived(data)`` without the frozen dataclass's ``__init__`` (a Python
+    frame and a guarded ``object.__setattr__``, 0.24 µs): the record layer makes one
+    event per record.  Equal to the dataclass-built event in every respect (same
+    class, same slot)."""
     event = _new_event(DataReceived)
     _set_data(event, data)
     return event
