@@ -396,3 +396,18 @@ def test_a_bulk_send_puts_on_the_wire_what_sealing_record_by_record_makes() -> N
     assert client.data_to_send() == b"".join(
         reference.seal(ContentType.APPLICATION_DATA, payload[start:start + MAX_PLAINTEXT])
         for start in range(0, len(payload), MAX_PLAINTEXT))
+
+
+def test_the_record_layers_events_are_dataclass_events() -> None:
+    """data_received / data_received_events skip DataReceived's __init__ for speed; what
+    they make must be the same immutable event the dataclass makes."""
+    import dataclasses
+
+    from hybridkex.protocol.events import data_received, data_received_events
+    made = data_received(b"secret")
+    assert made == DataReceived(b"secret") and hash(made) == hash(DataReceived(b"secret"))
+    assert type(made) is DataReceived and made.data == b"secret"
+    assert repr(made) == "DataReceived(<6 bytes>)"  # never the plaintext
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        made.data = b"changed"  # type: ignore[misc]
+    assert data_received_events([b"a", b"bc"]) == [DataReceived(b"a"), DataReceived(b"bc")]
