@@ -62,6 +62,10 @@ _CONTENT_TYPES = frozenset(int(t) for t in ContentType)
 _HEADER = struct.Struct(">BH")
 _pack_header = _HEADER.pack
 _unpack_header = _HEADER.unpack_from
+# A full application-data record's header, the associated data of most records: made
+# once rather than packed for each.
+_FULL_PAYLOAD = MAX_PLAINTEXT + _TAG_SIZE
+_FULL_HEADER = _pack_header(_APPLICATION_DATA, _FULL_PAYLOAD)
 
 
 @dataclass(frozen=True)
@@ -295,6 +299,7 @@ class RecordProtection:
         encrypt, iv, tag, limit = self._encrypt, self._iv, self._tag_size, self.limit
         seq, total = self.seq, len(data)
         append = out.append
+        full = _pack_header(content_type, MAX_PLAINTEXT + tag)  # every record but the last
         try:
             while start < total and records > 0:
                 if seq >= limit:
@@ -302,7 +307,9 @@ class RecordProtection:
                 stop = start + MAX_PLAINTEXT
                 if stop > total:
                     stop = total
-                header = _pack_header(content_type, stop - start + tag)
+                    header = _pack_header(content_type, stop - start + tag)
+                else:
+                    header = full
                 sealed = encrypt((iv ^ seq).to_bytes(IV_SIZE, "big"), data[start:stop], header)
                 append(header)
                 append(sealed)
@@ -339,6 +346,7 @@ class RecordProtection:
         seq, limit = self.seq, self.limit
         total, room = len(data), len(out)
         consumed = written = 0
+        full = _pack_header(content_type, MAX_PLAINTEXT + tag)  # every record but the last
         try:
             while consumed < total and records > 0:
                 size = total - consumed
@@ -349,7 +357,8 @@ class RecordProtection:
                     break
                 if seq >= limit:
                     raise _limit_reached()
-                header = _pack_header(content_type, size + tag)
+                header = full if size == MAX_PLAINTEXT else _pack_header(content_type,
+                                                                         size + tag)
                 out[written:written + HEADER_SIZE] = header
                 encrypt_into((iv ^ seq).to_bytes(IV_SIZE, "big"),
                              data[consumed:consumed + size], header,
@@ -410,7 +419,8 @@ class RecordProtection:
                 try:
                     plaintext = decrypt((iv ^ seq).to_bytes(IV_SIZE, "big"),
                                         view[pos + HEADER_SIZE:stop],
-                                        _pack_header(_APPLICATION_DATA, length))
+                                        _FULL_HEADER if length == _FULL_PAYLOAD
+                                        else _pack_header(_APPLICATION_DATA, length))
                 except TagMismatch:
                     if opened:
                         break
@@ -446,7 +456,8 @@ class RecordProtection:
                 try:
                     decrypt_into((iv ^ seq).to_bytes(IV_SIZE, "big"),
                                  view[pos + HEADER_SIZE:stop],
-                                 _pack_header(_APPLICATION_DATA, length), target)
+                                 _FULL_HEADER if length == _FULL_PAYLOAD
+                                 else _pack_header(_APPLICATION_DATA, length), target)
                 except TagMismatch:
                     target[:] = bytes(size)  # never leave unauthenticated plaintext
                     if written:
