@@ -19,6 +19,7 @@ The contract under test:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import itertools
 import signal
@@ -66,6 +67,7 @@ from hybridkex.protocol.suites import (
     SignatureSchemeId,
 )
 from hybridkex.protocol.wire import (
+    BINDER_SIZE,
     MAX_HANDSHAKE_MESSAGE,
     AuthMac,
     ClientHello,
@@ -79,6 +81,7 @@ from hybridkex.protocol.wire import (
     QkdRekey,
     QkdRekeyAck,
     ServerHello,
+    binder_prefix,
     decode_handshake,
     frame_handshake,
 )
@@ -310,6 +313,32 @@ def test_valid_messages_round_trip(msg_type: HandshakeType, data: st.DataObject)
     decoded = decode_handshake(raw[0], raw[4:])
     assert decoded == message
     assert decoded.encode() == raw
+
+
+@SETTINGS
+@given(hello=client_hellos(), tag=st.binary(min_size=16, max_size=16))
+def test_a_psk_hello_encoded_once_is_the_hello_with_its_binder(hello: ClientHello,
+                                                               tag: bytes) -> None:
+    """encode_bound (the client: one encoding, the binder over its prefix) gives the
+    bytes of the hello re-encoded with that binder, and binder_prefix (the server: a
+    slice of what arrived) gives back exactly what the binder was made over."""
+    if hello.auth_mode is not AuthMode.PSK:
+        with pytest.raises(ValueError, match="psk"):
+            hello.encode_bound(lambda prefix: tag)
+        return
+    seen: list[bytes] = []
+
+    def binder_for(prefix: bytes) -> bytes:
+        seen.append(prefix)
+        return tag
+
+    raw = hello.encode_bound(binder_for)
+    assert raw == dataclasses.replace(hello, binder=tag).encode()
+    assert seen == [hello.binder_input()] == [binder_prefix(raw)]
+    assert raw.endswith(bytes((BINDER_SIZE,)) + tag)
+    decoded = decode_handshake(raw[0], raw[4:])
+    assert isinstance(decoded, ClientHello) and decoded.binder == tag
+    assert binder_prefix(decoded.encode()) == binder_prefix(raw)
 
 
 @pytest.mark.parametrize("msg_type", [*HandshakeType, 0, 3, 255],

@@ -300,3 +300,114 @@ def test_record_protection_seal_into_matches_seal() -> None:
         written = b.seal_into(ContentType.APPLICATION_DATA, plaintext, out)
         assert bytes(out[:written]) == a.seal(ContentType.APPLICATION_DATA, plaintext)
     assert a.seq == b.seq == 3
+
+
+# -- runs of records: sealed in one loop, opened in one loop ----------------------------
+
+
+def test_record_protection_seal_run_matches_seal_split() -> None:
+    suite, secret = SUITES[0x0101], os.urandom(48)
+    a, b = RecordProtection(suite, secret), RecordProtection(suite, secret)
+    data = os.urandom(3 * MAX_PLAINTEXT + 500)
+    expected: list[bytes] = []
+    for start in range(0, len(data), MAX_PLAINTEXT):
+        expected += a.seal_split(ContentType.APPLICATION_DATA, data[start:start + MAX_PLAINTEXT])
+    out: list[bytes] = []
+    with memoryview(data) as view:
+        assert b.seal_run(ContentType.APPLICATION_DATA, view, 0, 2, out) == 2 * MAX_PLAINTEXT
+        assert b.seal_run(ContentType.APPLICATION_DATA, view, 2 * MAX_PLAINTEXT, 9,
+                          out) == len(data)
+    assert out == expected
+    assert a.seq == b.seq == 4
+
+
+def _wire_of(client: ClientConnection, pieces: list[bytes]) -> bytes:
+    for piece in pieces:
+        client.send(piece)
+    return client.data_to_send()
+
+
+@pytest.mark.parametrize("suite_code", [0x0101, 0x0102])
+def test_a_read_of_many_records_gives_one_event_per_record_in_order(suite_code: int) -> None:
+    """What one receive_data brings is opened in one run; every record is still its own
+    DataReceived, in order, the same as records fed one at a time give."""
+    client, server = connected(suite_code)
+    pieces = [os.urandom(n) for n in (1, 700, MAX_PLAINTEXT, 5, MAX_PLAINTEXT)]
+    server.receive_data(_wire_of(client, pieces))
+    events = drain(server)
+    assert [e.data for e in events if isinstance(e, DataReceived)] == pieces
+    assert len(events) == len(pieces)
+    client2, server2 = connected(suite_code)
+    one_at_a_time = []
+    for piece in pieces:
+        server2.receive_data(_wire_of(client2, [piece]))
+        one_at_a_time += drain(server2)
+    assert one_at_a_time == events
+
+
+def test_more_records_than_one_run_all_arrive_in_order() -> None:
+    from hybridkex.protocol.record import OPEN_BATCH
+    client, server = connected()
+    pieces = [i.to_bytes(2, "big") * 50 for i in range(2 * OPEN_BATCH + 3)]
+    server.receive_data(_wire_of(client, pieces))
+    assert [e.data for e in drain(server) if isinstance(e, DataReceived)] == pieces
+
+
+def test_a_tampered_record_in_a_run_fails_after_the_records_before_it() -> None:
+    client, server = connected()
+    good = [b"first" * 100, b"second" * 100]
+    secret = b"S" * 5000
+    wire = bytearray(_wire_of(client, [*good, secret, b"never delivered"]))
+    third = 2 * HEADER_SIZE + 2 * 16 + len(good[0]) + len(good[1])
+    wire[third + HEADER_SIZE + 10] ^= 1  # inside the third record's ciphertext
+    server.receive_data(bytes(wire))
+    got = []
+    for _ in good:
+        event = server.next_event()
+        assert isinstance(event, DataReceived)
+        got.append(event.data)
+    assert got == good  # what authenticated came first
+    with pytest.raises(RecordAuthenticationFailed):
+        server.next_event()  # and then the bad record, with nothing of it or after it
+    assert server.state is State.ERROR
+    assert server.data_to_send()  # the bad_record_mac alert
+    with pytest.raises(LocalProtocolError):
+        server.next_event()
+
+
+def test_a_key_update_inside_a_bulk_send_splits_the_run() -> None:
+    client, server = connected(key_update_interval=3)
+    payload = os.urandom(7 * MAX_PLAINTEXT + 1)
+    client.send(payload)
+    server.receive_data(client.data_to_send())
+    events = drain(server)
+    assert b"".join(e.data for e in events if isinstance(e, DataReceived)) == payload
+    assert [type(e) for e in events].count(KeyUpdated) == 3  # 8 records, 2 per key
+
+
+def test_a_bulk_send_puts_on_the_wire_what_sealing_record_by_record_makes() -> None:
+    """send() of many records at once seals them in one loop (seal_run); the wire is
+    byte for byte what RecordProtection.seal makes of each 16 KiB piece in turn."""
+    secrets: dict[str, bytes] = {}
+    client, _server = connected(secret_log=secrets.__setitem__)
+    payload = os.urandom(4 * MAX_PLAINTEXT + 77)
+    client.send(payload)
+    reference = RecordProtection(SUITES[0x0101], secrets["client_application_traffic_secret_0"])
+    assert client.data_to_send() == b"".join(
+        reference.seal(ContentType.APPLICATION_DATA, payload[start:start + MAX_PLAINTEXT])
+        for start in range(0, len(payload), MAX_PLAINTEXT))
+
+
+def test_the_record_layers_events_are_dataclass_events() -> None:
+    """data_received / data_received_events skip DataReceived's __init__ for speed; what
+    they make must be the same immutable event the dataclass makes."""
+    import dataclasses
+
+    from hybridkex.protocol.events import data_received, data_received_events
+    made = data_received(b"secret")
+    assert made == DataReceived(b"secret") and hash(made) == hash(DataReceived(b"secret"))
+    assert type(made) is DataReceived and made.data == b"secret"
+    assert repr(made) == "DataReceived(<6 bytes>)"  # never the plaintext
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        made.data = b"changed"  # type: ignore[misc]
+    assert data_received_events([b"a", b"bc"]) == [DataReceived(b"a"), DataReceived(b"bc")]

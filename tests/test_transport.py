@@ -33,6 +33,7 @@ from hybridkex.errors import (
 )
 from hybridkex.protocol import SessionInfo
 from hybridkex.transport import Context, SecureSocket
+from hybridkex.transport.socket import READ_INTO, READ_INTO_MAX, next_read_size
 from tests.hkx1 import CLIENT, SERVER, Sites, make_sites
 from tests.loopback import (
     C2S,
@@ -163,6 +164,37 @@ def test_one_mebibyte_round_trip(sites: Sites) -> None:
         assert recv_exactly(sock, 4 + 16385)[4:] == payload[:16385]
     outcome = server.outcome()
     assert outcome.error is None and outcome.result == 2
+
+
+def test_reads_grow_while_they_come_back_full_and_only_then() -> None:
+    sizes = [READ_INTO]
+    for _ in range(4):
+        sizes.append(next_read_size(sizes[-1], sizes[-1]))
+    assert sizes == [1 << 18, 1 << 19, 1 << 20, 1 << 20, 1 << 20] and READ_INTO_MAX == 1 << 20
+    assert next_read_size(READ_INTO, READ_INTO - 1) == READ_INTO  # a short read: no growth
+    assert next_read_size(READ_INTO, 0) == READ_INTO
+
+
+def test_eight_mebibytes_read_into_a_large_buffer(sites: Sites) -> None:
+    """A bulk transfer read as an application does it (recv_into a 1 MiB buffer), with
+    reads that grow as the sender keeps ahead: every byte arrives, in order."""
+    client_ctx, server_ctx = contexts(sites)
+    payload = os.urandom(8 << 20)
+
+    def sink(sock: SecureSocket) -> str:
+        digest, buffer = hashlib.sha256(), bytearray(1 << 20)
+        total = 0
+        while count := sock.recv_into(buffer):
+            digest.update(memoryview(buffer)[:count])
+            total += count
+        return f"{total} {digest.hexdigest()}"
+
+    with Server(server_ctx, sink) as server, connect(client_ctx, server.address) as sock:
+        sock.sendall(payload)
+        sock.shutdown(socket.SHUT_WR)
+    outcome = server.outcome()
+    assert outcome.error is None
+    assert outcome.result == f"{len(payload)} {hashlib.sha256(payload).hexdigest()}"
 
 
 def test_makefile_line_protocol(sites: Sites) -> None:

