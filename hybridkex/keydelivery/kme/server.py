@@ -276,6 +276,10 @@ class KMEServer:
         self.ssl_context = ssl_context
         self.limits = limits or KMELimits()
         self.reserve_ahead = reserve_ahead
+        # the top-up starts while a whole round is still held, so the requests that
+        # come meanwhile (three store transactions and a sync round: tens of ms on a
+        # busy SQLite store) rarely find none left and wait for it
+        self._top_up_below = reserve_ahead
         self.retention_s = retention_s
         self._peers = PeerKMEs(site_id, peers or {}, peer_tls, timeout_s=sync_timeout_s)
         self._check_names()
@@ -527,7 +531,7 @@ class KMEServer:
                     except (InvalidParameter, KeySourceError) as exc:
                         raise BadRequest(str(exc)) from None
         keys = [held.popleft() for _ in range(number)]
-        if len(held) < self.reserve_ahead // 2:
+        if len(held) < self._top_up_below:
             self._refill_soon(peer, binding, size)
         if log.isEnabledFor(logging.INFO):
             log.info("delivered %d key(s) of %d bits to master SAE %s for %s", len(keys), size,
@@ -586,7 +590,7 @@ class KMEServer:
             try:
                 async with self._reserving(job):
                     held = self._held.setdefault(job, collections.deque())
-                    if len(held) >= self.reserve_ahead // 2:
+                    if len(held) >= self._top_up_below:
                         return
                     status = await self._run(self.store.status, peer)
                     count = self._ahead(status.available_to_take, units_for(size), 0)
