@@ -123,8 +123,8 @@ DEFAULT_RESERVE_AHEAD = 128
 A round costs three store transactions (reserve, the peer's record, confirm; each an
 fsync on SQLite) and one KME-to-KME request, whatever it carries: 128 keys a round
 spread that over 128 ``enc_keys`` calls.  A KME that dies loses what it holds, fewer
-than one and a half rounds' worth per pair and size (at most a quarter of the free
-pool is ever reserved ahead)."""
+than one and a half rounds' worth per pair and size (the top-up starts when half are
+gone; a round is at most a quarter of the free pool)."""
 DEFAULT_RETENTION_S = 86_400.0
 """Delivered rows stay one day in the store, then are purged."""
 _LIMIT_MARK = re.compile(r"(?m)^([ \t]*\w+:[ \t]*)\d+([ \t]*#[ \t]*limit:(\w+))[ \t]*$")
@@ -276,10 +276,6 @@ class KMEServer:
         self.ssl_context = ssl_context
         self.limits = limits or KMELimits()
         self.reserve_ahead = reserve_ahead
-        # the top-up starts while a whole round is still held, so the requests that
-        # come meanwhile (three store transactions and a sync round: tens of ms on a
-        # busy SQLite store) rarely find none left and wait for it
-        self._top_up_below = reserve_ahead
         self.retention_s = retention_s
         self._peers = PeerKMEs(site_id, peers or {}, peer_tls, timeout_s=sync_timeout_s)
         self._check_names()
@@ -531,7 +527,7 @@ class KMEServer:
                     except (InvalidParameter, KeySourceError) as exc:
                         raise BadRequest(str(exc)) from None
         keys = [held.popleft() for _ in range(number)]
-        if len(held) < self._top_up_below:
+        if len(held) < self.reserve_ahead // 2:
             self._refill_soon(peer, binding, size)
         if log.isEnabledFor(logging.INFO):
             log.info("delivered %d key(s) of %d bits to master SAE %s for %s", len(keys), size,
@@ -590,7 +586,7 @@ class KMEServer:
             try:
                 async with self._reserving(job):
                     held = self._held.setdefault(job, collections.deque())
-                    if len(held) >= self._top_up_below:
+                    if len(held) >= self.reserve_ahead // 2:
                         return
                     status = await self._run(self.store.status, peer)
                     count = self._ahead(status.available_to_take, units_for(size), 0)
