@@ -532,8 +532,9 @@ def test_demo_json() -> None:
     assert result.returncode == 0, result.stderr
     assert result.stderr == b""
     r = json.loads(result.stdout)
-    assert set(r) == {"simulation", "qkd_link_simulated", "sites", "qkd_link", "sessions",
-                      "pool", "timings_s", "ok"}
+    assert set(r) == {"simulation", "qkd_link_simulated", "sites", "qkd_link", "kme",
+                      "sessions", "pool", "timings_s", "ok"}
+    assert r["kme"] is None  # the keys came from keys.db
     assert r["ok"] is True and r["qkd_link_simulated"] is True
     assert "SIMULATION" in r["simulation"] and r["qkd_link"]["simulated"] is True
     assert set(r["sites"]) == {"site-a", "site-b"}

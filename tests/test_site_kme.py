@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -478,3 +479,46 @@ def test_kme_source_refuses_what_cannot_work(deployment: Deployment, tmp_path: P
     assert done.returncode == 1 and b"already holds a different file" in done.stderr
     assert hybridkex(*good, "--peer", "site-b=sae-b", "--replace").returncode == 0
     assert (site / "kme-ca.crt").read_bytes() == d.pki.ca.read_bytes()
+
+
+# -- hybridkex demo --kme ----------------------------------------------------------------------
+
+
+def test_demo_kme_draws_every_key_through_the_two_kmes(tmp_path: Path) -> None:
+    kept = tmp_path / "demo"
+    done = hybridkex("demo", "--kme", "--json", "--psk-sessions", "1", "--keep", str(kept),
+                     timeout=180)
+    assert done.returncode == 0, done.stderr.decode()
+    r = json.loads(done.stdout)
+    assert r["ok"] is True
+    kme = r["kme"]
+    assert {name: (k["kme_id"], k["sae_id"]) for name, k in kme["kmes"].items()} == {
+        "site-a": ("site-a", "sae-site-a"), "site-b": ("site-b", "sae-site-b")}
+    assert all(k["url"].startswith("https://127.0.0.1:") for k in kme["kmes"].values())
+    assert kme["delivered_once"] is True
+    sessions = r["sessions"]
+    assert [s["auth_mode"] for s in sessions] == ["signature", "psk"]
+    used = [k for s in sessions for k in (*s["qkd_key_ids"], *s["rekey_qkd_key_ids"])]
+    assert len(set(used)) == 4
+    # site-a's KME counted them out: its Get status dropped by every pool key the sessions
+    # report (7: 2 + 5), site-b's direction untouched
+    pool = r["pool"]
+    assert pool["keys_used"] == sum(s["pool_keys"]["total"] for s in sessions) == 7
+    assert pool["before"]["site-b"]["to_take"] == pool["after"]["site-b"]["to_take"]
+    assert pool["before"]["site-a"]["to_fetch"] is None  # Get status has no such count
+    # Each site's own key store says the same, independently of the demo's report: only
+    # a KME binds keys to SAEs, and site-b's KME delivered each used key to sae-site-b
+    # (state 2: done), after site-a's KME had reserved it for (sae-site-a, sae-site-b).
+    for site, side in (("site-a", 1), ("site-b", 0)):
+        with sqlite3.connect(kept / site / "keys.db") as db:
+            rows = {key_id: (binding, state) for key_id, binding, state in db.execute(
+                "SELECT key_id, binding, state FROM bound_keys WHERE master_side = ?",
+                (side,))}
+        for key_id in used:
+            assert rows[key_id] == ('["sae-site-a","sae-site-b"]', 2), (site, key_id)
+        settings = tomllib.loads((kept / site / "site.toml").read_text())
+        assert settings["key_source"]["kind"] == "kme"
+    assert (kept / "kmes" / "sae-site-a.key").stat().st_mode & 0o777 == 0o600
+    # without --kme the summary says so: no KME
+    plain = hybridkex("demo", "--json", "--psk-sessions", "0", timeout=180)
+    assert plain.returncode == 0 and json.loads(plain.stdout)["kme"] is None

@@ -7,11 +7,16 @@ one of them (echo) on a loopback TCP port, and open from the other one bootstrap
 fresh QKD key into its traffic keys halfway (``SecureSocket.rekey_qkd``).  The summary
 says what protected each session.  ``--json`` prints it as one object (docs/sites.md
 lists the keys).
+
+``--kme`` puts an ETSI GS QKD 014 KME in front of each site's key store, as a deployment
+does (:mod:`hybridkex.demos.kmes`): the two KMEs run in this process, each the other's
+peer, and both sites draw their keys through them (``[key_source] kind = "kme"``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import queue
@@ -24,7 +29,8 @@ from typing import Any
 
 from hybridkex.cli.channel import HKXChannel, listen
 from hybridkex.cli.serving import BackgroundServer
-from hybridkex.errors import HybridKexError
+from hybridkex.errors import BackendUnavailable, HybridKexError
+from hybridkex.keydelivery.errors import KeyNotAvailable
 from hybridkex.protocol import SessionInfo
 from hybridkex.site import Site, pair
 from hybridkex.transport import SecureSocket
@@ -45,6 +51,10 @@ def register(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.add_argument("--psk-sessions", type=int, default=PSK_SESSIONS,
                    help=f"psk sessions after the bootstrap session (default {PSK_SESSIONS})")
+    p.add_argument("--kme", action="store_true",
+                   help="deliver the keys through two ETSI GS QKD 014 KMEs (in this process, "
+                   "syncing with each other) as the sites' [key_source] kind = \"kme\"; "
+                   "needs aiohttp (the kme extra)")
     p.add_argument("--keep", metavar="DIR",
                    help="create the sites in DIR (must not exist) and keep them, instead of "
                    "a temporary directory")
@@ -123,15 +133,35 @@ def _session(site: Site, number: int, auth: str, address: tuple[str, int],
     }
 
 
-def _pools(a: Site, b: Site) -> dict[str, dict[str, int]]:
+def _pools(a: Site, b: Site) -> dict[str, dict[str, int | None]]:
+    """What each site may take and fetch: keys.db's counts, or with KMEs each KME's Get
+    status for the site's SAE (``stored_key_count``; the status has no fetch count)."""
+    if a.kme is not None and b.kme is not None:
+        la, lb = a.pool_level(b.name), b.pool_level(a.name)
+        return {a.name: {"to_take": la.to_take, "to_fetch": None},
+                b.name: {"to_take": lb.to_take, "to_fetch": None}}
     sa, sb = a.pool_status(b.name), b.pool_status(a.name)
     return {a.name: {"to_take": sa.available_to_take, "to_fetch": sa.available_to_fetch},
             b.name: {"to_take": sb.available_to_take, "to_fetch": sb.available_to_fetch}}
 
 
+def _delivered_once(b: Site, master: str, sessions: list[dict[str, Any]]) -> bool:
+    """Whether site-b's KME refuses every QKD key the sessions used when site-b asks
+    again: it delivered each of them once already, to site-b's sessions."""
+    assert b.kme is not None
+    for key_id in (k for s in sessions for k in (*s["qkd_key_ids"], *s["rekey_qkd_key_ids"])):
+        try:
+            b.kme.client.get_keys_with_ids(master, [key_id])
+        except KeyNotAvailable:
+            continue
+        return False
+    return True
+
+
 def run_demo(directory: Path, psk_sessions: int = PSK_SESSIONS, *,
-             progress: bool = False) -> dict[str, Any]:
-    """Everything the demo does, as the JSON object ``--json`` prints."""
+             progress: bool = False, kme: bool = False) -> dict[str, Any]:
+    """Everything the demo does, as the JSON object ``--json`` prints; ``kme``: the
+    keys go through two KMEs (``--kme``)."""
     from hybridkex.qkd.labels import SIMULATION_LABEL  # not at import: serve/connect skip it
 
     started = time.perf_counter()
@@ -141,12 +171,31 @@ def run_demo(directory: Path, psk_sessions: int = PSK_SESSIONS, *,
             print(text, file=sys.stderr, flush=True)
 
     say(f"*** QKD link: {SIMULATION_LABEL} ***")
-    with Site.init(directory / "site-a", "site-a") as a, \
-            Site.init(directory / "site-b", "site-b") as b:
+    with contextlib.ExitStack() as stack:
+        a = stack.enter_context(Site.init(directory / "site-a", "site-a"))
+        b = stack.enter_context(Site.init(directory / "site-b", "site-b"))
         t_sites = time.perf_counter()
         say(f"demo: sites created; pairing them over a simulated {DISTANCE_KM:g} km link ...")
         report = pair(a, b, DISTANCE_KM, DEMO_KEYS)
         t_pair = time.perf_counter()
+        kme_info: dict[str, Any] | None = None
+        if kme:
+            try:
+                from hybridkex.demos.kmes import sae_id, start_kmes  # aiohttp: only with --kme
+            except ImportError:
+                raise BackendUnavailable("hybridkex demo --kme runs two KMEs, which need "
+                                         "aiohttp: pip install 'hybridkex[kme]'") from None
+
+            kmes = start_kmes(directory / "kmes", a, b)
+            stack.callback(kmes.close)
+            # loaded again, the sites draw their keys through their KMEs
+            a = stack.enter_context(Site.load(a.path))
+            b = stack.enter_context(Site.load(b.path))
+            kme_info = {"kmes": {site.name: {"url": kmes.url(site.name), "kme_id": site.name,
+                                             "sae_id": sae_id(site.name)} for site in (a, b)},
+                        "delivered_once": None}
+            say(f"demo: KMEs of site-a ({kmes.url('site-a')}) and site-b "
+                f"({kmes.url('site-b')}) serve the sites' keys")
         before = _pools(a, b)
 
         served: queue.Queue[Stream] = queue.Queue()
@@ -166,8 +215,13 @@ def run_demo(directory: Path, psk_sessions: int = PSK_SESSIONS, *,
             listener.close()
         t_sessions = time.perf_counter()
         after = _pools(a, b)
+        if kme_info is not None:
+            kme_info["delivered_once"] = _delivered_once(
+                b, kme_info["kmes"]["site-a"]["sae_id"], sessions)
 
-    used = before["site-a"]["to_take"] - after["site-a"]["to_take"]
+    taken_before, taken_after = before["site-a"]["to_take"], after["site-a"]["to_take"]
+    used = (None if taken_before is None or taken_after is None
+            else taken_before - taken_after)
     spent_auth = sum(s["pool_keys"]["authentication"] for s in sessions)
     result = {
         "simulation": SIMULATION_LABEL,
@@ -175,6 +229,7 @@ def run_demo(directory: Path, psk_sessions: int = PSK_SESSIONS, *,
         "sites": {site.name: {"signature": site.scheme, "identity": site.settings.identity,
                               "public_key_sha256": site.fingerprint} for site in (a, b)},
         "qkd_link": report.to_json(),
+        "kme": kme_info,
         "sessions": sessions,
         "pool": {
             "before": before,
@@ -193,7 +248,8 @@ def run_demo(directory: Path, psk_sessions: int = PSK_SESSIONS, *,
     }
     result["ok"] = (all(s["echo_ok"] and s["both_sides_agree"] and s["qkd"]
                         and s["fallback"] is None for s in sessions)
-                    and used == sum(s["pool_keys"]["total"] for s in sessions))
+                    and used == sum(s["pool_keys"]["total"] for s in sessions)
+                    and (kme_info is None or kme_info["delivered_once"] is True))
     return result
 
 
@@ -201,10 +257,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.psk_sessions < 0:
         raise HybridKexError("--psk-sessions must be 0 or more")
     if args.keep:
-        result = run_demo(Path(args.keep), args.psk_sessions, progress=not args.json)
+        result = run_demo(Path(args.keep), args.psk_sessions, progress=not args.json,
+                          kme=args.kme)
     else:
         with tempfile.TemporaryDirectory(prefix="hybridkex-demo-") as tmp:
-            result = run_demo(Path(tmp), args.psk_sessions, progress=not args.json)
+            result = run_demo(Path(tmp), args.psk_sessions, progress=not args.json,
+                              kme=args.kme)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -243,6 +301,18 @@ def _print_summary(r: dict[str, Any], kept: str | None) -> None:
         print(f"       round {number}: authenticated by {how}")
     print(f"     key bits spent on the link's authentication: {link['auth_bits_consumed']} "
           "(signatures spend none)")
+    kmes = r["kme"]
+    if kmes is not None:
+        print("   Key delivery: an ETSI GS QKD 014 KME in front of each site's key store, as "
+              "deployed")
+        print("   (both in this process, mutual TLS); each site is an SAE of its KME "
+              "([key_source] kind = \"kme\"):")
+        for name, k in kmes["kmes"].items():
+            print(f"     {name}: KME {k['kme_id']} at {k['url']}, SAE {k['sae_id']}")
+        print("   The KMEs are each other's peers: a key site-a takes is bound to the two "
+              "SAEs and")
+        print("   recorded at site-b's KME before site-a gets it; site-b's KME hands it to "
+              "site-b once.")
     print()
     sessions = r["sessions"]
     print(f"3. {len(sessions)} sessions site-a -> site-b; site-b echoes "
@@ -287,7 +357,12 @@ def _print_summary(r: dict[str, Any], kept: str | None) -> None:
           f"{'yes' if agree else 'NO'}; data echoed intact: {'yes' if intact else 'NO'}.")
     print()
     pool = r["pool"]
-    print("4. The key pool (256-bit keys that site-a may take to initiate sessions with site-b)")
+    if kmes is not None:
+        print("4. The key pool, as site-a's KME reports it (Get status: stored_key_count for "
+              f"{kmes['kmes']['site-a']['sae_id']} -> {kmes['kmes']['site-b']['sae_id']})")
+    else:
+        print("4. The key pool (256-bit keys that site-a may take to initiate sessions with "
+              "site-b)")
     print(f"     before {pool['before']['site-a']['to_take']}, after "
           f"{pool['after']['site-a']['to_take']}: {pool['keys_used']} used =")
     print(f"     {pool['mixed_into_handshakes']} in handshake key schedules + "
@@ -295,6 +370,11 @@ def _print_summary(r: dict[str, Any], kept: str | None) -> None:
           "on psk authentication")
     print(f"     site-b's own share ({pool['after']['site-b']['to_take']} keys) is untouched: "
           "the pool is split by direction")
+    if kmes is not None:
+        once = "yes" if kmes["delivered_once"] else "NO"
+        print("     every QKD key came through the KMEs: site-a took it from its KME, site-b "
+              "fetched it")
+        print(f"     from its own, and site-b's KME refuses each of them a second time: {once}")
     print()
     t = r["timings_s"]
     print(f"5. Time: sites {t['sites']:.2f} s, pairing (simulated link) {t['pairing']:.2f} s, "

@@ -45,7 +45,7 @@ def register(sub: Any) -> None:
                    "there, and sync is accepted only from these KMEs")
     s.add_argument("--reserve-ahead", type=int, default=None, metavar="N",
                    help="keys reserved ahead at both KMEs per SAE pair and size "
-                   "(default 32; 0: one sync round per enc_keys)")
+                   "(default 128; 0: one sync round per enc_keys)")
     s.add_argument("--retention", type=float, default=None, metavar="SECONDS",
                    help="how long delivered keys' rows stay in the store before they are "
                    "purged (default 86400)")

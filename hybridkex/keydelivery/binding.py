@@ -15,6 +15,7 @@ This module holds the shapes both ends agree on; the stores keep them
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -43,9 +44,10 @@ class Binding:
         if len(set(names)) != len(names):
             raise InvalidParameter("an SAE ID appears twice in a binding")
 
-    @property
+    @functools.cached_property
     def tag(self) -> str:
-        """The binding as one string, for a store's index: ``["master", "slave", ...]``."""
+        """The binding as one string, for a store's index: ``["master", "slave", ...]``
+        (computed once: the KME looks it up on every request)."""
         return json.dumps([self.master, *self.slaves], separators=(",", ":"))
 
     @classmethod

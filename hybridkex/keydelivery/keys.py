@@ -11,6 +11,7 @@ This module is the one place that defines those shapes and the wire form of a ke
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -124,7 +125,18 @@ def key_id_text(raw: bytes) -> str:
     return str(uuid.UUID(bytes=raw))
 
 
+_CANONICAL_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
 def check_key_id(key_id: object) -> str:
+    """A key ID in its canonical form (lower-case 8-4-4-4-12), or KeyNotAvailable.
+
+    Already canonical, as every ID a KME mints and syncs is, it is returned as it is
+    after one regular-expression match: a KME checks every unit ID of every
+    reservation, several times on its way from store to store.
+    """
+    if type(key_id) is str and _CANONICAL_ID.fullmatch(key_id):
+        return key_id
     if not isinstance(key_id, str):
         raise KeyNotAvailable("a key ID must be a UUID string")
     raw = _hyphenated_bytes(key_id)

@@ -94,6 +94,7 @@ CREATE INDEX IF NOT EXISTS bound_keys_closed
 """
 
 _PRIVATE = stat.S_IRUSR | stat.S_IWUSR
+_IDS_PER_QUERY = 500  # key IDs named in one SELECT (SQLite allows 999 parameters at least)
 
 
 def _private_file(path: Path) -> None:
@@ -231,16 +232,23 @@ class SQLiteKeyStore(KeyStore):
     @staticmethod
     def _named(db: sqlite3.Connection, select: str, key_ids: list[str], params: tuple[Any, ...],
                missing: str) -> list[Any]:
-        """The row ``select`` finds for each of ``key_ids`` (its first parameter, then
-        ``params``), in the order asked for; KeyNotAvailable(``missing``) unless every
-        key ID has one."""
-        rows = []
-        for key_id in key_ids:
-            row = db.execute(select, (key_id, *params)).fetchone()
-            if row is None:
-                raise KeyNotAvailable(missing)
-            rows.append(row)
-        return rows
+        """The row ``select`` finds for each of ``key_ids``, in the order asked for;
+        KeyNotAvailable(``missing``) unless every key ID has one.
+
+        ``select`` names ``key_id`` as its first column (left out of the rows returned)
+        and ends in ``key_id IN ({ids})``; ``params`` come before the IDs.  One query
+        per :data:`_IDS_PER_QUERY` IDs, not one per ID: a sync round names hundreds.
+        """
+        found: dict[str, Any] = {}
+        for start in range(0, len(key_ids), _IDS_PER_QUERY):
+            chunk = key_ids[start:start + _IDS_PER_QUERY]
+            for row in db.execute(select.format(ids=",".join("?" * len(chunk))),
+                                  (*params, *chunk)):
+                found[row[0]] = row[1:]
+        try:
+            return [found[key_id] for key_id in key_ids]
+        except KeyError:
+            raise KeyNotAvailable(missing) from None
 
     def _take_in(self, db: sqlite3.Connection, peer: str, units: int) -> list[tuple[str, bytes]]:
         rows = db.execute(
@@ -256,9 +264,9 @@ class SQLiteKeyStore(KeyStore):
             return self._take_in(db, peer, units)
 
     def _fetch_in(self, db: sqlite3.Connection, peer: str, key_ids: list[str]) -> dict[str, bytes]:
-        rows = self._named(db, "SELECT material FROM qkd_keys WHERE key_id = ? AND peer_site = ? "
-                           "AND initiator = 0 AND material IS NOT NULL", key_ids, (peer,),
-                           "a requested key ID is unknown or already delivered")
+        rows = self._named(db, "SELECT key_id, material FROM qkd_keys WHERE peer_site = ? "
+                           "AND initiator = 0 AND material IS NOT NULL AND key_id IN ({ids})",
+                           key_ids, (peer,), "a requested key ID is unknown or already delivered")
         self._erase(db, peer, 0, key_ids)
         return {key_id: bytes(row[0]) for key_id, row in zip(key_ids, rows, strict=True)}
 
@@ -289,16 +297,17 @@ class SQLiteKeyStore(KeyStore):
         with self._transaction() as db:
             taken = self._take_in(db, peer, units * count)
             groups = []
+            rows = []
             for n in range(0, len(taken), units):
                 part = taken[n:n + units]
                 ids = tuple(i for i, _ in part)
-                db.execute(
-                    "INSERT INTO bound_keys (key_id, peer_site, master_side, binding, size_bits, "
-                    "units, waiting, state, material, created_at) "
-                    "VALUES (?, ?, 1, ?, ?, ?, '[]', ?, ?, ?)",
-                    (ids[0], peer, tag, size_bits, json.dumps(ids), PENDING,
-                     b"".join(m for _, m in part)[: size_bits // 8], now))
+                rows.append((ids[0], peer, tag, size_bits, json.dumps(ids), PENDING,
+                             b"".join(m for _, m in part)[: size_bits // 8], now))
                 groups.append(ids)
+            db.executemany(
+                "INSERT INTO bound_keys (key_id, peer_site, master_side, binding, size_bits, "
+                "units, waiting, state, material, created_at) "
+                "VALUES (?, ?, 1, ?, ?, ?, '[]', ?, ?, ?)", rows)
         return groups
 
     def _hand_out(self, db: sqlite3.Connection, rows: list[tuple[int, str, int, str, bytes]],
@@ -310,8 +319,8 @@ class SQLiteKeyStore(KeyStore):
     def _confirm(self, peer: str, key_ids: list[str], hand_out: int) -> list[BoundRow]:
         with self._transaction() as db:
             rows = self._named(
-                db, "SELECT seq, key_id, size_bits, units, material FROM bound_keys "
-                "WHERE key_id = ? AND peer_site = ? AND master_side = 1 AND state = ?",
+                db, "SELECT key_id, seq, key_id, size_bits, units, material FROM bound_keys "
+                "WHERE peer_site = ? AND master_side = 1 AND state = ? AND key_id IN ({ids})",
                 key_ids, (peer, PENDING), "a key to confirm is not pending here")
             db.executemany("UPDATE bound_keys SET state = ? WHERE seq = ?",
                            [(OPEN, r[0]) for r in rows[hand_out:]])
@@ -338,29 +347,30 @@ class SQLiteKeyStore(KeyStore):
     def _record(self, peer: str, rows: list[RecordRow]) -> None:
         now = time.time()
         with self._transaction() as db:
-            for key_id, tag, size, units, slaves in rows:
-                try:
-                    material = self._fetch_in(db, peer, list(units))
-                except KeyNotAvailable:
-                    raise ReservationRefused(
-                        "a reserved unit is unknown here, already bound or delivered, "
-                        "or not the peer's to take") from None
-                try:
-                    db.execute(
-                        "INSERT INTO bound_keys (key_id, peer_site, master_side, binding, "
-                        "size_bits, units, waiting, state, material, created_at) "
-                        "VALUES (?, ?, 0, ?, ?, ?, ?, ?, ?, ?)",
-                        (key_id, peer, tag, size, json.dumps(units), json.dumps(slaves), OPEN,
-                         b"".join(material[u] for u in units)[: size // 8], now))
-                except sqlite3.IntegrityError:
-                    raise ReservationRefused("a key ID is already bound here") from None
+            # every unit of the batch in one pass (the batch names each unit once)
+            try:
+                material = self._fetch_in(db, peer, [u for row in rows for u in row[3]])
+            except KeyNotAvailable:
+                raise ReservationRefused(
+                    "a reserved unit is unknown here, already bound or delivered, "
+                    "or not the peer's to take") from None
+            try:
+                db.executemany(
+                    "INSERT INTO bound_keys (key_id, peer_site, master_side, binding, "
+                    "size_bits, units, waiting, state, material, created_at) "
+                    "VALUES (?, ?, 0, ?, ?, ?, ?, ?, ?, ?)",
+                    [(key_id, peer, tag, size, json.dumps(units), json.dumps(slaves), OPEN,
+                      b"".join(material[u] for u in units)[: size // 8], now)
+                     for key_id, tag, size, units, slaves in rows])
+            except sqlite3.IntegrityError:
+                raise ReservationRefused("a key ID is already bound here") from None
 
     def _deliver(self, peer: str, sae: str, masters: frozenset[str], key_ids: list[str],
                  expected: Expected | None) -> list[BoundRow]:
         with self._transaction() as db:
             rows = self._named(
-                db, "SELECT seq, key_id, size_bits, units, material, binding, waiting "
-                "FROM bound_keys WHERE key_id = ? AND peer_site = ? AND master_side = 0",
+                db, "SELECT key_id, seq, key_id, size_bits, units, material, binding, waiting "
+                "FROM bound_keys WHERE peer_site = ? AND master_side = 0 AND key_id IN ({ids})",
                 key_ids, (peer,), "a requested key ID is unknown or already delivered")
             waiting = [json.loads(r[6]) for r in rows]
             check_access([(Binding.from_tag(r[5]), sae in w, r[2], tuple(json.loads(r[3])))

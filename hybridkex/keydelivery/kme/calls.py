@@ -1,7 +1,8 @@
 """The SAE's side of ETSI GS QKD 014, without I/O: what each call sends, what its answer
 means, and which typed error a failed exchange becomes.
 
-:class:`~hybridkex.keydelivery.kme.client.KMEClient` (blocking, ``http.client``) and
+:class:`~hybridkex.keydelivery.kme.client.KMEClient` (blocking, its own HTTP/1.1 over a
+kept-alive TLS socket, :mod:`.http11`) and
 :class:`~hybridkex.keydelivery.kme.aio_client.AsyncKMEClient` (asyncio, aiohttp) are two
 transports around this module, so both build the same requests, check the same answers
 and raise the same errors:
@@ -14,6 +15,9 @@ and raise the same errors:
   reached the KME.  enc_keys may then have taken keys that nobody will ever see, and
   dec_keys may have delivered keys that a second attempt would find already
   delivered, so neither is re-sent: the caller decides;
+* :class:`KMEProtocolError` - the KME's answer is not HTTP/1.1 as the client accepts
+  it (a malformed status line or header, no ``Content-Length``, a transfer coding);
+  for a key request the KME may have served it, and it is not re-sent either;
 * :class:`KMEKeySizeMismatch` - dec_keys named keys by ``key_ID`` alone with a
   ``size``, and the KME delivered keys of another size (they are delivered: the KME
   will not hand them out again);
@@ -51,6 +55,7 @@ __all__ = [
     "KMEClientBase",
     "KMEKeySizeMismatch",
     "KMEOutcomeUnknown",
+    "KMEProtocolError",
     "KMERequestError",
     "KMEStatus",
     "PeerSAEs",
@@ -96,6 +101,19 @@ class KMEOutcomeUnknown(KeySourceError):
     """
 
 
+class KMEProtocolError(KeySourceError):
+    """The KME's answer broke HTTP/1.1 as the client accepts it (see :mod:`.http11`).
+
+    The request reached the KME, so a key request may have been served: like
+    :class:`KMEOutcomeUnknown`, it is never re-sent, and ``in_doubt`` says whether keys
+    may have been taken or delivered with the answer that could not be read.
+    """
+
+    def __init__(self, message: str, *, in_doubt: bool) -> None:
+        super().__init__(message)
+        self.in_doubt = in_doubt
+
+
 class KMEKeySizeMismatch(KeySourceError):
     """dec_keys was answered with keys of another size than the caller's ``size``.
 
@@ -134,6 +152,12 @@ class Endpoint:
             raise InvalidParameter("the KME URL has an invalid port") from None
         return cls(base_url.rstrip("/"), parts.hostname, port, parts.path.rstrip("/"))
 
+    @property
+    def host_header(self) -> str:
+        """The Host header's value (RFC 9110 7.2): the port only when not 443."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return host if self.port == 443 else f"{host}:{self.port}"
+
     # -- what a failed exchange becomes
 
     def failure(self, call: Call, exc: BaseException, *, sent: bool,
@@ -167,6 +191,14 @@ class Endpoint:
                 f"the connection to the KME at {self.base_url} failed after {call.name} was "
                 f"sent ({what}); it may have served the request, which is not re-sent")
         return KeySourceError(f"cannot reach the KME at {self.base_url}: {what}")
+
+    def malformed(self, call: Call, reason: str) -> KMEProtocolError:
+        """The typed error for an answer that is not HTTP/1.1 as the client accepts it."""
+        in_doubt = not call.idempotent
+        doubt = (f"; it may have served {call.name}, which is not re-sent" if in_doubt
+                 else "")
+        return KMEProtocolError(f"the KME at {self.base_url} sent a malformed answer: "
+                                f"{reason}{doubt}", in_doubt=in_doubt)
 
     def too_large(self) -> KeySourceError:
         return KeySourceError(f"the answer of the KME at {self.base_url} is too large")

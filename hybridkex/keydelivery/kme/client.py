@@ -1,8 +1,13 @@
 """An ETSI GS QKD 014 V1.1.1 client (an SAE talking to its KME), standard library only.
 
-HTTPS with mutual TLS through :mod:`http.client` and :mod:`ssl`: the client presents its
-SAE certificate (whose subject common name is its SAE ID) and checks the KME's
-certificate against ``ca`` and the host name in ``base_url``.
+HTTPS with mutual TLS over :mod:`ssl`: the client presents its SAE certificate (whose
+subject common name is its SAE ID) and checks the KME's certificate against ``ca`` and
+the host name in ``base_url``.  The HTTP/1.1 is the client's own (:mod:`.http11`): each
+request is one write of its head and body, and the answer is read as a status line,
+headers and a ``Content-Length`` body, nothing else; an answer that is chunked, too
+large or malformed raises a typed error.  (:mod:`http.client` spent about three
+quarters of the client's CPU per request, most of it parsing headers through
+:mod:`email`.)
 
 **One connection, kept alive.**  A full mutual-TLS handshake (both sides sign and
 verify a certificate chain) costs several times more than a request, so the client
@@ -32,6 +37,7 @@ the key IDs: unknown, already delivered, malformed), :class:`~hybridkex.keydeliv
 KeysExhausted` (503), :class:`KMEAuthenticationError` (401, or the KME refusing the
 client certificate), :class:`KMERequestError` (any other refusal),
 :class:`KMEOutcomeUnknown` (the connection failed after a key request was sent),
+:class:`KMEProtocolError` (the answer is not HTTP/1.1 as the client accepts it),
 :class:`KMEKeySizeMismatch` (dec_keys with a ``size`` answered with keys of another
 size) and :class:`~hybridkex.keydelivery.KeySourceError` (transport, timeouts,
 malformed answers).
@@ -41,15 +47,14 @@ The requests and the reading of answers are shared with the asyncio client
 
 from __future__ import annotations
 
-import http.client
 import select
+import socket
 import ssl
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
-from hybridkex.keydelivery.errors import KeySourceError
 from hybridkex.keydelivery.keys import UNIT_BITS, DeliveredKey, KeyRef
 from hybridkex.keydelivery.kme.calls import (
     DEFAULT_CONNECTIONS,
@@ -59,6 +64,7 @@ from hybridkex.keydelivery.kme.calls import (
     KMEClientBase,
     KMEKeySizeMismatch,
     KMEOutcomeUnknown,
+    KMEProtocolError,
     KMERequestError,
     KMEStatus,
     PeerSAEs,
@@ -67,6 +73,9 @@ from hybridkex.keydelivery.kme.calls import (
     enc_keys_call,
     status_call,
 )
+from hybridkex.keydelivery.kme.http11 import Answer, AnswerReader, BadAnswer, encode_request
+
+_READ_BYTES = 1 << 16  # one read takes a whole answer of a few keys
 
 __all__ = [
     "KMEAuthenticationError",
@@ -74,47 +83,56 @@ __all__ = [
     "KMEKeySizeMismatch",
     "KMEKeySource",
     "KMEOutcomeUnknown",
+    "KMEProtocolError",
     "KMERequestError",
     "KMEStatus",
 ]
 
 
-class _Connection(http.client.HTTPSConnection):
-    """An HTTPS connection that notes whether any byte of the current request left,
-    which decides whether a failed key request may be sent again.
+class _Connection:
+    """One kept-alive mutual-TLS connection to the KME, speaking :mod:`.http11`.
 
-    ``http.client`` hands the request (head and body together) to :meth:`send`;
-    ``wrote`` turns true once the socket has taken a byte of it.  A write that fails
-    at once (the KME had reset the connection) leaves it false.
+    ``wrote`` turns true once the socket has taken a byte of the current request, which
+    decides whether a failed key request may be sent again: a write that fails at once
+    (the KME had reset the connection) leaves it false.  ``closes`` is the client's
+    :meth:`KMEClient.close` count when this connection was opened.
     """
 
-    wrote = False
-    closes = 0  # the client's close() count when this connection was opened
+    __slots__ = ("closes", "sock", "wrote")
 
-    def _send_output(self, message_body: Any = None, encode_chunked: bool = False) -> None:
-        # http.client writes the head and the body separately: two TLS records, two
-        # segments and two wake-ups of the KME per request.  Our bodies are small JSON
-        # bytes, so they go out with the head in one write.
-        if not isinstance(message_body, bytes) or encode_chunked:
-            super()._send_output(message_body, encode_chunked)  # type: ignore[misc]
-            return
-        buffer: list[bytes] = self._buffer  # type: ignore[attr-defined]
-        buffer.extend((b"", message_body))
-        message = b"\r\n".join(buffer)
-        del buffer[:]
-        self.send(message)
+    def __init__(self, sock: ssl.SSLSocket, closes: int) -> None:
+        self.sock: ssl.SSLSocket | None = sock
+        self.wrote = False
+        self.closes = closes
 
-    def send(self, data: Any) -> None:
+    def exchange(self, request: bytes, max_body: int) -> Answer:
+        """Send ``request`` (head and body: one write, one TLS record) and read the
+        answer; a connection that closes first is a ``ConnectionError``."""
         sock = self.sock
-        if sock is None or not isinstance(data, bytes | bytearray):
-            self.wrote = True
-            super().send(data)
-            return
-        view = memoryview(data)
+        if sock is None:
+            raise ConnectionError("the connection is closed")
+        self.wrote = False
+        view = memoryview(request)
         while view:
             sent = sock.send(view)
             self.wrote = self.wrote or sent > 0
             view = view[sent:]
+        reader = AnswerReader(max_body)
+        while True:
+            data = sock.recv(_READ_BYTES)
+            if not data:
+                if reader.started:
+                    raise ConnectionError("the KME closed the connection in the middle of "
+                                          "its answer")
+                raise ConnectionError("the KME closed the connection without answering")
+            answer = reader.feed(data)
+            if answer is not None:
+                return answer
+
+    def close(self) -> None:
+        sock, self.sock = self.sock, None
+        if sock is not None:
+            sock.close()
 
 
 def _closed_by_peer(conn: _Connection) -> bool:
@@ -234,34 +252,38 @@ class KMEClient(KMEClientBase):
         return found
 
     def _connect(self, call: Call) -> _Connection:
-        conn = _Connection(self._endpoint.host, self._endpoint.port, timeout=self.timeout,
-                           context=self._ssl)
-        conn.closes = self._closes
+        endpoint = self._endpoint
         try:
-            conn.connect()
-        except (OSError, http.client.HTTPException) as exc:
-            conn.close()
-            raise self._endpoint.failure(call, exc, sent=False, timeout=self.timeout) from None
+            raw = socket.create_connection((endpoint.host, endpoint.port), timeout=self.timeout)
+        except OSError as exc:
+            raise endpoint.failure(call, exc, sent=False, timeout=self.timeout) from None
+        try:
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock = self._ssl.wrap_socket(raw, server_hostname=endpoint.host)
+        except OSError as exc:
+            raw.close()
+            raise endpoint.failure(call, exc, sent=False, timeout=self.timeout) from None
         except BaseException:
-            conn.close()
+            raw.close()
             raise
-        return conn
+        return _Connection(sock, self._closes)
 
     def _send(self, conn: _Connection, call: Call, *, reused: bool) -> tuple[int, bytes] | None:
         """One request on ``conn``: the status and body, or ``None`` when ``conn`` was a
         kept-alive connection that failed where sending again on a new one is safe."""
-        conn.wrote = False
+        endpoint = self._endpoint
+        request = encode_request(call.method, endpoint.prefix + call.path,
+                                 endpoint.host_header, call.headers, call.body)
         try:
-            conn.request(call.method, self._endpoint.prefix + call.path, body=call.body,
-                         headers=call.headers)
-            response = conn.getresponse()
-            raw = self._read(response)
-        except KeySourceError:
+            answer = conn.exchange(request, MAX_RESPONSE_BYTES)
+        except BadAnswer as exc:
             conn.close()
-            raise
-        except (OSError, http.client.HTTPException) as exc:
+            if exc.too_large:
+                raise endpoint.too_large() from None
+            raise endpoint.malformed(call, str(exc)) from None
+        except OSError as exc:  # ssl.SSLError and TimeoutError are OSErrors
             conn.close()
-            error = self._endpoint.failure(call, exc, sent=conn.wrote, timeout=self.timeout)
+            error = endpoint.failure(call, exc, sent=conn.wrote, timeout=self.timeout)
             retry_safe = not conn.wrote or call.idempotent
             if reused and retry_safe and not isinstance(exc, TimeoutError) and not isinstance(
                     error, KMEAuthenticationError):
@@ -271,22 +293,12 @@ class KMEClient(KMEClientBase):
             conn.close()
             raise
         with self._lock:
-            keep = (conn.sock is not None and not response.will_close and response.isclosed()
-                    and conn.closes == self._closes)
+            keep = answer.keep_alive and conn.sock is not None and conn.closes == self._closes
             if keep:
                 self._idle.append(conn)
         if not keep:
             conn.close()
-        return response.status, raw
-
-    def _read(self, response: http.client.HTTPResponse) -> bytes:
-        """The whole body, at most MAX_RESPONSE_BYTES."""
-        if response.length is not None and response.length > MAX_RESPONSE_BYTES:
-            raise self._endpoint.too_large()
-        raw = response.read(MAX_RESPONSE_BYTES + 1)
-        if len(raw) > MAX_RESPONSE_BYTES:
-            raise self._endpoint.too_large()
-        return raw
+        return answer.status, answer.body
 
 
 class KMEKeySource(PeerSAEs):

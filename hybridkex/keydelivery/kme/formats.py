@@ -177,13 +177,17 @@ class KMELimits:
         return number
 
 
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+_STRICT_JSON = json.JSONDecoder(parse_constant=_no_constants)  # made once, not per request
+
+
 def decode_json(raw: bytes) -> Any:
     """Parse a request body as strict JSON (RFC 8259: no NaN or Infinity); 400 otherwise."""
-    def no_constants(name: str) -> Any:
-        raise ValueError(f"{name} is not JSON")
-
     try:
-        return json.loads(raw.decode("utf-8"), parse_constant=no_constants)
+        return _STRICT_JSON.decode(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise BadRequest("the request body is not valid JSON") from None
 

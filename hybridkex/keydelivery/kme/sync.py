@@ -77,28 +77,38 @@ def parse_reservations(body: Any, *, caller: str, local: str, sae_sites: Mapping
     if not isinstance(items, list) or not items or not all(isinstance(i, dict) for i in items):
         raise BadRequest("reservations must be a non-empty array of objects")
     out: list[Reservation] = []
+    # a batch is usually one binding and one size: each is checked once per batch
+    bindings: dict[tuple[str, tuple[str, ...]], Binding] = {}
+    sizes: set[int] = set()
     for item in items:
         master = _string(item, "master_SAE_ID")
         slaves = item.get("slave_SAE_IDs")
         if not isinstance(slaves, list) or not slaves or not all(
                 isinstance(s, str) and s for s in slaves):
             raise BadRequest("slave_SAE_IDs must be a non-empty array of SAE IDs")
-        if len(slaves) > 1 + limits.max_SAE_ID_count:
-            raise BadRequest("a reservation names more slave SAEs than this KME allows")
-        if sae_sites.get(master) != caller:
-            raise BadRequest("a reservation's master SAE is not attached to the calling KME")
-        if any(sae_sites.get(s) != local for s in slaves):
-            raise BadRequest("a reservation's slave SAE is not attached to this KME")
+        named = (master, tuple(slaves))
+        binding = bindings.get(named)
+        if binding is None:
+            if len(slaves) > 1 + limits.max_SAE_ID_count:
+                raise BadRequest("a reservation names more slave SAEs than this KME allows")
+            if sae_sites.get(master) != caller:
+                raise BadRequest("a reservation's master SAE is not attached to the calling KME")
+            if any(sae_sites.get(s) != local for s in slaves):
+                raise BadRequest("a reservation's slave SAE is not attached to this KME")
+            try:
+                binding = bindings[named] = Binding(*named)
+            except InvalidParameter as exc:
+                raise BadRequest(f"a reservation is malformed: {exc}") from None
         size = item.get("size")
         if not isinstance(size, int) or isinstance(size, bool):
             raise BadRequest("size must be an integer")
-        limits.check_size(size)
+        if size not in sizes:
+            sizes.add(limits.check_size(size))
         units = item.get("units")
         if not isinstance(units, list) or not all(isinstance(u, str) for u in units):
             raise BadRequest("units must be an array of unit IDs")
         try:
-            out.append(Reservation(_string(item, "key_ID"), size, tuple(units),
-                                   Binding(master, tuple(slaves))))
+            out.append(Reservation(_string(item, "key_ID"), size, tuple(units), binding))
         except (InvalidParameter, KeySourceError) as exc:
             raise BadRequest(f"a reservation is malformed: {exc}") from None
     if sum(len(r.units) for r in out) > MAX_KEYS_PER_REQUEST:
