@@ -70,8 +70,8 @@ class Proxy:
     def _pipe(self, source: socket.socket, sink: socket.socket, tampered: bool) -> None:
         try:
             while True:
-                head = _exactly(source, 4)
-                frame = _exactly(source, struct.unpack(">I", head)[0])
+                head = recv_exactly(source, 4)
+                frame = recv_exactly(source, struct.unpack(">I", head)[0])
                 if tampered:
                     self.frames += 1
                     out = self.tamper(self.frames, frame)
@@ -93,7 +93,8 @@ class Proxy:
                 s.close()
 
 
-def _exactly(sock: socket.socket, n: int) -> bytes:
+def recv_exactly(sock: socket.socket, n: int) -> bytes:
+    """Exactly ``n`` bytes from ``sock``, or OSError if it closes first."""
     data = bytearray()
     while len(data) < n:
         chunk = sock.recv(n - len(data))

@@ -29,7 +29,14 @@ from hybridkex.qkd.optics.devices import DetectorDevice, SourceDevice, listen
 from hybridkex.qkd.optics.fibre import transmittance
 from hybridkex.qkd.optics.wire import FIBRE, DeviceHello, PulseBlock, TrainEnd, decode
 from hybridkex.qkd.parameters import finite_key_parameters
-from tests.qkd_ends import DISTANCE_KM, Address, drain_and_compare, link, make_sites
+from tests.qkd_ends import (
+    DISTANCE_KM,
+    Address,
+    drain_and_compare,
+    link,
+    make_sites,
+    recv_exactly,
+)
 
 pytestmark = pytest.mark.time_limit(180)
 
@@ -227,19 +234,9 @@ def test_a_replayed_hello_neither_opens_nor_replaces_a_connection(tmp_path: Path
 def _detector_client(detector: DetectorDevice) -> socket.socket:
     s = socket.create_connection(detector.address)
     s.settimeout(20)
-    head = _exactly(s, 4)
-    assert isinstance(decode(_exactly(s, struct.unpack(">I", head)[0])), DeviceHello)
+    head = recv_exactly(s, 4)
+    assert isinstance(decode(recv_exactly(s, struct.unpack(">I", head)[0])), DeviceHello)
     return s
-
-
-def _exactly(sock: socket.socket, n: int) -> bytes:
-    data = bytearray()
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            raise OSError("closed")
-        data += chunk
-    return bytes(data)
 
 
 def _block(train: bytes, number: int, slots: int, lit: int) -> bytes:
@@ -287,7 +284,7 @@ def test_the_detector_holds_a_bounded_number_of_clicks() -> None:
             for train in trains:  # each more than half the memory (4 bytes a click)
                 s.sendall(_block(train, 0, 1 << 18, 150_000))
                 s.sendall(_frame(TrainEnd(train, 1 << 18, 1).encode()))
-                _exactly(s, struct.unpack(">I", _exactly(s, 4))[0])  # acknowledged
+                recv_exactly(s, struct.unpack(">I", recv_exactly(s, 4))[0])  # acknowledged
         assert len(detector.train(trains[2], 1 << 18, 0.0).detections) >= 150_000
         for older in trains[:2]:  # each made room for the next
             with pytest.raises(QuantumChannelError, match="never arrived"):
@@ -307,7 +304,7 @@ def test_connecting_to_the_detector_does_not_cut_the_sources_trains(tmp_path: Pa
                 stop.wait(0.02)  # says nothing
             with contextlib.suppress(OSError), socket.create_connection(quantum) as s:
                 s.settimeout(20)
-                _exactly(s, struct.unpack(">I", _exactly(s, 4))[0])
+                recv_exactly(s, struct.unpack(">I", recv_exactly(s, 4))[0])
                 _send_quietly(s, _block(os.urandom(16), 0, 1 << 20, 5))
                 refused.append(_closed_by_peer(s, 2.0))
 
