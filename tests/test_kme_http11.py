@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from hybridkex.errors import InvalidParameter
 from hybridkex.keydelivery.errors import KeySourceError
 from hybridkex.keydelivery.kme.calls import MAX_RESPONSE_BYTES
 from hybridkex.keydelivery.kme.client import KMEClient, KMEOutcomeUnknown, KMEProtocolError
@@ -325,3 +326,15 @@ def test_a_timeout_mid_answer_is_in_doubt(files: KMEFiles,
     server.answers += [ok()[:-10]]  # and then nothing
     with pytest.raises(KMEOutcomeUnknown, match=r"did not answer enc_keys within 0\.3 s"):
         client(files, server, timeout=0.3).get_keys("sae-b")
+
+
+@pytest.mark.parametrize("url", ["https://kme.example/a b", "https://kme.example/k\u00e9me",
+                                 "https://kme.example/a\x7fb"])
+def test_a_kme_url_path_that_cannot_go_into_a_request_line_is_refused(url: str) -> None:
+    """The URL's path prefixes every request line as it is: a space would split the line,
+    a non-ASCII character cannot be sent.  Refused when the client is made, typed."""
+    from hybridkex.keydelivery.kme.calls import Endpoint
+
+    with pytest.raises(InvalidParameter, match="ASCII without spaces"):
+        Endpoint.parse(url)
+    assert Endpoint.parse("https://kme.example/prefix%20x/").prefix == "/prefix%20x"

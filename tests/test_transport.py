@@ -774,3 +774,35 @@ def test_no_descriptors_leak_from_failed_and_good_connections() -> None:
                      "QKDKeyRefused"]
     assert sorted(type(e).__name__ for e in errors) == [
         "AlertReceived", "ConnectionTruncated", "HandshakeTimeout"]
+
+
+def test_an_empty_record_is_not_the_end_of_stream(sites: Sites) -> None:
+    """A peer may send an application-data record with no plaintext (the record layer
+    accepts one): recv must go on to the next data, not return b"" (end of stream)."""
+    cctx, sctx = Context.from_config(sites.client), Context.from_config(sites.server)
+    a, b = socket.socketpair()
+    box: dict[str, SecureSocket] = {}
+    thread = threading.Thread(
+        target=lambda: box.setdefault("s", sctx.wrap_socket(b, server_side=True)))
+    thread.start()
+    client = cctx.wrap_socket(a, peer=SERVER)
+    thread.join(30)
+    server = box["s"]
+    try:
+        protection = client._conn._send
+        assert protection is not None  # keys are in place after the handshake
+        with client._state:  # what another peer's stack may send: an empty record
+            client._conn._outgoing.append(protection.seal(23, b""))
+        client._flush()
+        client.sendall(b"after the empty record")
+        assert recv_exactly(server, 22) == b"after the empty record"
+        client.sendall(b"x")
+        with client._state:
+            client._conn._outgoing.append(protection.seal(23, b""))
+        client._flush()
+        client.close()
+        assert server.recv(100) == b"x"
+        assert server.recv(100) == b""  # the close_notify, after the empty record
+    finally:
+        client.close()
+        server.close()

@@ -222,13 +222,16 @@ class SecureSocket(StreamSocket):
                 if self._peer_closed:
                     break
                 data = self._next_data()
-                if data is not None:
-                    if len(data) <= bufsize:
-                        return data  # a whole record's plaintext, as it was opened
-                    self._plaintext += memoryview(data)[bufsize:]
-                    return data[:bufsize]
-                if not self._peer_closed:
-                    self._read_more()
+                if data is None:
+                    if not self._peer_closed:
+                        self._read_more()
+                    continue
+                if not data:
+                    continue  # an empty record (a peer may send one) is not the end of stream
+                if len(data) <= bufsize:
+                    return data  # a whole record's plaintext, as it was opened
+                self._plaintext += memoryview(data)[bufsize:]
+                return data[:bufsize]
             return b""
 
     def recv_into(self, buffer: Buffer, nbytes: int = 0, flags: int = 0) -> int:

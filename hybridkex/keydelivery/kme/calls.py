@@ -150,7 +150,12 @@ class Endpoint:
             port = parts.port or 443
         except ValueError:
             raise InvalidParameter("the KME URL has an invalid port") from None
-        return cls(base_url.rstrip("/"), parts.hostname, port, parts.path.rstrip("/"))
+        prefix = parts.path.rstrip("/")
+        if not prefix.isascii() or any(c <= " " or c == "\x7f" for c in prefix):
+            # it goes into every request line as it is
+            raise InvalidParameter("the KME URL's path must be ASCII without spaces or "
+                                   "control characters (percent-encode them)")
+        return cls(base_url.rstrip("/"), parts.hostname, port, prefix)
 
     @property
     def host_header(self) -> str:
