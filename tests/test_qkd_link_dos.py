@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from hybridkex.cli.qkd_link import _budget_check
+from hybridkex.qkd.budget import BudgetExceeded
 from hybridkex.qkd.distillation import DistillationConfig
 from hybridkex.qkd.errors import ChannelClosed, QuantumChannelError
 from hybridkex.qkd.network import lanes as lanes_module
@@ -365,12 +366,26 @@ def _budget_args(pulses: int) -> argparse.Namespace:
                               time_limit_s=3600.0)
 
 
+def test_the_budget_counts_the_trains_alice_holds_for_her_lanes() -> None:
+    """At 0 km a round of 5e8 pulses fits one round's distillation but not the pulse
+    trains Alice holds with 6 lanes (each about 11 bytes per pulse with light); fewer
+    pulses or fewer lanes fit."""
+    honest = transmittance(0.0, PARAMS.alpha_db_per_km) * PARAMS.eta_bob
+    with pytest.raises(BudgetExceeded, match="pulse trains Alice holds at once"):
+        _budget_check(_budget_args(500_000_000), finite_key_parameters(),
+                      DistillationConfig(), lanes=6)(honest)
+    _budget_check(_budget_args(50_000_000), finite_key_parameters(), DistillationConfig(),
+                  lanes=6)(honest)
+    _budget_check(_budget_args(500_000_000), finite_key_parameters(), DistillationConfig(),
+                  lanes=6)(transmittance(25.0, PARAMS.alpha_db_per_km) * PARAMS.eta_bob)
+
+
 def test_the_source_checks_the_memory_budget_at_the_transmittance_asked_for() -> None:
     """A fibre hello asking for transmittance 1 (as a fibre with Eve does) with the
     default 5e8 pulses per round: refused in one line naming the option, nothing
     emitted, tried again later; at the honest transmittance the same round fits."""
     check = _budget_check(_budget_args(500_000_000), finite_key_parameters(),
-                          DistillationConfig())
+                          DistillationConfig(), lanes=6)
     check(transmittance(25.0, PARAMS.alpha_db_per_km) * PARAMS.eta_bob)  # fits
     fibre = _FakeFibre(1.0, DISTANCE_KM)
     log: list[str] = []

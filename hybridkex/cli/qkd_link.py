@@ -31,7 +31,7 @@ from types import FrameType
 from typing import Any
 
 from hybridkex.cli.args import address, count, number, parse_address, positive_count
-from hybridkex.cli.qkd_options import DISTANCE, FRACTION, NAME, measured, within_budget
+from hybridkex.cli.qkd_options import DISTANCE, FRACTION, NAME, measured, usage_error
 from hybridkex.errors import InvalidParameter
 from hybridkex.qkd.network.lanes import MAX_LANES
 from hybridkex.qkd.optics.devices import MAX_TRAIN_PULSES
@@ -116,6 +116,7 @@ def _usage(message: str) -> int:
 
 def _two_host(args: argparse.Namespace) -> int:
     from hybridkex.keydelivery.store import open_store
+    from hybridkex.qkd.budget import BudgetExceeded
     from hybridkex.qkd.distillation import DistillationConfig
     from hybridkex.qkd.labels import SIMULATION_LABEL
     from hybridkex.qkd.network.deposit import DepositEnd
@@ -144,10 +145,17 @@ def _two_host(args: argparse.Namespace) -> int:
         return _usage("qkd link --listen: --quantum-connect, --distance-km, --clock-hz, "
                       "--rounds, --target-keys and --lanes belong to the connecting end "
                       "(Alice)")
-    if alice:
-        within_budget(args, finite_key_parameters(distance_km=args.distance_km
-                                                  if args.distance_km is not None else 25.0),
-                      args.pulses_per_round, pulses_option="--pulses-per-round")
+    budget: Callable[[float], None] | None = None
+    if alice:  # refused now, before anything starts, if the run cannot fit
+        budget = _budget_check(args, finite_key_parameters(),
+                               DistillationConfig(finite_key=not args.asymptotic),
+                               args.lanes or DEFAULT_LANES)
+        at_km = finite_key_parameters(
+            distance_km=args.distance_km if args.distance_km is not None else 25.0)
+        try:
+            budget(at_km.eta)
+        except BudgetExceeded as exc:
+            usage_error(args, str(exc))
     if alice and args.quantum_listen is not None:
         return _usage("qkd link --connect: --quantum-listen belongs to the listening end")
     if alice and args.max_pulses_per_round is not None:
@@ -206,8 +214,7 @@ def _two_host(args: argparse.Namespace) -> int:
     try:
         if alice:
             source = SourceDevice(quantum, params, args.pulses_per_round, args.distance_km,
-                                  args.clock_hz, log=log,
-                                  check=_budget_check(args, params, settings.config))
+                                  args.clock_hz, log=log, check=budget)
             log(f"Alice (sender) to {peer} at {format_address(address)}, pulses to "
                 f"{format_address(quantum)}, {args.pulses_per_round:.3g} pulses per round")
             try:
@@ -243,20 +250,36 @@ def _two_host(args: argparse.Namespace) -> int:
     return 0
 
 
-def _budget_check(args: argparse.Namespace, params: Any,
-                  config: Any) -> Callable[[float], None]:
-    """What the source checks each connection against: a round of --pulses-per-round at
-    the transmittance the element downstream asks for (a fibre with Eve asks for 1, and
-    the hello is not authenticated) within --memory-limit-mb and --time-limit-s, as the
-    command checked it at the fibre length it was given before starting."""
+def _budget_check(args: argparse.Namespace, params: Any, config: Any,
+                  lanes: int) -> Callable[[float], None]:
+    """What Alice checks before she starts (at the transmittance of --distance-km) and on
+    every connection (at the one the element downstream asks for: a fibre with Eve asks
+    for 1, and that hello is not authenticated): one round's distillation of
+    --pulses-per-round, plus the pulse trains she holds at once (one per lane, one
+    ready, two the detector has not acknowledged), within --memory-limit-mb; and the
+    round within --time-limit-s."""
     from dataclasses import replace
 
-    from hybridkex.qkd.budget import check_budget
+    from hybridkex.qkd.budget import BudgetExceeded, check_budget
+    from hybridkex.qkd.optics.source import RECORD_BYTES_PER_LIT_PULSE
+
+    held = lanes + 3
 
     def check(tau: float) -> None:
         at = replace(params, distance_km=0.0, eta_bob=min(1.0, max(tau, 0.0)))
-        check_budget(at, args.pulses_per_round, args.memory_limit_mb, args.time_limit_s,
-                     config=config, pulses_option="--pulses-per-round")
+        cost = check_budget(at, args.pulses_per_round, args.memory_limit_mb,
+                            args.time_limit_s, config=config,
+                            pulses_option="--pulses-per-round")
+        # at distance 0 and detector efficiency tau, a detection is a pulse with light
+        trains = held * RECORD_BYTES_PER_LIT_PULSE * cost.detections
+        total_mb = (cost.memory_bytes + trains) / (1 << 20)
+        if total_mb > args.memory_limit_mb:
+            raise BudgetExceeded(
+                f"refused: at transmittance {tau:.3g}, {args.pulses_per_round:.3g} pulses per "
+                f"round would need about {total_mb:,.0f} MiB with the {held} pulse trains "
+                f"Alice holds at once ({lanes} lanes), above --memory-limit-mb "
+                f"{args.memory_limit_mb:g}; lower --pulses-per-round or --lanes, or raise "
+                "--memory-limit-mb")
 
     return check
 

@@ -41,10 +41,13 @@ from hybridkex.qkd.optics.wire import MAX_BLOCK_SLOTS, MAX_PHOTONS, TRAIN_ID_SIZ
 from hybridkex.qkd.parameters import LinkParameters
 from hybridkex.qkd.simulator import os_random_bits
 
-__all__ = ["AliceTrain", "BitSource", "PulseSource"]
+__all__ = ["RECORD_BYTES_PER_LIT_PULSE", "AliceTrain", "BitSource", "PulseSource"]
 
 I64 = npt.NDArray[np.int64]
 U8 = npt.NDArray[np.uint8]
+#: What Alice's record of a train holds per slot that left with light: its index (int64),
+#: intensity class, basis and bit (a byte each).
+RECORD_BYTES_PER_LIT_PULSE = 11
 #: Where Alice's bits come from: ``count`` -> that many uniform bits, one per byte.
 BitSource = Callable[[int], U8]
 
