@@ -645,23 +645,11 @@ def _track_handshake(stream: Stream, protocol: DrivingProtocol, log: StreamLog) 
 # -- the two ends ---------------------------------------------------------------------------
 
 
-class ChannelServer:
-    """Accept channels (``make_channel(app)`` makes each server-side driving protocol)
-    and serve each with ``service``; at most ``max_connections`` at once, and one more
-    is refused with ``refusal`` (bytes the refused peer reads: an alert), never queued.
+class _Listener:
+    """What both forwarding ends share: a bounded gate of streams and the listening
+    server that feeds it (``_accept`` makes each connection's protocol)."""
 
-    >>> server = ChannelServer(make_channel, ForwardTo("127.0.0.1", 8080), log=log)
-    >>> await server.start("0.0.0.0", 4433)
-    >>> ...
-    >>> await server.shutdown(grace=10)
-    """
-
-    def __init__(self, make_channel: ChannelFactory, service: Service, *,
-                 max_connections: int = DEFAULT_MAX_CONNECTIONS, refusal: bytes = b"",
-                 log: StreamLog | None = None) -> None:
-        self.make_channel = make_channel
-        self.service = service
-        self.refusal = refusal
+    def __init__(self, max_connections: int, log: StreamLog | None) -> None:
         self.log = log or StreamLog()
         self._gate = _Gate(max_connections, self.log)
         self._server: asyncio.Server | None = None
@@ -675,17 +663,7 @@ class ChannelServer:
         return tuple(self._server.sockets) if self._server is not None else ()
 
     def _accept(self) -> asyncio.BaseProtocol:
-        gate = self._gate
-        if gate.full:
-            return _Refusal(gate, self.refusal)
-        stream = gate.admit()
-        try:
-            protocol = self.make_channel(self.service.app(stream))
-        except Exception as exc:  # a context that cannot make connections: said once each
-            stream.end("handshake failed", exc)
-            return _Dropped()
-        _track_handshake(stream, protocol, self.log)
-        return protocol
+        raise NotImplementedError
 
     async def start(self, host: str | None = None, port: int | None = None,
                     **kwargs: Any) -> None:
@@ -703,7 +681,40 @@ class ChannelServer:
         return await self._gate.drain(grace)
 
 
-class LocalForwarder:
+class ChannelServer(_Listener):
+    """Accept channels (``make_channel(app)`` makes each server-side driving protocol)
+    and serve each with ``service``; at most ``max_connections`` at once, and one more
+    is refused with ``refusal`` (bytes the refused peer reads: an alert), never queued.
+
+    >>> server = ChannelServer(make_channel, ForwardTo("127.0.0.1", 8080), log=log)
+    >>> await server.start("0.0.0.0", 4433)
+    >>> ...
+    >>> await server.shutdown(grace=10)
+    """
+
+    def __init__(self, make_channel: ChannelFactory, service: Service, *,
+                 max_connections: int = DEFAULT_MAX_CONNECTIONS, refusal: bytes = b"",
+                 log: StreamLog | None = None) -> None:
+        super().__init__(max_connections, log)
+        self.make_channel = make_channel
+        self.service = service
+        self.refusal = refusal
+
+    def _accept(self) -> asyncio.BaseProtocol:
+        gate = self._gate
+        if gate.full:
+            return _Refusal(gate, self.refusal)
+        stream = gate.admit()
+        try:
+            protocol = self.make_channel(self.service.app(stream))
+        except Exception as exc:  # a context that cannot make connections: said once each
+            stream.end("handshake failed", exc)
+            return _Dropped()
+        _track_handshake(stream, protocol, self.log)
+        return protocol
+
+
+class LocalForwarder(_Listener):
     """Accept local TCP clients; each gets its own channel, opened by ``open_channel``
     (which connects with the given application protocol and returns the driving
     protocol once connected; its handshake future says how the handshake went)."""
@@ -711,19 +722,9 @@ class LocalForwarder:
     def __init__(self, open_channel: Callable[[asyncio.Protocol], Awaitable[DrivingProtocol]],
                  *, max_connections: int = DEFAULT_MAX_CONNECTIONS,
                  log: StreamLog | None = None) -> None:
+        super().__init__(max_connections, log)
         self.open_channel = open_channel
-        self.log = log or StreamLog()
-        self._gate = _Gate(max_connections, self.log)
-        self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-
-    @property
-    def open_streams(self) -> int:
-        return len(self._gate.open)
-
-    @property
-    def sockets(self) -> tuple[Any, ...]:
-        return tuple(self._server.sockets) if self._server is not None else ()
 
     def _accept(self) -> asyncio.BaseProtocol:
         gate = self._gate
@@ -750,17 +751,6 @@ class LocalForwarder:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return plain
-
-    async def start(self, host: str | None = None, port: int | None = None,
-                    **kwargs: Any) -> None:
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(self._accept, host, port, **kwargs)
-
-    async def shutdown(self, grace: float = DEFAULT_GRACE) -> int:
-        """As :meth:`ChannelServer.shutdown`."""
-        if self._server is not None:
-            self._server.close()
-        return await self._gate.drain(grace)
 
 
 def connect_channel(make_channel: ChannelFactory, host: str, port: int,
