@@ -96,7 +96,7 @@ from cryptography.hazmat.backends.openssl import backend as openssl_backend
 
 from hybridkex.keydelivery import linked_pools
 from hybridkex.site import Site
-from tests.support import tls_files
+from tests.support import Process, tls_files
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -212,47 +212,17 @@ def _clock_ticks() -> int:
     return int(os.sysconf("SC_CLK_TCK"))
 
 
-class Relay:
-    """One relay process (a hybridkex command or stunnel); its stderr lines collected
-    as they come, its memory and CPU read from /proc."""
+class Relay(Process):
+    """One relay process (a hybridkex command or stunnel): tests/support.Process (its
+    stderr lines collected as they come), with its memory and CPU read from /proc."""
 
     def __init__(self, name: str, args: list[str], ready: str) -> None:
         self.name = name
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(
             filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-        self.process = subprocess.Popen(args, cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        super().__init__(args, ready, timeout=READY_TIMEOUT, cwd=ROOT, env=env,
+                         stdout=subprocess.DEVNULL)
         self.pid = self.process.pid
-        self.lines: list[str] = []
-        self._changed = threading.Condition()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        self.first = self.wait_for(ready)
-
-    def _read(self) -> None:
-        assert self.process.stderr is not None
-        for raw in self.process.stderr:
-            with self._changed:
-                self.lines.append(raw.decode(errors="replace").rstrip("\n"))
-                self._changed.notify_all()
-        with self._changed:
-            self._changed.notify_all()
-
-    def wait_for(self, text: str, timeout: float = READY_TIMEOUT) -> str:
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while True:
-                for line in self.lines:
-                    if text in line:
-                        return line
-                remaining = deadline - time.monotonic()
-                if self.process.poll() is not None and not self._reader.is_alive():
-                    raise RuntimeError(f"{self.name} exited with status "
-                                       f"{self.process.returncode}: {self.lines[-5:]}")
-                if remaining <= 0:
-                    raise RuntimeError(f"{self.name}: no {text!r} within {timeout:g} s: "
-                                       f"{self.lines[-5:]}")
-                self._changed.wait(min(remaining, 0.5))
 
     def count(self, pattern: str) -> int:
         with self._changed:
@@ -307,7 +277,8 @@ class Relay:
             fields = f.read().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / _clock_ticks()
 
-    def stop(self) -> int | None:
+    def stop(self) -> int:
+        """SIGTERM, then its exit status (killed if it does not stop within 30 s)."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
         try:

@@ -435,10 +435,12 @@ class Process:
     The constructor returns once a line containing ``ready`` has appeared (it is kept as
     ``first``).  ``timeout`` (seconds) bounds every wait: for a line, for the exit."""
 
-    def __init__(self, args: Sequence[str], ready: str, *, timeout: float = 30.0) -> None:
+    def __init__(self, args: Sequence[str], ready: str, *, timeout: float = 30.0,
+                 cwd: str | os.PathLike[str] | None = None,
+                 env: dict[str, str] | None = None, stdout: int = subprocess.PIPE) -> None:
         self.timeout = timeout
-        self.process = subprocess.Popen(list(args), stdin=subprocess.DEVNULL,
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.process = subprocess.Popen(list(args), stdin=subprocess.DEVNULL, stdout=stdout,
+                                        stderr=subprocess.PIPE, cwd=cwd, env=env)
         self.lines: list[str] = []
         self._changed = threading.Condition()
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -449,8 +451,10 @@ class Process:
         assert self.process.stderr is not None
         for raw in self.process.stderr:
             with self._changed:
-                self.lines.append(raw.decode().rstrip("\n"))
+                self.lines.append(raw.decode(errors="replace").rstrip("\n"))
                 self._changed.notify_all()
+        with self._changed:  # the end: a waiter sees it at once
+            self._changed.notify_all()
 
     def wait_for(self, text: str, start: int = 0) -> str:
         """The first line from ``start`` on that contains ``text``, waiting for it."""
